@@ -1,0 +1,358 @@
+// Copyright 2026 the ocspbot authors. MIT license.
+
+/**
+ * A throwaway certificate authority and a real OCSP responder on 127.0.0.1,
+ * shared by the tests, the demo and the benchmark.
+ *
+ * The CA has a root, an intermediate, a delegated OCSP signer (OCSPSigning
+ * EKU, issued by the intermediate) and leaves whose AIA points at the
+ * responder. Answers are made by OpenSSL's own responder logic
+ * (`openssl ocsp -index … -reqin - -respout -`), one process per request,
+ * behind a listener of our own: `openssl ocsp -port` binds every interface.
+ * The responder can misbehave on demand to test the bot's error paths.
+ *
+ * @module
+ */
+
+import * as path from "node:path";
+
+/** How the responder answers the next requests. */
+export type ResponderMode =
+  | "good" // OpenSSL's answer from the index, signed by the delegated signer
+  | "hang" // never answers until the CA is closed
+  | "http500" // HTTP 500 with a text body
+  | "garbage" // HTTP 200 with bytes that are not an OCSP response
+  | "wrong-signer" // a real answer signed by a key the CA never authorised
+  | { fixed: Uint8Array<ArrayBuffer> }; // these bytes, whatever was asked
+
+/** Options for one leaf certificate. */
+export interface LeafOptions {
+  /** OCSP URLs in the AIA; default: the responder. `[]` leaves AIA out. */
+  ocspUrls?: string[];
+  /** What the responder says about it; "unknown" keeps it out of the index. */
+  status?: "good" | "revoked" | "unknown";
+  days?: number;
+  mustStaple?: boolean;
+}
+
+/** Paths of the files scan_keys finds with its default masks. */
+export interface LeafFiles {
+  cert: string;
+  chain: string;
+  rootchain: string;
+  serial: string;
+}
+
+const EXTENSIONS = `
+[ req ]
+distinguished_name = dn
+[ dn ]
+[ root ]
+basicConstraints = critical,CA:true
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[ intermediate ]
+basicConstraints = critical,CA:true,pathlen:0
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[ signer ]
+basicConstraints = critical,CA:false
+keyUsage = critical,digitalSignature
+extendedKeyUsage = OCSPSigning
+[ leaf ]
+basicConstraints = critical,CA:false
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+`;
+
+/** Runs openssl to completion and returns stdout; throws with stderr. */
+export async function openssl(
+  args: string[],
+  stdin?: Uint8Array,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const child = new Deno.Command("openssl", {
+    args,
+    stdin: stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin) {
+    const writer = child.stdin.getWriter();
+    await writer.write(stdin);
+    await writer.close();
+  }
+  const { code, stdout, stderr } = await child.output();
+  if (code !== 0) {
+    throw new Error(
+      `openssl ${args.join(" ")} failed (${code}): ${new TextDecoder().decode(stderr)}`,
+    );
+  }
+  return stdout;
+}
+
+function indexDate(date: Date): string {
+  return date.toISOString().replace(/[-:T]/g, "").slice(2, 14) + "Z";
+}
+
+/** A CA in a temp dir with its responder listening; `close()` ends both. */
+export class TestCa {
+  readonly dir: string;
+  readonly url: string;
+  /** Intermediate only: what `chain` means in the bot's config. */
+  readonly chain: string;
+  /** Intermediate and root: what `rootchain` means. */
+  readonly rootchain: string;
+  mode: ResponderMode = "good";
+  /** Minutes between thisUpdate and nextUpdate; 0 leaves nextUpdate out. */
+  validityMinutes = 24 * 60;
+  /** Host headers of the requests served, in order. */
+  readonly hostHeaders: (string | null)[] = [];
+  #server: Deno.HttpServer;
+  #serial = 0x1000;
+  #index = new Map<string, string>();
+  #releaseHangs = Promise.withResolvers<void>();
+
+  private constructor(dir: string, server: Deno.HttpServer, port: number) {
+    this.dir = dir;
+    this.#server = server;
+    this.url = `http://127.0.0.1:${port}/`;
+    this.chain = path.join(dir, "intermediate.pem");
+    this.rootchain = path.join(dir, "rootchain.pem");
+  }
+
+  /** Makes the CA keys and certificates and starts the responder. */
+  static async create(): Promise<TestCa> {
+    const dir = await Deno.makeTempDir({ prefix: "ocspbot-ca-" });
+    const listening = Promise.withResolvers<number>();
+    const server: Deno.HttpServer = Deno.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      onListen: ({ port }) => listening.resolve(port),
+    }, (request): Promise<Response> => ca.#answer(request));
+    const ca: TestCa = new TestCa(dir, server, await listening.promise);
+    try {
+      await ca.#makeAuthority();
+    } catch (error) {
+      await ca.close();
+      throw error;
+    }
+    return ca;
+  }
+
+  #file(name: string): string {
+    return path.join(this.dir, name);
+  }
+
+  async #makeAuthority(): Promise<void> {
+    await Deno.writeTextFile(this.#file("ext.cnf"), EXTENSIONS);
+    await Promise.all(
+      ["root", "intermediate", "signer", "leaf", "rogue"].map((name) =>
+        openssl([
+          "genpkey",
+          "-algorithm",
+          "EC",
+          "-pkeyopt",
+          "ec_paramgen_curve:P-256",
+          "-out",
+          this.#file(`${name}.key`),
+        ])
+      ),
+    );
+    await this.#certify({ name: "root", subject: "/CN=ocspbot test root" });
+    await this.#certify({
+      name: "intermediate",
+      subject: "/CN=ocspbot test intermediate",
+      issuer: "root",
+    });
+    await Promise.all([
+      this.#certify({
+        name: "signer",
+        subject: "/CN=ocspbot test OCSP signer",
+        extensions: "signer",
+        issuer: "intermediate",
+      }),
+      this.#certify({
+        name: "rogue",
+        subject: "/CN=ocspbot rogue OCSP signer",
+        extensions: "signer",
+      }),
+    ]);
+    const root = await Deno.readTextFile(this.#file("root.pem"));
+    const intermediate = await Deno.readTextFile(this.chain);
+    await Deno.writeTextFile(this.rootchain, intermediate + root);
+    this.#writeIndex();
+  }
+
+  /** Signs `<name>.key` into `out` (default `<name>.pem`); no issuer: self-signed. */
+  async #certify(options: {
+    name: string;
+    subject: string;
+    extensions?: string;
+    issuer?: string;
+    key?: string;
+    out?: string;
+    days?: number;
+    extra?: string[];
+  }): Promise<string> {
+    const serial = (this.#serial++).toString(16).toUpperCase().padStart(4, "0");
+    const signing = options.issuer
+      ? [
+        "-CA",
+        this.#file(`${options.issuer}.pem`),
+        "-CAkey",
+        this.#file(`${options.issuer}.key`),
+      ]
+      : ["-x509"];
+    await openssl([
+      "req",
+      "-new",
+      "-key",
+      this.#file(`${options.key ?? options.name}.key`),
+      "-subj",
+      options.subject,
+      "-config",
+      this.#file("ext.cnf"),
+      "-extensions",
+      options.extensions ?? options.name,
+      "-days",
+      String(options.days ?? 365),
+      "-set_serial",
+      `0x${serial}`,
+      ...signing,
+      ...(options.extra ?? []),
+      "-out",
+      options.out ?? this.#file(`${options.name}.pem`),
+    ]);
+    return serial;
+  }
+
+  /**
+   * Issues a leaf for `name` into `folder` as `<name>.pem`,
+   * `<name>-chain.pem` and `<name>-rootchain.pem`.
+   */
+  async issueLeaf(
+    folder: string,
+    name: string,
+    options: LeafOptions = {},
+  ): Promise<LeafFiles> {
+    await Deno.mkdir(folder, { recursive: true });
+    const cert = path.join(folder, `${name}.pem`);
+    const urls = options.ocspUrls ?? [this.url];
+    const extra: string[] = [];
+    if (urls.length > 0) {
+      extra.push(
+        "-addext",
+        "authorityInfoAccess=" + urls.map((url) => `OCSP;URI:${url}`).join(","),
+      );
+    }
+    if (options.mustStaple) extra.push("-addext", "tlsfeature=status_request");
+    const serial = await this.#certify({
+      name,
+      subject: `/CN=${name}`,
+      extensions: "leaf",
+      issuer: "intermediate",
+      key: "leaf",
+      out: cert,
+      days: options.days ?? 30,
+      extra,
+    });
+    const files: LeafFiles = {
+      cert,
+      chain: path.join(folder, `${name}-chain.pem`),
+      rootchain: path.join(folder, `${name}-rootchain.pem`),
+      serial,
+    };
+    await Deno.copyFile(this.chain, files.chain);
+    await Deno.copyFile(this.rootchain, files.rootchain);
+    this.setStatus(serial, options.status ?? "good", name);
+    return files;
+  }
+
+  /** Changes what the responder says about a serial from now on. */
+  setStatus(
+    serial: string,
+    status: "good" | "revoked" | "unknown",
+    name = serial,
+  ): void {
+    const expiry = indexDate(new Date(Date.now() + 400 * 86400_000));
+    if (status === "unknown") this.#index.delete(serial);
+    else {
+      const revoked = status === "revoked"
+        ? indexDate(new Date(Date.now() - 3600_000)) + ",keyCompromise"
+        : "";
+      this.#index.set(
+        serial,
+        [status === "good" ? "V" : "R", expiry, revoked, serial, "unknown"]
+          .join("\t") + `\t/CN=${name}`,
+      );
+    }
+    this.#writeIndex();
+  }
+
+  #writeIndex(): void {
+    const lines = [...this.#index.values()].map((line) => line + "\n");
+    Deno.writeTextFileSync(this.#file("index.txt"), lines.join(""));
+  }
+
+  /** A response to a request for `cert`, as the responder makes it now. */
+  async respond(cert: string): Promise<Uint8Array<ArrayBuffer>> {
+    const request = await openssl([
+      "ocsp",
+      "-no_nonce",
+      "-issuer",
+      this.chain,
+      "-cert",
+      cert,
+      "-reqout",
+      "-",
+    ]);
+    return await this.#sign(request, "signer");
+  }
+
+  #sign(request: Uint8Array, signer: string): Promise<Uint8Array<ArrayBuffer>> {
+    return openssl([
+      "ocsp",
+      "-index",
+      this.#file("index.txt"),
+      "-CA",
+      this.chain,
+      "-rsigner",
+      this.#file(`${signer}.pem`),
+      "-rkey",
+      this.#file(`${signer}.key`),
+      ...(this.validityMinutes > 0 ? ["-nmin", String(this.validityMinutes)] : []),
+      "-reqin",
+      "-",
+      "-respout",
+      "-",
+    ], request);
+  }
+
+  async #answer(request: Request): Promise<Response> {
+    this.hostHeaders.push(request.headers.get("host"));
+    const body = new Uint8Array(await request.arrayBuffer());
+    const ocsp = { "content-type": "application/ocsp-response" };
+    const mode = this.mode;
+    if (mode === "hang") {
+      await this.#releaseHangs.promise;
+      return new Response("closing", { status: 503 });
+    }
+    if (mode === "http500") return new Response("broken", { status: 500 });
+    if (mode === "garbage") {
+      return new Response("this is not DER at all", { headers: ocsp });
+    }
+    if (typeof mode === "object") {
+      return new Response(mode.fixed, { headers: ocsp });
+    }
+    const signer = mode === "wrong-signer" ? "rogue" : "signer";
+    return new Response(await this.#sign(body, signer), { headers: ocsp });
+  }
+
+  /** Stops the responder and removes every file of the CA. */
+  async close(): Promise<void> {
+    this.#releaseHangs.resolve();
+    await this.#server.shutdown();
+    await Deno.remove(this.dir, { recursive: true });
+  }
+}
