@@ -1,0 +1,1524 @@
+#!/usr/bin/env -S deno run --allow-read --allow-write --allow-run --allow-env
+// Copyright 2026 the ocspbot authors. MIT license.
+
+/**
+ * ocspbot keeps the OCSP responses that web servers staple fresh: it finds
+ * the certificates whose stored response is missing, broken or due, fetches
+ * a new one from the CA's responder with openssl, verifies it and replaces
+ * the stored file atomically. A drop-in port of the Python OCSP Bot: its
+ * configs keep their meaning and its return codes keep theirs.
+ *
+ * Run it from cron, hourly:
+ *
+ * ```sh
+ * deno run --allow-read --allow-write --allow-run --allow-env ocspbot.ts /etc/ocspbot.yaml
+ * deno run --allow-read --allow-write --allow-run --allow-env https://example.org/ocspbot.ts ocspbot.yaml
+ * deno compile --allow-read --allow-write --allow-run --allow-env -o ocspbot ocspbot.ts
+ * # crontab: 17 * * * * cd /etc/ocspbot && /usr/local/bin/ocspbot ocspbot.yaml
+ * ```
+ *
+ * Permissions: read (config, certificates, responses), write (responses,
+ * backups, logs), run (openssl), env (`OCSPBOT_FAKE_NOW`, tests only).
+ *
+ * @module
+ */
+
+// @ts-types="npm:@types/js-yaml@4.0.9"
+import yaml from "npm:js-yaml@4.1.0";
+import { X509Certificate } from "node:crypto";
+import * as path from "node:path";
+
+// ---------------------------------------------------------------- types --
+
+/** What the command line asks for. */
+export interface Invocation {
+  configPath: string;
+  help: boolean;
+  version: boolean;
+}
+
+/** When a good stored response is due; either limit or both. */
+export interface RenewalPolicy {
+  /** Renew when less than this is left before the response expires. */
+  minimumValidityMs?: number;
+  /** Renew when less than this share (0..100) of its lifespan is left. */
+  minimumValidityPercentage?: number;
+}
+
+/** One entry of `domains`, as written in a config file. */
+export interface DomainEntry {
+  id: string;
+  cert: string;
+  chain: string;
+  rootchain: string;
+  ocsp: string;
+  /** `ocsp_responder_uri`, unless it says `certificate`. */
+  responderUri?: string;
+  /** The config file it was written in. */
+  file: string;
+}
+
+/** One entry of `scan_keys`. */
+export interface ScanEntry {
+  folder: string;
+  recursive: boolean;
+  certMask: string;
+  chainMask: string;
+  rootchainMask: string;
+  ocspMask: string;
+  source: string;
+}
+
+/** The interpreted configuration, includes not yet read. */
+export interface Config {
+  file: string;
+  ocspFolder: string;
+  policy: RenewalPolicy;
+  parallelThreads: number;
+  stopOnError: boolean;
+  makeBackups: boolean;
+  opensslExecutable: string;
+  timeoutSeconds: number;
+  outputLog?: string;
+  errorLog?: string;
+  domains: DomainEntry[];
+  scanKeys: ScanEntry[];
+  includes: string[];
+}
+
+/** One certificate to keep a response for, every path resolved. */
+export interface Target {
+  id: string;
+  certPath: string;
+  chainPath: string;
+  rootchainPath: string;
+  responsePath: string;
+  responderUri?: string;
+  source: string;
+}
+
+/** What the bot needs to know of a certificate. */
+export interface CertificateInfo {
+  notBefore: Date;
+  notAfter: Date;
+  ocspUrls: string[];
+}
+
+export type CertStatus = "good" | "revoked" | "unknown";
+
+/** What openssl said about a response it parsed and verified. */
+export interface ResponseReport {
+  status?: CertStatus;
+  thisUpdate?: Date;
+  nextUpdate?: Date;
+  revocationTime?: Date;
+  revocationReason?: string;
+  verified: boolean;
+  /** Why it did not verify or could not be read. */
+  problem?: string;
+}
+
+/** Whether a certificate's response is renewed now, and why. */
+export interface Decision {
+  due: boolean;
+  reason: string;
+  renewAt?: Date;
+}
+
+export type Action = "renewed" | "unchanged" | "skipped" | "failed";
+
+/** What happened to one target. */
+export interface Outcome {
+  id: string;
+  action: Action;
+}
+
+/** Counts of a run; `notProcessed` counts what stop_on_error left out. */
+export interface Summary {
+  renewed: number;
+  unchanged: number;
+  skipped: number;
+  failed: number;
+  notProcessed: number;
+}
+
+/** An error that ends the run with a given exit status. */
+export class ExitError extends Error {
+  constructor(message: string, readonly status: number) {
+    super(message);
+  }
+}
+
+// ------------------------------------------------------------ constants --
+
+export const VERSION = "1.0.0";
+
+/**
+ * Exit statuses. The Python bot returned -1..-4, which a shell sees as
+ * 255..252; renewals are counted up to 251 so they never read as an error
+ * (or, at 256, as 0).
+ */
+export const EXIT = {
+  nothingRenewed: 0,
+  maxRenewed: 251,
+  badArguments: 252,
+  configInvalid: 253,
+  configUnloadable: 254,
+  failure: 255,
+} as const;
+
+export const DEFAULT_CONFIG = "ocspbot.yaml";
+export const DEFAULT_TIMEOUT_SECONDS = 30;
+/** Lifespan assumed for a response without nextUpdate, as Apache mod_md. */
+export const ASSUMED_LIFESPAN_MS = 12 * 3600_000;
+/**
+ * How long past `timeout` an openssl process may run before it is stopped:
+ * openssl's own -timeout should fire first, with the better message.
+ */
+export const KILL_GRACE_SECONDS = 2;
+/** Clock skew tolerated in a fresh response's thisUpdate (openssl's own). */
+export const CLOCK_SKEW_MS = 5 * 60_000;
+
+const SECONDS_PER_UNIT: Record<string, number> = {
+  s: 1,
+  sec: 1,
+  second: 1,
+  seconds: 1,
+  m: 60,
+  min: 60,
+  minute: 60,
+  minutes: 60,
+  h: 3600,
+  hour: 3600,
+  hours: 3600,
+  d: 86400,
+  day: 86400,
+  days: 86400,
+  w: 604800,
+  week: 604800,
+  weeks: 604800,
+};
+
+const TOP_LEVEL_KEYS = [
+  "ocsp_folder",
+  "minimum_validity",
+  "minimum_validity_percentage",
+  "parallel_threads",
+  "stop_on_error",
+  "make_backups",
+  "openssl_executable",
+  "timeout",
+  "domains",
+  "scan_keys",
+  "includes",
+  "output_log",
+  "error_log",
+];
+const INCLUDE_KEYS = ["domains", "scan_keys"];
+const DOMAIN_KEYS = ["cert", "chain", "rootchain", "ocsp", "ocsp_responder_uri"];
+const SCAN_KEYS = [
+  "folder",
+  "recursive",
+  "cert_mask",
+  "chain_mask",
+  "rootchain_mask",
+  "ocsp_mask",
+];
+
+export const HELP = `ocspbot ${VERSION}: keeps OCSP responses for stapling fresh.
+
+Usage: ocspbot [config] [-h|-help|--help] [-v|-version|--version]
+
+  config          YAML configuration (default: ${DEFAULT_CONFIG})
+  -h, --help      print this help and exit
+  -v, --version   print the version and exit
+
+Exit status:
+  0        nothing renewed
+  1..251   number of responses renewed (251 means 251 or more)
+  252      bad command line arguments            (Python bot: -4)
+  253      configuration could not be interpreted (Python bot: -3)
+  254      configuration or log file could not be loaded (Python bot: -2)
+  255      at least one certificate failed       (Python bot: -1)
+`;
+
+/**
+ * PyYAML reads YAML 1.1, where yes/no/on/off are booleans; js-yaml reads
+ * 1.2, where they are strings. Configs written for the Python bot must keep
+ * their meaning, so the 1.1 booleans replace the 1.2 ones.
+ */
+const YAML_1_1_BOOLEAN = new yaml.Type("tag:yaml.org,2002:bool", {
+  kind: "scalar",
+  resolve: (text: string) =>
+    /^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$/
+      .test(text),
+  construct: (text: string) => /^(?:yes|Yes|YES|true|True|TRUE|on|On|ON)$/.test(text),
+  predicate: (value: unknown) => typeof value === "boolean",
+});
+const YAML_SCHEMA = yaml.DEFAULT_SCHEMA.extend({ implicit: [YAML_1_1_BOOLEAN] });
+
+// ------------------------------------------------- pure: command line --
+
+/** Reads argv; throws ExitError(252) on more than one config argument. */
+export function parseCommandLine(args: string[]): Invocation {
+  const invocation: Invocation = {
+    configPath: DEFAULT_CONFIG,
+    help: false,
+    version: false,
+  };
+  const positional: string[] = [];
+  const unknown: string[] = [];
+  for (const arg of args) {
+    if (["-h", "-help", "--help"].includes(arg)) invocation.help = true;
+    else if (["-v", "-version", "--version"].includes(arg)) {
+      invocation.version = true;
+    } else if (arg.startsWith("-") && arg !== "-") unknown.push(arg);
+    else positional.push(arg);
+  }
+  if (invocation.help || invocation.version) return invocation;
+  if (unknown.length > 0) {
+    throw new ExitError(
+      `Unknown option "${unknown[0]}"`,
+      EXIT.badArguments,
+    );
+  }
+  if (positional.length > 1) {
+    throw new ExitError(
+      `Expected at most one config file, got ${positional.length}: ${
+        positional.map((arg) => `"${arg}"`).join(", ")
+      }`,
+      EXIT.badArguments,
+    );
+  }
+  if (positional.length === 1) invocation.configPath = positional[0];
+  return invocation;
+}
+
+// ----------------------------------------------------- pure: intervals --
+
+/**
+ * Reads `minimum_validity`: tokens `<int><unit>` or `<int> <unit>`, as the
+ * Python bot did, and also the compact `1h30m`. Returns milliseconds.
+ */
+export function parseInterval(text: string): number {
+  const token = /\s*(\d+)\s*([A-Za-z]+)\s*/y;
+  let seconds = 0;
+  let tokens = 0;
+  while (token.lastIndex < text.length) {
+    const start = token.lastIndex;
+    const match = token.exec(text);
+    if (!match) {
+      throw new Error(
+        `cannot read "${
+          text.slice(start).trim()
+        }" in "${text}": expected a number and a unit such as "3d" or "2 hours"`,
+      );
+    }
+    const unit = SECONDS_PER_UNIT[match[2]];
+    if (unit === undefined) {
+      throw new Error(
+        `unknown unit "${match[2]}" in "${text}" (known: ${
+          Object.keys(SECONDS_PER_UNIT).join(", ")
+        })`,
+      );
+    }
+    seconds += Number(match[1]) * unit;
+    tokens++;
+  }
+  if (tokens === 0) {
+    throw new Error(`"${text}" is empty; expected e.g. "3d" or "2 hours"`);
+  }
+  return seconds * 1000;
+}
+
+// -------------------------------------------------------- pure: config --
+
+type Mapping = Record<string, unknown>;
+
+/** Deno's `No such file or directory (os error 2): readfile 'x'` without the noise. */
+export function errorText(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.replace(/ \(os error \d+\).*$/s, "");
+}
+
+function describeType(value: unknown): string {
+  if (value === null) return "empty";
+  if (Array.isArray(value)) return "a list";
+  if (value instanceof Date) return "a date";
+  if (typeof value === "object") return "a mapping";
+  return `${typeof value} ${JSON.stringify(value)}`;
+}
+
+/** Levenshtein distance, for "did you mean" on a mistyped key. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(
+        previous[j] + 1,
+        current[j - 1] + 1,
+        previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+    }
+    previous = current;
+  }
+  return previous[b.length];
+}
+
+/** Reads typed values out of one config file, naming file and key on error. */
+class ConfigReader {
+  constructor(readonly file: string, readonly warnings: string[]) {}
+
+  fail(key: string, problem: string): never {
+    throw new ExitError(
+      `Config "${this.file}": "${key}" ${problem}`,
+      EXIT.configInvalid,
+    );
+  }
+
+  mapping(value: unknown, key: string): Mapping {
+    if (value === null || value === undefined) return {};
+    if (typeof value !== "object" || Array.isArray(value) || value instanceof Date) {
+      this.fail(key, `must be a mapping, not ${describeType(value)}`);
+    }
+    return value as Mapping;
+  }
+
+  warnUnknownKeys(map: Mapping, known: string[], prefix: string): void {
+    for (const key of Object.keys(map)) {
+      if (known.includes(key)) continue;
+      const guess = known.find((candidate) => editDistance(key, candidate) <= 2);
+      this.warnings.push(
+        `Config "${this.file}": unknown key "${prefix}${key}" is ignored${
+          guess ? ` (did you mean "${prefix}${guess}"?)` : ""
+        }`,
+      );
+    }
+  }
+
+  string(map: Mapping, key: string, name: string, fallback: string): string;
+  string(map: Mapping, key: string, name: string): string | undefined;
+  string(map: Mapping, key: string, name: string, fallback?: string) {
+    const value = map[key];
+    if (value === undefined || value === null) return fallback;
+    if (typeof value !== "string") {
+      this.fail(name, `must be a string, not ${describeType(value)}`);
+    }
+    return value;
+  }
+
+  boolean(map: Mapping, key: string, name: string, fallback: boolean): boolean {
+    const value = map[key];
+    if (value === undefined || value === null) return fallback;
+    if (typeof value !== "boolean") {
+      this.fail(
+        name,
+        `must be true or false (or yes/no, on/off), not ${describeType(value)}`,
+      );
+    }
+    return value;
+  }
+
+  number(map: Mapping, key: string, name: string): number | undefined {
+    const value = map[key];
+    if (value === undefined || value === null) return undefined;
+    if (typeof value !== "number" || !Number.isFinite(value)) {
+      this.fail(name, `must be a number, not ${describeType(value)}`);
+    }
+    return value;
+  }
+
+  list(map: Mapping, key: string, name: string): unknown[] {
+    const value = map[key];
+    if (value === undefined || value === null) return [];
+    if (!Array.isArray(value)) {
+      this.fail(name, `must be a list, not ${describeType(value)}`);
+    }
+    return value;
+  }
+
+  domains(map: Mapping): DomainEntry[] {
+    const domains = this.mapping(map.domains, "domains");
+    return Object.entries(domains).map(([id, value]) => {
+      const name = `domains.${id}`;
+      const entry = this.mapping(value, name);
+      this.warnUnknownKeys(entry, DOMAIN_KEYS, `${name}.`);
+      const required = (key: string) =>
+        this.string(entry, key, `${name}.${key}`) ??
+          this.fail(`${name}.${key}`, "is missing");
+      const responderUri = this.string(
+        entry,
+        "ocsp_responder_uri",
+        `${name}.ocsp_responder_uri`,
+      );
+      if (responderUri !== undefined && responderUri !== "certificate") {
+        if (!/^https?:\/\/[^/]/.test(responderUri)) {
+          this.fail(
+            `${name}.ocsp_responder_uri`,
+            `must be an http:// URL or "certificate", not "${responderUri}"`,
+          );
+        }
+      }
+      return {
+        id,
+        cert: required("cert"),
+        chain: required("chain"),
+        rootchain: required("rootchain"),
+        ocsp: required("ocsp"),
+        responderUri: responderUri === "certificate" ? undefined : responderUri,
+        file: this.file,
+      };
+    });
+  }
+
+  scanKeys(map: Mapping): ScanEntry[] {
+    return this.list(map, "scan_keys", "scan_keys").map((value, index) => {
+      const name = `scan_keys[${index}]`;
+      const entry = this.mapping(value, name);
+      this.warnUnknownKeys(entry, SCAN_KEYS, `${name}.`);
+      const mask = (key: string, fallback: string, needsDomain: boolean) => {
+        const text = this.string(entry, key, `${name}.${key}`, fallback);
+        if (needsDomain && !text.includes("{domain}")) {
+          this.fail(`${name}.${key}`, `must contain "{domain}", got "${text}"`);
+        }
+        return text;
+      };
+      const folder = this.string(entry, "folder", `${name}.folder`, "");
+      return {
+        folder,
+        recursive: this.boolean(entry, "recursive", `${name}.recursive`, true),
+        certMask: mask("cert_mask", "{domain}.pem", true),
+        chainMask: mask("chain_mask", "{domain}-chain.pem", false),
+        rootchainMask: mask("rootchain_mask", "{domain}-rootchain.pem", false),
+        ocspMask: mask("ocsp_mask", "{domain}.ocsp-resp", true),
+        source: `scan_keys folder "${folder}" of config "${this.file}"`,
+      };
+    });
+  }
+}
+
+/**
+ * Interprets a parsed main config file. Throws ExitError(253) naming the file
+ * and key; unknown keys only add warnings.
+ */
+export function interpretConfig(
+  document: unknown,
+  file: string,
+  warnings: string[] = [],
+): Config {
+  const reader: ConfigReader = new ConfigReader(file, warnings);
+  if (document === null || document === undefined) {
+    throw new ExitError(
+      `Config "${file}" is empty: it needs at least "minimum_validity" or "minimum_validity_percentage"`,
+      EXIT.configInvalid,
+    );
+  }
+  const map = reader.mapping(document, "(top level)");
+  reader.warnUnknownKeys(map, TOP_LEVEL_KEYS, "");
+
+  const policy: RenewalPolicy = {};
+  const interval = reader.string(map, "minimum_validity", "minimum_validity");
+  if (interval !== undefined) {
+    try {
+      policy.minimumValidityMs = parseInterval(interval);
+    } catch (error) {
+      reader.fail("minimum_validity", errorText(error));
+    }
+  }
+  const percentage = reader.number(
+    map,
+    "minimum_validity_percentage",
+    "minimum_validity_percentage",
+  );
+  if (percentage !== undefined) {
+    if (percentage < 0 || percentage > 100) {
+      reader.fail(
+        "minimum_validity_percentage",
+        `must be between 0 and 100, not ${percentage}`,
+      );
+    }
+    policy.minimumValidityPercentage = percentage;
+  }
+  if (
+    policy.minimumValidityMs === undefined &&
+    policy.minimumValidityPercentage === undefined
+  ) {
+    reader.fail(
+      "minimum_validity",
+      `is missing: give "minimum_validity", "minimum_validity_percentage" or both`,
+    );
+  }
+
+  const threads = reader.number(map, "parallel_threads", "parallel_threads") ??
+    1;
+  if (!Number.isInteger(threads) || threads < 1) {
+    reader.fail("parallel_threads", `must be a whole number of at least 1, not ${threads}`);
+  }
+  const timeout = reader.number(map, "timeout", "timeout") ??
+    DEFAULT_TIMEOUT_SECONDS;
+  if (timeout <= 0) reader.fail("timeout", `must be more than 0 seconds, not ${timeout}`);
+
+  const includes = reader.list(map, "includes", "includes").map((value, i) => {
+    if (typeof value !== "string") {
+      reader.fail(`includes[${i}]`, `must be a folder name, not ${describeType(value)}`);
+    }
+    return value;
+  });
+
+  return {
+    file,
+    ocspFolder: reader.string(map, "ocsp_folder", "ocsp_folder", ""),
+    policy,
+    parallelThreads: threads,
+    stopOnError: reader.boolean(map, "stop_on_error", "stop_on_error", false),
+    makeBackups: reader.boolean(map, "make_backups", "make_backups", false),
+    opensslExecutable: reader.string(
+      map,
+      "openssl_executable",
+      "openssl_executable",
+      "openssl",
+    ),
+    timeoutSeconds: timeout,
+    outputLog: reader.string(map, "output_log", "output_log"),
+    errorLog: reader.string(map, "error_log", "error_log"),
+    domains: reader.domains(map),
+    scanKeys: reader.scanKeys(map),
+    includes,
+  };
+}
+
+/** Interprets an include file: only `domains` and `scan_keys` count there. */
+export function interpretInclude(
+  document: unknown,
+  file: string,
+  warnings: string[] = [],
+): { domains: DomainEntry[]; scanKeys: ScanEntry[] } {
+  const reader = new ConfigReader(file, warnings);
+  const map = reader.mapping(document, "(top level)");
+  reader.warnUnknownKeys(map, INCLUDE_KEYS, "");
+  return { domains: reader.domains(map), scanKeys: reader.scanKeys(map) };
+}
+
+/** Fills `{year}`…`{second}` of a log file name with local time. */
+export function formatLogName(template: string, now: Date): string {
+  const fields: Record<string, number> = {
+    year: now.getFullYear(),
+    month: now.getMonth() + 1,
+    day: now.getDate(),
+    hour: now.getHours(),
+    minute: now.getMinutes(),
+    second: now.getSeconds(),
+  };
+  return template.replace(
+    /\{(year|month|day|hour|minute|second)\}/g,
+    (_, field: string) => String(fields[field]).padStart(field === "year" ? 4 : 2, "0"),
+  );
+}
+
+/** `R-YYYYMMDD-HHMMSS` in local time, the Python bot's backup name. */
+export function backupName(responsePath: string, now: Date): string {
+  return responsePath + formatLogName("-{year}{month}{day}-{hour}{minute}{second}", now);
+}
+
+/** A mask as an anchored pattern: the whole file name must match. */
+export function maskPattern(mask: string): RegExp {
+  const [before, ...after] = mask.split("{domain}").map((part) =>
+    part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+  );
+  return new RegExp(`^${before}(.+)${after.join("\\1")}$`);
+}
+
+// ------------------------------------------------- pure: openssl output --
+
+const MONTHS = "JanFebMarAprMayJunJulAugSepOctNovDec";
+
+/** Reads openssl's `Nov 24 01:55:18 2026 GMT`. */
+export function parseOpensslTime(text: string): Date {
+  const match = /^(\w{3}) +(\d{1,2}) (\d\d):(\d\d):(\d\d) (\d{4}) GMT$/.exec(
+    text.trim(),
+  );
+  const month = match ? MONTHS.indexOf(match[1]) / 3 : -1;
+  if (!match || !Number.isInteger(month) || month < 0) {
+    throw new Error(`cannot read time "${text.trim()}"`);
+  }
+  const [day, hours, minutes, seconds, year] = match.slice(2).map(Number);
+  return new Date(Date.UTC(year, month, day, hours, minutes, seconds));
+}
+
+/**
+ * Makes openssl's error queue readable: `…:error:…:lib:func:reason:file:line:
+ * detail` becomes `reason (detail)`.
+ */
+export function summarizeOpensslErrors(stderr: string): string {
+  const lines: string[] = [];
+  for (const raw of stderr.split("\n")) {
+    const line = raw.trim();
+    if (!line || line === "Response verify OK") continue;
+    const error = /^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:([^:]*):[^:]*:\d+:?(.*)$/
+      .exec(line);
+    const text = error ? (error[2] ? `${error[1]} (${error[2]})` : error[1]) : line;
+    if (!lines.includes(text)) lines.push(text);
+  }
+  return lines.join("; ");
+}
+
+/**
+ * Reads what `openssl ocsp` printed about one certificate's response:
+ * the status block on stdout, "Response verify OK" on stderr.
+ */
+export function parseOcspOutput(
+  stdout: string,
+  stderr: string,
+  exitCode: number,
+): ResponseReport {
+  const report: ResponseReport = {
+    verified: exitCode === 0 && /^Response verify OK$/m.test(stderr),
+  };
+  const responderError = /^Responder Error: (.*)$/m.exec(stdout);
+  const lines = stdout.split("\n");
+  const statusAt = lines.findIndex((line) => /: (good|revoked|unknown)$/.test(line));
+  if (statusAt >= 0) {
+    report.status = /: (good|revoked|unknown)$/.exec(lines[statusAt])![1] as CertStatus;
+    for (const line of lines.slice(statusAt + 1)) {
+      const field = /^\t(This Update|Next Update|Revocation Time|Reason): (.*)$/.exec(line);
+      if (!field) break;
+      if (field[1] === "Reason") report.revocationReason = field[2];
+      else {
+        const time = parseOpensslTime(field[2]);
+        if (field[1] === "This Update") report.thisUpdate = time;
+        else if (field[1] === "Next Update") report.nextUpdate = time;
+        else report.revocationTime = time;
+      }
+    }
+  }
+  if (responderError) {
+    report.verified = false;
+    report.problem = `responder error "${responderError[1]}"`;
+  } else if (!report.verified || statusAt < 0) {
+    report.verified = false;
+    report.problem = summarizeOpensslErrors(stderr) ||
+      (statusAt < 0 ? "no status for this certificate in the response" : "did not verify");
+  }
+  return report;
+}
+
+// ------------------------------------------------------- pure: timing --
+
+/** A time as a person reads it in a log: `2026-11-24 01:55:18 UTC`. */
+export function formatTime(time: Date): string {
+  return time.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+}
+
+/** The stretch a response is good for: its dates clipped to the certificate's. */
+export function responseLifespan(
+  cert: CertificateInfo,
+  report: ResponseReport,
+): { start: Date; end: Date } {
+  const thisUpdate = report.thisUpdate!;
+  const nextUpdate = report.nextUpdate ??
+    new Date(thisUpdate.getTime() + ASSUMED_LIFESPAN_MS);
+  return {
+    start: new Date(Math.max(cert.notBefore.getTime(), thisUpdate.getTime())),
+    end: new Date(Math.min(cert.notAfter.getTime(), nextUpdate.getTime())),
+  };
+}
+
+/**
+ * When a good response is due: the earlier of `end - minimum_validity` and
+ * the point where only `minimum_validity_percentage` of its lifespan is left.
+ */
+export function renewalTime(
+  policy: RenewalPolicy,
+  cert: CertificateInfo,
+  report: ResponseReport,
+): Date {
+  const { start, end } = responseLifespan(cert, report);
+  const candidates: number[] = [];
+  if (policy.minimumValidityMs !== undefined) {
+    candidates.push(end.getTime() - policy.minimumValidityMs);
+  }
+  if (policy.minimumValidityPercentage !== undefined) {
+    const elapsedShare = 1 - policy.minimumValidityPercentage / 100;
+    candidates.push(
+      start.getTime() + elapsedShare * (end.getTime() - start.getTime()),
+    );
+  }
+  return new Date(Math.min(...candidates));
+}
+
+/** Decides whether to renew, from what is stored and the time given. */
+export function planRenewal(
+  policy: RenewalPolicy,
+  cert: CertificateInfo,
+  stored: ResponseReport | undefined,
+  now: Date,
+): Decision {
+  if (!stored) return { due: true, reason: "no response stored yet" };
+  if (!stored.verified) {
+    return {
+      due: true,
+      reason: `stored response does not verify: ${stored.problem}`,
+    };
+  }
+  if (stored.status !== "good" || !stored.thisUpdate) {
+    return {
+      due: true,
+      reason: `stored response says "${stored.status ?? "nothing"}"`,
+    };
+  }
+  const renewAt = renewalTime(policy, cert, stored);
+  const due = now.getTime() >= renewAt.getTime();
+  const expiry = stored.nextUpdate
+    ? `good until ${formatTime(stored.nextUpdate)}`
+    : "good, without nextUpdate (assumed to live 12 hours)";
+  return {
+    due,
+    renewAt,
+    reason: due
+      ? `stored response is ${expiry}, due since ${formatTime(renewAt)}`
+      : `stored response is ${expiry}, renewal due at ${formatTime(renewAt)}`,
+  };
+}
+
+/**
+ * Why a fetched response must not replace the stored one, or undefined when
+ * it may: it must verify, say good, be current, and be no older.
+ */
+export function rejectFetched(
+  fetched: ResponseReport,
+  stored: ResponseReport | undefined,
+  now: Date,
+): string | undefined {
+  if (!fetched.verified) return `new response does not verify: ${fetched.problem}`;
+  if (fetched.status !== "good") {
+    const revoked = fetched.status === "revoked"
+      ? ` since ${formatTime(fetched.revocationTime!)}${
+        fetched.revocationReason ? ` (${fetched.revocationReason})` : ""
+      }`
+      : "";
+    return `responder says the certificate is ${fetched.status}${revoked}`;
+  }
+  if (!fetched.thisUpdate) return "new response has no thisUpdate";
+  if (fetched.thisUpdate.getTime() > now.getTime() + CLOCK_SKEW_MS) {
+    return `new response's thisUpdate ${formatTime(fetched.thisUpdate)} lies in the future`;
+  }
+  if (fetched.nextUpdate && fetched.nextUpdate.getTime() <= now.getTime()) {
+    return `new response expired already (nextUpdate ${formatTime(fetched.nextUpdate)})`;
+  }
+  if (
+    stored?.verified && stored.status === "good" && stored.thisUpdate &&
+    fetched.thisUpdate.getTime() < stored.thisUpdate.getTime()
+  ) {
+    return `new response (thisUpdate ${
+      formatTime(fetched.thisUpdate)
+    }) is older than the stored one (${formatTime(stored.thisUpdate)})`;
+  }
+  return undefined;
+}
+
+// ------------------------------------------------------ pure: summary --
+
+export function summarize(outcomes: Outcome[], notProcessed: number): Summary {
+  const count = (action: Action) => outcomes.filter((o) => o.action === action).length;
+  return {
+    renewed: count("renewed"),
+    unchanged: count("unchanged"),
+    skipped: count("skipped"),
+    failed: count("failed"),
+    notProcessed,
+  };
+}
+
+/** The Python bot's summary line, plus what it could not count. */
+export function summaryLine(summary: Summary): string {
+  const failed = summary.failed > 0 || summary.notProcessed > 0;
+  let line = `${
+    failed ? "Failure" : "Success"
+  }: ${summary.unchanged} unchanged OCSP responses, ${summary.renewed} updated OCSP responses and ${summary.failed} failures.`;
+  if (summary.skipped > 0) {
+    line += ` ${summary.skipped} certificates skipped (no OCSP URL).`;
+  }
+  if (summary.notProcessed > 0) {
+    line += ` ${summary.notProcessed} certificates not processed (stop_on_error).`;
+  }
+  return line;
+}
+
+export function exitStatus(summary: Summary): number {
+  if (summary.failed > 0 || summary.notProcessed > 0) return EXIT.failure;
+  return Math.min(summary.renewed, EXIT.maxRenewed);
+}
+
+// --------------------------------------------------------- I/O: logging --
+
+interface Sink {
+  write(line: string): void;
+  close(): void;
+}
+
+const encoder = new TextEncoder();
+
+function writeAll(writer: { writeSync(p: Uint8Array): number }, bytes: Uint8Array) {
+  for (let done = 0; done < bytes.length;) {
+    done += writer.writeSync(bytes.subarray(done));
+  }
+}
+
+function consoleSink(stream: typeof Deno.stdout | typeof Deno.stderr): Sink {
+  return {
+    write: (line) => writeAll(stream, encoder.encode(line + "\n")),
+    close: () => {},
+  };
+}
+
+/** Appends: the Python bot truncated a log that had the same name. */
+function fileSink(file: string): Sink {
+  const handle = Deno.openSync(file, { append: true, create: true });
+  return {
+    write: (line) => writeAll(handle, encoder.encode(line + "\n")),
+    close: () => handle.close(),
+  };
+}
+
+/**
+ * Output lines go to the output sink; warnings and errors to the error sink,
+ * and to the output log too when that is a separate file, so it tells the
+ * whole story of a run.
+ */
+export class Logger {
+  constructor(
+    private readonly out: Sink,
+    private readonly err: Sink,
+    private readonly errorsAlsoToOut: boolean,
+    private readonly prefix = "",
+  ) {}
+
+  /** Opens the configured log files, or uses stdout and stderr. */
+  static open(config: Config, now: Date): Logger {
+    const outName = config.outputLog && formatLogName(config.outputLog, now);
+    const errName = config.errorLog && formatLogName(config.errorLog, now);
+    const opened: Sink[] = [];
+    const open = (name: string, key: string) => {
+      try {
+        Deno.mkdirSync(path.dirname(name), { recursive: true });
+        const sink = fileSink(name);
+        opened.push(sink);
+        return sink;
+      } catch (error) {
+        for (const sink of opened) sink.close();
+        throw new ExitError(
+          `Cannot open ${key} "${name}" of config "${config.file}": ${errorText(error)}`,
+          EXIT.configUnloadable,
+        );
+      }
+    };
+    const out = outName ? open(outName, "output_log") : consoleSink(Deno.stdout);
+    const err = errName
+      ? (errName === outName ? out : open(errName, "error_log"))
+      : consoleSink(Deno.stderr);
+    return new Logger(out, err, Boolean(outName) && errName !== outName);
+  }
+
+  static console(): Logger {
+    return new Logger(consoleSink(Deno.stdout), consoleSink(Deno.stderr), false);
+  }
+
+  forDomain(id: string): Logger {
+    return new Logger(this.out, this.err, this.errorsAlsoToOut, `[${id}] `);
+  }
+
+  info(message: string): void {
+    this.out.write(this.prefix + message);
+  }
+
+  warn(message: string): void {
+    this.#problem(`${this.prefix}WARNING: ${message}`);
+  }
+
+  error(message: string): void {
+    this.#problem(`${this.prefix}ERROR: ${message}`);
+  }
+
+  #problem(line: string): void {
+    this.err.write(line);
+    if (this.errorsAlsoToOut) this.out.write(line);
+  }
+
+  close(): void {
+    this.out.close();
+    if (this.err !== this.out) this.err.close();
+  }
+}
+
+// --------------------------------------------------------- I/O: openssl --
+
+export interface OpensslResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs openssl; everything the bot asks openssl goes through here, so the
+ * timeout and the wording of failures live in one place.
+ */
+export async function runOpenssl(
+  executable: string,
+  args: string[],
+  timeoutSeconds: number,
+): Promise<OpensslResult> {
+  const deadlineSeconds = timeoutSeconds + KILL_GRACE_SECONDS;
+  const signal = AbortSignal.timeout(deadlineSeconds * 1000);
+  let output: Deno.CommandOutput;
+  try {
+    output = await new Deno.Command(executable, {
+      args,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal,
+    }).output();
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) {
+      throw new Error(`Cannot find openssl executable "${executable}"`);
+    }
+    throw new Error(
+      `Cannot run openssl executable "${executable}": ${errorText(error)}`,
+    );
+  }
+  if (signal.aborted) {
+    throw new Error(
+      `openssl ${
+        args[0]
+      } did not finish within ${timeoutSeconds} s and was stopped (config key "timeout")`,
+    );
+  }
+  const decoder = new TextDecoder();
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}
+
+/** The flags that make `openssl ocsp` verify a response as the Python bot did. */
+function verificationArgs(target: Target): string[] {
+  return [
+    "-no_nonce",
+    "-issuer",
+    target.chainPath,
+    "-cert",
+    target.certPath,
+    "-CAfile",
+    target.rootchainPath,
+    "-VAfile",
+    target.rootchainPath,
+  ];
+}
+
+/** Verifies a stored response and reads its status and dates. */
+async function checkStoredResponse(
+  target: Target,
+  config: Config,
+): Promise<ResponseReport> {
+  const result = await runOpenssl(config.opensslExecutable, [
+    "ocsp",
+    "-respin",
+    target.responsePath,
+    ...verificationArgs(target),
+  ], config.timeoutSeconds);
+  return parseOcspOutput(result.stdout, result.stderr, result.code);
+}
+
+/**
+ * Fetches, verifies and reads a new response in one openssl process; the
+ * response is written to `pending` (beside the stored one) whatever it says.
+ */
+async function fetchResponse(
+  target: Target,
+  responderUrl: string,
+  pending: string,
+  config: Config,
+): Promise<{ report: ResponseReport; bytes: Uint8Array }> {
+  const result = await runOpenssl(config.opensslExecutable, [
+    "ocsp",
+    "-url",
+    responderUrl,
+    // OpenSSL 1.x sent no Host header, and some responders insist on one.
+    "-header",
+    `Host=${new URL(responderUrl).host}`,
+    "-timeout",
+    String(Math.ceil(config.timeoutSeconds)),
+    "-respout",
+    pending,
+    ...verificationArgs(target),
+  ], config.timeoutSeconds);
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(pending);
+  } catch {
+    throw new Error(
+      `No response from ${responderUrl}: ${
+        summarizeOpensslErrors(result.stderr) || `openssl exited with ${result.code}`
+      }`,
+    );
+  }
+  return { report: parseOcspOutput(result.stdout, result.stderr, result.code), bytes };
+}
+
+// ----------------------------------------------------------- I/O: files --
+
+/** Reads the certificate's dates and OCSP URLs in-process. */
+export function readCertificate(file: string): CertificateInfo {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(Deno.readFileSync(file));
+  } catch (error) {
+    throw new Error(`Cannot read certificate "${file}": ${errorText(error)}`);
+  }
+  const ocspUrls = (cert.infoAccess ?? "").split("\n")
+    .filter((line) => line.startsWith("OCSP - URI:"))
+    .map((line) => line.slice("OCSP - URI:".length).trim());
+  return {
+    notBefore: new Date(cert.validFrom),
+    notAfter: new Date(cert.validTo),
+    ocspUrls,
+  };
+}
+
+function isFile(file: string): boolean {
+  try {
+    return Deno.statSync(file).isFile;
+  } catch {
+    return false;
+  }
+}
+
+function removeIfPresent(file: string): void {
+  try {
+    Deno.removeSync(file);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((byte, i) => byte === b[i]);
+}
+
+/**
+ * Puts `pending` in place of `target` with one rename, so a web server sees
+ * the old response or the new one, never none or half of one. The new file
+ * keeps the old one's mode and, where allowed, its owner.
+ */
+function replaceAtomically(pending: string, target: string): void {
+  try {
+    const old = Deno.statSync(target);
+    if (old.mode !== null) Deno.chmodSync(pending, old.mode & 0o7777);
+    if (old.uid !== null && old.gid !== null) {
+      try {
+        Deno.chownSync(pending, old.uid, old.gid);
+      } catch {
+        // Only root may give a file away; the mode is what matters most.
+      }
+    }
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  const handle = Deno.openSync(pending, { read: true, write: true });
+  try {
+    handle.syncSync();
+  } finally {
+    handle.close();
+  }
+  Deno.renameSync(pending, target);
+}
+
+/** Copies the new response aside without overwriting an earlier backup. */
+function makeBackup(responsePath: string, now: Date): string {
+  const base = backupName(responsePath, now);
+  for (let n = 1;; n++) {
+    const name = n === 1 ? base : `${base}.${n}`;
+    try {
+      Deno.writeFileSync(name, Deno.readFileSync(responsePath), { createNew: true });
+      return name;
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+    }
+  }
+}
+
+/** Lists a folder's files and subfolders, following links as os.walk does. */
+function listFolder(dir: string): { files: Set<string>; folders: string[] } {
+  const files = new Set<string>();
+  const folders: string[] = [];
+  for (const entry of Deno.readDirSync(dir)) {
+    if (entry.isFile) files.add(entry.name);
+    else if (entry.isDirectory) folders.push(entry.name);
+    else if (entry.isSymlink && isFile(path.join(dir, entry.name))) {
+      files.add(entry.name);
+    }
+  }
+  return { files, folders: folders.sort() };
+}
+
+/** Finds the (cert, chain, rootchain) triples of one scan_keys entry. */
+function scanForTargets(entry: ScanEntry, ocspFolder: string): Target[] {
+  const root = path.resolve(entry.folder);
+  try {
+    if (!Deno.statSync(root).isDirectory) throw new Error("not a folder");
+  } catch (error) {
+    const problem = error instanceof Deno.errors.NotFound ? "does not exist" : errorText(error);
+    throw new ExitError(
+      `Cannot scan ${entry.source}: "${root}" ${problem}`,
+      EXIT.configInvalid,
+    );
+  }
+  const certPattern = maskPattern(entry.certMask);
+  const targets: Target[] = [];
+  const walk = (relative: string) => {
+    const dir = path.join(root, relative);
+    const { files, folders } = listFolder(dir);
+    for (const name of [...files].sort()) {
+      const domain = certPattern.exec(name)?.[1];
+      if (domain === undefined) continue;
+      const fill = (mask: string) => mask.replaceAll("{domain}", domain);
+      const chain = fill(entry.chainMask);
+      const rootchain = fill(entry.rootchainMask);
+      if (!files.has(chain) || !files.has(rootchain)) continue;
+      targets.push({
+        id: domain,
+        certPath: path.join(dir, name),
+        chainPath: path.join(dir, chain),
+        rootchainPath: path.join(dir, rootchain),
+        responsePath: path.resolve(ocspFolder, relative, fill(entry.ocspMask)),
+        source: entry.source,
+      });
+    }
+    if (entry.recursive) {
+      for (const folder of folders) walk(path.join(relative, folder));
+    }
+  };
+  walk("");
+  return targets;
+}
+
+function domainTarget(entry: DomainEntry, ocspFolder: string): Target {
+  for (const key of ["cert", "chain", "rootchain"] as const) {
+    if (!isFile(entry[key])) {
+      throw new ExitError(
+        `Config "${entry.file}": "domains.${entry.id}.${key}" names "${
+          entry[key]
+        }", which is not a file`,
+        EXIT.configInvalid,
+      );
+    }
+  }
+  const responsePath = path.resolve(ocspFolder, entry.ocsp);
+  try {
+    if (!Deno.statSync(responsePath).isFile) {
+      throw new ExitError(
+        `Config "${entry.file}": "domains.${entry.id}.ocsp" names "${responsePath}", which exists but is not a file`,
+        EXIT.configInvalid,
+      );
+    }
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  return {
+    id: entry.id,
+    certPath: entry.cert,
+    chainPath: entry.chain,
+    rootchainPath: entry.rootchain,
+    responsePath,
+    responderUri: entry.responderUri,
+    source: `domains of config "${entry.file}"`,
+  };
+}
+
+/** Reads a YAML file; ExitError(254) when it cannot be read or parsed. */
+function readYaml(file: string, warnings: string[]): unknown {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch (error) {
+    throw new ExitError(
+      `Cannot read config "${file}": ${errorText(error)}`,
+      EXIT.configUnloadable,
+    );
+  }
+  try {
+    return yaml.load(text, { schema: YAML_SCHEMA });
+  } catch (error) {
+    // PyYAML lets a repeated key overwrite the earlier one; so do we, loudly.
+    if (!/duplicated mapping key/.test(errorText(error))) {
+      throw new ExitError(
+        `Cannot parse config "${file}": ${errorText(error)}`,
+        EXIT.configUnloadable,
+      );
+    }
+    warnings.push(
+      `Config "${file}": a key appears twice; the last one counts, as with the Python bot: ${
+        errorText(error).split("\n")[0]
+      }`,
+    );
+    return yaml.load(text, { schema: YAML_SCHEMA, json: true });
+  }
+}
+
+/** Reads the main config and its includes. */
+export function loadConfig(file: string, warnings: string[]): Config {
+  const config = interpretConfig(readYaml(file, warnings), file, warnings);
+  for (const folder of config.includes) {
+    let names: string[];
+    try {
+      names = [...Deno.readDirSync(folder)]
+        .filter((entry) => /\.ya?ml$/.test(entry.name))
+        .map((entry) => entry.name)
+        .sort();
+    } catch (error) {
+      warnings.push(
+        `Cannot read include folder "${folder}" of config "${file}": ${errorText(error)}`,
+      );
+      continue;
+    }
+    for (const name of names) {
+      // The Python bot tested these names against the working directory, so
+      // includes did nothing unless it was started inside the include folder.
+      const included = path.join(folder, name);
+      if (!isFile(included)) continue;
+      const { domains, scanKeys } = interpretInclude(
+        readYaml(included, warnings),
+        included,
+        warnings,
+      );
+      config.domains.push(...domains);
+      config.scanKeys.push(...scanKeys);
+    }
+  }
+  return config;
+}
+
+/**
+ * Every certificate of the config: scanned ones first, then `domains`.
+ * Two targets with one id, or one response file, are a config error.
+ */
+export function discoverTargets(config: Config): Target[] {
+  const targets = [
+    ...config.scanKeys.flatMap((entry) => scanForTargets(entry, config.ocspFolder)),
+    ...config.domains.map((entry) => domainTarget(entry, config.ocspFolder)),
+  ];
+  const byId = new Map<string, Target>();
+  const byResponse = new Map<string, Target>();
+  for (const target of targets) {
+    const sameId = byId.get(target.id);
+    if (sameId) {
+      throw new ExitError(
+        `Certificate id "${target.id}" appears twice: "${sameId.certPath}" (${sameId.source}) and "${target.certPath}" (${target.source})`,
+        EXIT.configInvalid,
+      );
+    }
+    const sameResponse = byResponse.get(target.responsePath);
+    if (sameResponse) {
+      throw new ExitError(
+        `Certificates "${sameResponse.id}" and "${target.id}" would both write the response "${target.responsePath}"`,
+        EXIT.configInvalid,
+      );
+    }
+    byId.set(target.id, target);
+    byResponse.set(target.responsePath, target);
+  }
+  return targets;
+}
+
+// ------------------------------------------------------------ I/O: run --
+
+/** What every target's work shares. */
+interface RunContext {
+  config: Config;
+  now: Date;
+  log: Logger;
+}
+
+/** Checks one certificate and renews its response when due. */
+async function processTarget(target: Target, context: RunContext): Promise<Outcome> {
+  const { config, now } = context;
+  const log = context.log.forDomain(target.id);
+  const outcome = (action: Action): Outcome => ({ id: target.id, action });
+  try {
+    for (const file of [target.chainPath, target.rootchainPath]) {
+      if (!isFile(file)) throw new Error(`Cannot read "${file}": no such file`);
+    }
+    const cert = readCertificate(target.certPath);
+    const responderUrl = target.responderUri ?? cert.ocspUrls[0];
+    if (!responderUrl) {
+      log.warn(
+        `Certificate "${target.certPath}" names no OCSP responder (no OCSP URL in its AIA); skipped`,
+      );
+      return outcome("skipped");
+    }
+
+    let storedBytes: Uint8Array | undefined;
+    try {
+      storedBytes = await Deno.readFile(target.responsePath);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+    const stored = storedBytes === undefined
+      ? undefined
+      : storedBytes.length === 0
+      ? { verified: false, problem: "the file is empty" }
+      : await checkStoredResponse(target, config);
+    const decision = planRenewal(config.policy, cert, stored, now);
+    if (!decision.due) {
+      log.info(`OCSP response is fine: ${decision.reason}`);
+      return outcome("unchanged");
+    }
+    log.info(`Renewing OCSP response from ${responderUrl}: ${decision.reason}`);
+
+    // Kept only when a fetched response fails its checks, for inspection.
+    const pending = target.responsePath + ".new";
+    Deno.mkdirSync(path.dirname(target.responsePath), { recursive: true });
+    removeIfPresent(pending);
+    const fetched = await fetchResponse(target, responderUrl, pending, config);
+    const rejection = rejectFetched(fetched.report, stored, now);
+    if (rejection) {
+      const kept = storedBytes ? "the stored response stays" : "nothing is stored";
+      throw new Error(`${rejection}; ${kept}, the new one is in "${pending}" for inspection`);
+    }
+    if (!fetched.report.nextUpdate) {
+      log.info("New response has no nextUpdate; it is treated as living 12 hours");
+    }
+    if (storedBytes && sameBytes(storedBytes, fetched.bytes)) {
+      removeIfPresent(pending);
+      log.warn("Responder sent the stored response again; nothing changed");
+      return outcome("unchanged");
+    }
+    replaceAtomically(pending, target.responsePath);
+    const backup = config.makeBackups ? makeBackup(target.responsePath, now) : undefined;
+    const { thisUpdate, nextUpdate } = fetched.report;
+    log.info(
+      `Stored new OCSP response: good, thisUpdate ${formatTime(thisUpdate!)}, nextUpdate ${
+        nextUpdate ? formatTime(nextUpdate) : "none"
+      }${backup ? `, backup "${backup}"` : ""}`,
+    );
+    if (
+      stored?.nextUpdate && nextUpdate &&
+      nextUpdate.getTime() <= stored.nextUpdate.getTime()
+    ) {
+      log.warn(
+        `New response's nextUpdate ${formatTime(nextUpdate)} is not later than the old one's (${
+          formatTime(stored.nextUpdate)
+        })`,
+      );
+    }
+    return outcome("renewed");
+  } catch (error) {
+    log.error(errorText(error));
+    return outcome("failed");
+  }
+}
+
+/**
+ * Maps items through `work` with at most `limit` in flight. Once `stop`
+ * says so, no new item is started, but those running are awaited.
+ */
+export async function runPool<T, R>(
+  items: T[],
+  limit: number,
+  work: (item: T) => Promise<R>,
+  stop: (result: R) => boolean,
+): Promise<{ results: R[]; notStarted: number }> {
+  const results: R[] = [];
+  let next = 0;
+  let stopped = false;
+  const worker = async () => {
+    while (!stopped && next < items.length) {
+      const result = await work(items[next++]);
+      results.push(result);
+      if (stop(result)) stopped = true;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return { results, notStarted: items.length - next };
+}
+
+/** Test seam: `OCSPBOT_FAKE_NOW` (an ISO time) replaces the clock. */
+function currentTime(): Date {
+  let fake: string | undefined;
+  try {
+    fake = Deno.env.get("OCSPBOT_FAKE_NOW");
+  } catch {
+    // Without --allow-env there is no fake clock to read.
+  }
+  if (!fake) return new Date();
+  const now = new Date(fake);
+  if (Number.isNaN(now.getTime())) {
+    throw new ExitError(`OCSPBOT_FAKE_NOW "${fake}" is not a time`, EXIT.badArguments);
+  }
+  return now;
+}
+
+/** Runs the bot; returns the exit status. */
+export async function main(args: string[]): Promise<number> {
+  const terminal = Logger.console();
+  let invocation: Invocation;
+  let now: Date;
+  try {
+    invocation = parseCommandLine(args);
+    now = currentTime();
+  } catch (error) {
+    terminal.error(errorText(error));
+    writeAll(Deno.stderr, encoder.encode("\n" + HELP));
+    return (error as ExitError).status;
+  }
+  if (invocation.help) {
+    terminal.info(HELP.trimEnd());
+    return 0;
+  }
+  if (invocation.version) {
+    terminal.info(`ocspbot ${VERSION}`);
+    return 0;
+  }
+
+  const warnings: string[] = [];
+  let config: Config;
+  let log: Logger;
+  try {
+    config = loadConfig(invocation.configPath, warnings);
+    log = Logger.open(config, now);
+  } catch (error) {
+    for (const warning of warnings) terminal.warn(warning);
+    terminal.error(errorText(error));
+    return error instanceof ExitError ? error.status : EXIT.configUnloadable;
+  }
+  try {
+    for (const warning of warnings) log.warn(warning);
+    const targets = discoverTargets(config);
+    if (targets.length === 0) log.warn("No certificates found in the configuration");
+    const context: RunContext = { config, now, log };
+    const { results, notStarted } = await runPool(
+      targets,
+      config.parallelThreads,
+      (target) => processTarget(target, context),
+      (outcome) => config.stopOnError && outcome.action === "failed",
+    );
+    const summary = summarize(results, notStarted);
+    log.info(summaryLine(summary));
+    return exitStatus(summary);
+  } catch (error) {
+    if (error instanceof ExitError) {
+      log.error(error.message);
+      return error.status;
+    }
+    log.error(`Unexpected failure: ${(error as Error).stack ?? error}`);
+    return EXIT.failure;
+  } finally {
+    log.close();
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}
