@@ -1,0 +1,1130 @@
+// Copyright 2026 the ocspbot authors. MIT license.
+
+import nodeAssert from "node:assert/strict";
+import * as path from "node:path";
+import {
+  type CertificateInfo,
+  EXIT,
+  ExitError,
+  exitStatus,
+  formatLogName,
+  interpretConfig,
+  maskPattern,
+  parseCommandLine,
+  parseInterval,
+  parseOcspOutput,
+  parseOpensslTime,
+  planRenewal,
+  rejectFetched,
+  type ResponseReport,
+  runPool,
+  summaryLine,
+  VERSION,
+} from "./ocspbot.ts";
+import { openssl, TestCa } from "./testdata/testca.ts";
+
+const BOT = path.join(import.meta.dirname!, "ocspbot.ts");
+/** The permissions the README tells users to grant. */
+const BOT_PERMISSIONS = ["--allow-read", "--allow-write", "--allow-run", "--allow-env"];
+const HOUR = 3600_000;
+const decoder = new TextDecoder();
+
+// ------------------------------------------------------------- helpers --
+
+// JSR's @std/assert cannot be reached here; node:assert says the same things.
+const assert: (condition: unknown, message?: string) => asserts condition = nodeAssert.ok;
+const assertEquals = (actual: unknown, expected: unknown, message?: string) =>
+  nodeAssert.deepStrictEqual(actual, expected, message);
+const assertNotEquals = (actual: unknown, expected: unknown, message?: string) =>
+  nodeAssert.notDeepStrictEqual(actual, expected, message);
+const assertMatch = (actual: string, expected: RegExp, message?: string) =>
+  nodeAssert.match(actual, expected, message);
+
+/** Runs `fn`, expecting it to throw an `ErrorClass`, and returns the error. */
+function assertThrows<E extends Error>(
+  fn: () => unknown,
+  ErrorClass: abstract new (...args: never[]) => E = Error as never,
+): E {
+  try {
+    fn();
+  } catch (error) {
+    assert(error instanceof ErrorClass, `expected ${ErrorClass.name}, got ${error}`);
+    return error;
+  }
+  throw new nodeAssert.AssertionError({ message: "expected an exception" });
+}
+
+interface BotRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Spawns the bot as a user would, from `cwd`. */
+async function runBot(
+  cwd: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+): Promise<BotRun> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--quiet", ...BOT_PERMISSIONS, BOT, ...args],
+    cwd,
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}
+
+function fakeNow(offsetMs: number): Record<string, string> {
+  return { OCSPBOT_FAKE_NOW: new Date(Date.now() + offsetMs).toISOString() };
+}
+
+/** A CA with its responder for the length of `fn`. */
+async function withCa(fn: (ca: TestCa) => Promise<void>): Promise<void> {
+  const ca = await TestCa.create();
+  try {
+    await fn(ca);
+  } finally {
+    await ca.close();
+  }
+}
+
+const BASE_CONFIG = `
+minimum_validity: 6h
+ocsp_folder: responses
+scan_keys:
+  - folder: certs
+`;
+
+/**
+ * A site folder with leaves in `certs/` and an `ocspbot.yaml` that scans
+ * them into `responses/`; responses are valid for 24 h, due 6 h before end.
+ */
+async function makeSite(
+  ca: TestCa,
+  names: string[],
+  config = BASE_CONFIG,
+): Promise<string> {
+  const site = path.join(ca.dir, "site");
+  await Promise.all(names.map((name) => ca.issueLeaf(path.join(site, "certs"), name)));
+  await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config);
+  return site;
+}
+
+function response(site: string, name: string): string {
+  return path.join(site, "responses", `${name}.ocsp-resp`);
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await Deno.lstat(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function statusOf(ca: TestCa, file: string, cert: string): Promise<string> {
+  const out = decoder.decode(
+    await openssl([
+      "ocsp",
+      "-respin",
+      file,
+      "-issuer",
+      ca.chain,
+      "-cert",
+      cert,
+      "-CAfile",
+      ca.rootchain,
+      "-VAfile",
+      ca.rootchain,
+      "-no_nonce",
+    ]),
+  );
+  return /: (good|revoked|unknown)$/m.exec(out)![1];
+}
+
+// ---------------------------------------------------- pure: unit tests --
+
+Deno.test("deno.json's version is VERSION", async () => {
+  const manifest = JSON.parse(
+    await Deno.readTextFile(path.join(import.meta.dirname!, "deno.json")),
+  );
+  assertEquals(manifest.version, VERSION);
+});
+
+Deno.test("parseCommandLine() reads the Python bot's arguments", async (t) => {
+  const cases: [string[], Partial<ReturnType<typeof parseCommandLine>>][] = [
+    [[], { configPath: "ocspbot.yaml", help: false, version: false }],
+    [["site.yaml"], { configPath: "site.yaml" }],
+    [["-h"], { help: true }],
+    [["-help"], { help: true }],
+    [["a.yaml", "--help"], { help: true }],
+    [["-v"], { version: true }],
+    [["-version", "a.yaml"], { version: true }],
+    [["a", "b", "--version"], { version: true }],
+  ];
+  for (const [args, expected] of cases) {
+    await t.step(JSON.stringify(args), () => {
+      const invocation = parseCommandLine(args);
+      for (const [key, value] of Object.entries(expected)) {
+        assertEquals(invocation[key as keyof typeof invocation], value);
+      }
+    });
+  }
+  await t.step("two configs are status 252", () => {
+    const error = assertThrows(() => parseCommandLine(["a", "b"]), ExitError);
+    assertEquals(error.status, 252);
+  });
+  await t.step("an unknown option is status 252", () => {
+    const error = assertThrows(() => parseCommandLine(["--frobnicate"]), ExitError);
+    assertEquals(error.status, 252);
+  });
+});
+
+Deno.test("parseInterval() reads every token form", async (t) => {
+  const cases: [string, number][] = [
+    ["3d", 3 * 86400],
+    ["2 hours 5 minutes 10 seconds", 2 * 3600 + 5 * 60 + 10],
+    ["1w 3d 5h", 7 * 86400 + 3 * 86400 + 5 * 3600],
+    ["1 week", 604800],
+    ["10 s 1 sec 1 second", 12],
+    ["1m 1 min 1 minute 2 minutes", 5 * 60],
+    ["1h 1 hour 2 hours", 4 * 3600],
+    ["1d 1 day 2 days", 4 * 86400],
+    ["1w 1 weeks", 2 * 604800],
+    ["1h30m", 5400],
+  ];
+  for (const [text, seconds] of cases) {
+    await t.step(text, () => assertEquals(parseInterval(text), seconds * 1000));
+  }
+});
+
+Deno.test("parseInterval() rejects what it cannot read", async (t) => {
+  for (const text of ["", "  ", "3", "d", "3 fortnights", "1.5h", "-3d", "3d and more"]) {
+    await t.step(JSON.stringify(text), () => {
+      assertThrows(() => parseInterval(text), Error);
+    });
+  }
+});
+
+Deno.test("interpretConfig() names the file and key of every error", async (t) => {
+  const cases: [string, unknown, RegExp][] = [
+    ["empty file", null, /"c.yaml" is empty/],
+    ["no validity key", { ocsp_folder: "x" }, /"minimum_validity" is missing/],
+    ["bad interval", { minimum_validity: "3 lightyears" }, /"minimum_validity".*lightyears/],
+    ["interval not a string", { minimum_validity: 3 }, /"minimum_validity" must be a string/],
+    ["percentage over 100", { minimum_validity_percentage: 101 }, /between 0 and 100/],
+    ["percentage below 0", { minimum_validity_percentage: -1 }, /between 0 and 100/],
+    ["percentage as text", { minimum_validity_percentage: "42" }, /must be a number/],
+    ["threads 0", { minimum_validity: "1d", parallel_threads: 0 }, /"parallel_threads"/],
+    ["threads negative", { minimum_validity: "1d", parallel_threads: -2 }, /"parallel_threads"/],
+    ["threads fractional", { minimum_validity: "1d", parallel_threads: 2.5 }, /"parallel_threads"/],
+    [
+      "boolean as text",
+      { minimum_validity: "1d", make_backups: "maybe" },
+      /"make_backups" must be true or false/,
+    ],
+    ["timeout 0", { minimum_validity: "1d", timeout: 0 }, /"timeout"/],
+    ["domains a list", { minimum_validity: "1d", domains: [] }, /"domains" must be a mapping/],
+    [
+      "domain without rootchain",
+      { minimum_validity: "1d", domains: { "a.test": { cert: "a", chain: "b", ocsp: "d" } } },
+      /"domains.a.test.rootchain" is missing/,
+    ],
+    [
+      "domain with bad responder URI",
+      {
+        minimum_validity: "1d",
+        domains: {
+          a: { cert: "a", chain: "b", rootchain: "c", ocsp: "d", ocsp_responder_uri: "ldap://x" },
+        },
+      },
+      /"domains.a.ocsp_responder_uri"/,
+    ],
+    [
+      "scan_keys a mapping",
+      { minimum_validity: "1d", scan_keys: {} },
+      /"scan_keys" must be a list/,
+    ],
+    [
+      "cert mask without {domain}",
+      { minimum_validity: "1d", scan_keys: [{ cert_mask: "cert.pem" }] },
+      /"scan_keys\[0\].cert_mask" must contain "\{domain\}"/,
+    ],
+    [
+      "recursive as text",
+      { minimum_validity: "1d", scan_keys: [{ recursive: "deep" }] },
+      /"scan_keys\[0\].recursive"/,
+    ],
+    ["include not a string", { minimum_validity: "1d", includes: [3] }, /"includes\[0\]"/],
+  ];
+  for (const [name, document, message] of cases) {
+    await t.step(name, () => {
+      const error = assertThrows(() => interpretConfig(document, "c.yaml"), ExitError);
+      assertEquals(error.status, EXIT.configInvalid);
+      assertMatch(error.message, /Config "c.yaml"/);
+      assertMatch(error.message, message);
+    });
+  }
+});
+
+Deno.test("interpretConfig() warns about an unknown key and guesses the meant one", () => {
+  const warnings: string[] = [];
+  interpretConfig({ minimum_validity: "1d", minimum_validty: "3d" }, "c.yaml", warnings);
+  assertEquals(warnings.length, 1);
+  assertMatch(warnings[0], /unknown key "minimum_validty".*did you mean "minimum_validity"/);
+});
+
+Deno.test("interpretConfig() fills the Python bot's defaults", () => {
+  const config = interpretConfig(
+    {
+      minimum_validity_percentage: 42.8,
+      domains: { a: { cert: "a", chain: "b", rootchain: "c", ocsp: "d" } },
+    },
+    "c.yaml",
+  );
+  assertEquals(config.parallelThreads, 1);
+  assertEquals(config.stopOnError, false);
+  assertEquals(config.makeBackups, false);
+  assertEquals(config.opensslExecutable, "openssl");
+  assertEquals(config.ocspFolder, "");
+  assertEquals(config.policy, { minimumValidityPercentage: 42.8 });
+  assertEquals(config.domains[0].responderUri, undefined);
+});
+
+Deno.test("maskPattern() matches whole file names only", async (t) => {
+  const cases: [string, string, string | undefined][] = [
+    ["{domain}.pem", "example.com.pem", "example.com"],
+    ["{domain}.pem", "example.com.pem.bak", undefined],
+    ["{domain}.pem", "x.example.com.pem", "x.example.com"],
+    ["cert-{domain}.crt", "cert-a.test.crt", "a.test"],
+    ["cert-{domain}.crt", "cert-a.test.crt~", undefined],
+    ["{domain}/{domain}.pem", "a/a.pem", "a"],
+  ];
+  for (const [mask, name, domain] of cases) {
+    await t.step(
+      `${mask} ~ ${name}`,
+      () => assertEquals(maskPattern(mask).exec(name)?.[1], domain),
+    );
+  }
+});
+
+Deno.test("parseOpensslTime() reads GMT times whatever the time zone", () => {
+  assertEquals(
+    parseOpensslTime("Nov 24 01:55:18 2026 GMT").toISOString(),
+    "2026-11-24T01:55:18.000Z",
+  );
+  assertEquals(
+    parseOpensslTime("Mar  4 23:00:00 2027 GMT").toISOString(),
+    "2027-03-04T23:00:00.000Z",
+  );
+  assertThrows(() => parseOpensslTime("Foo 4 23:00:00 2027 GMT"));
+});
+
+Deno.test("parseOcspOutput() reads openssl's status block", async (t) => {
+  await t.step("good and verified", () => {
+    const report = parseOcspOutput(
+      "a.pem: good\n\tThis Update: Nov 24 01:55:18 2026 GMT\n\tNext Update: Nov 25 01:55:18 2026 GMT\n",
+      "Response verify OK\n",
+      0,
+    );
+    assertEquals(report.status, "good");
+    assertEquals(report.verified, true);
+    assertEquals(report.thisUpdate?.toISOString(), "2026-11-24T01:55:18.000Z");
+    assertEquals(report.nextUpdate?.toISOString(), "2026-11-25T01:55:18.000Z");
+  });
+  await t.step("revoked, with reason and time", () => {
+    const report = parseOcspOutput(
+      "a.pem: revoked\n\tThis Update: Nov 24 01:55:18 2026 GMT\n\tReason: keyCompromise\n\tRevocation Time: Nov 24 00:55:18 2026 GMT\n",
+      "Response verify OK\n",
+      0,
+    );
+    assertEquals(report.status, "revoked");
+    assertEquals(report.nextUpdate, undefined);
+    assertEquals(report.revocationReason, "keyCompromise");
+    assertEquals(report.revocationTime?.toISOString(), "2026-11-24T00:55:18.000Z");
+  });
+  await t.step("verify failure explains itself", () => {
+    const report = parseOcspOutput(
+      "a.pem: good\n\tThis Update: Nov 24 01:55:18 2026 GMT\n",
+      "Response Verify Failure\n40A7:error:13800065:OCSP routines:ocsp_verify_signer:certificate verify error:../crypto/ocsp/ocsp_vfy.c:64:Verify error: self-signed certificate\n",
+      1,
+    );
+    assertEquals(report.verified, false);
+    assertMatch(
+      report.problem!,
+      /certificate verify error \(Verify error: self-signed certificate\)/,
+    );
+  });
+  await t.step("responder error", () => {
+    const report = parseOcspOutput("Responder Error: unauthorized (6)\n", "", 1);
+    assertEquals(report.verified, false);
+    assertMatch(report.problem!, /unauthorized/);
+  });
+});
+
+const CERT: CertificateInfo = {
+  notBefore: new Date("2026-01-01T00:00:00Z"),
+  notAfter: new Date("2027-01-01T00:00:00Z"),
+  ocspUrls: ["http://127.0.0.1/"],
+};
+const GOOD: ResponseReport = {
+  status: "good",
+  verified: true,
+  thisUpdate: new Date("2026-06-01T00:00:00Z"),
+  nextUpdate: new Date("2026-06-08T00:00:00Z"),
+};
+
+Deno.test("planRenewal() follows the Python bot's rule, on a fake clock", async (t) => {
+  const at = (iso: string) => new Date(iso);
+  const cases: [
+    string,
+    Parameters<typeof planRenewal>[0],
+    ResponseReport | undefined,
+    string,
+    boolean,
+  ][] = [
+    ["nothing stored", { minimumValidityMs: HOUR }, undefined, "2026-06-01T00:00:00Z", true],
+    [
+      "not verified",
+      { minimumValidityMs: HOUR },
+      { ...GOOD, verified: false, problem: "x" },
+      "2026-06-01T01:00:00Z",
+      true,
+    ],
+    [
+      "revoked",
+      { minimumValidityMs: HOUR },
+      { ...GOOD, status: "revoked" },
+      "2026-06-01T01:00:00Z",
+      true,
+    ],
+    [
+      "time: 3d before end, not yet",
+      { minimumValidityMs: 72 * HOUR },
+      GOOD,
+      "2026-06-04T23:59:59Z",
+      false,
+    ],
+    [
+      "time: 3d before end, due",
+      { minimumValidityMs: 72 * HOUR },
+      GOOD,
+      "2026-06-05T00:00:00Z",
+      true,
+    ],
+    // 42.8% left of 7 days: due once 57.2% (96.096 h) has elapsed.
+    [
+      "percent: 42.8, not yet",
+      { minimumValidityPercentage: 42.8 },
+      GOOD,
+      "2026-06-05T00:05:00Z",
+      false,
+    ],
+    ["percent: 42.8, due", { minimumValidityPercentage: 42.8 }, GOOD, "2026-06-05T00:06:00Z", true],
+    [
+      "both: the earlier wins",
+      { minimumValidityMs: HOUR, minimumValidityPercentage: 50 },
+      GOOD,
+      "2026-06-04T12:00:00Z",
+      true,
+    ],
+    ["expired response", { minimumValidityMs: HOUR }, GOOD, "2026-06-09T00:00:00Z", true],
+    [
+      "no nextUpdate: 12 h assumed, not yet",
+      { minimumValidityMs: HOUR },
+      { ...GOOD, nextUpdate: undefined },
+      "2026-06-01T10:59:00Z",
+      false,
+    ],
+    [
+      "no nextUpdate: 12 h assumed, due",
+      { minimumValidityMs: HOUR },
+      { ...GOOD, nextUpdate: undefined },
+      "2026-06-01T11:00:00Z",
+      true,
+    ],
+  ];
+  for (const [name, policy, stored, now, due] of cases) {
+    await t.step(name, () => assertEquals(planRenewal(policy, CERT, stored, at(now)).due, due));
+  }
+  await t.step("the certificate's end clips the response's", () => {
+    const cert = { ...CERT, notAfter: new Date("2026-06-03T00:00:00Z") };
+    const decision = planRenewal(
+      { minimumValidityMs: 24 * HOUR },
+      cert,
+      GOOD,
+      at("2026-06-02T00:00:00Z"),
+    );
+    assertEquals(decision.renewAt?.toISOString(), "2026-06-02T00:00:00.000Z");
+    assertEquals(decision.due, true);
+  });
+});
+
+Deno.test("rejectFetched() keeps anything worse than what is stored out", async (t) => {
+  const now = new Date("2026-06-02T00:00:00Z");
+  const cases: [string, ResponseReport, ResponseReport | undefined, RegExp | undefined][] = [
+    [
+      "a newer good response",
+      { ...GOOD, thisUpdate: new Date("2026-06-02T00:00:00Z") },
+      GOOD,
+      undefined,
+    ],
+    ["no stored one", GOOD, undefined, undefined],
+    [
+      "not verified",
+      { ...GOOD, verified: false, problem: "bad signer" },
+      GOOD,
+      /does not verify: bad signer/,
+    ],
+    [
+      "revoked",
+      {
+        ...GOOD,
+        status: "revoked",
+        revocationTime: new Date("2026-05-01T00:00:00Z"),
+        revocationReason: "keyCompromise",
+      },
+      GOOD,
+      /revoked since 2026-05-01 00:00:00 UTC \(keyCompromise\)/,
+    ],
+    ["unknown", { ...GOOD, status: "unknown" }, GOOD, /is unknown/],
+    [
+      "expired",
+      { ...GOOD, nextUpdate: new Date("2026-06-01T12:00:00Z") },
+      undefined,
+      /expired already/,
+    ],
+    [
+      "from the future",
+      { ...GOOD, thisUpdate: new Date("2026-06-02T01:00:00Z") },
+      undefined,
+      /in the future/,
+    ],
+    [
+      "older than stored",
+      { ...GOOD, thisUpdate: new Date("2026-05-31T00:00:00Z") },
+      GOOD,
+      /older than the stored one/,
+    ],
+    ["older than a broken stored one", { ...GOOD, thisUpdate: new Date("2026-05-31T00:00:00Z") }, {
+      verified: false,
+    }, undefined],
+  ];
+  for (const [name, fetched, stored, rejection] of cases) {
+    await t.step(name, () => {
+      const result = rejectFetched(fetched, stored, now);
+      if (rejection) assertMatch(result ?? "", rejection);
+      else assertEquals(result, undefined);
+    });
+  }
+});
+
+Deno.test("exitStatus() keeps renewal counts below the error codes", async (t) => {
+  const base = { renewed: 0, unchanged: 0, skipped: 0, failed: 0, notProcessed: 0 };
+  const cases: [string, Partial<typeof base>, number][] = [
+    ["nothing", {}, 0],
+    ["three renewed", { renewed: 3 }, 3],
+    ["251 renewed", { renewed: 251 }, 251],
+    ["256 renewed is not 0", { renewed: 256 }, 251],
+    ["a failure wins", { renewed: 3, failed: 1 }, 255],
+    ["skipped is no failure", { skipped: 4 }, 0],
+    ["stop_on_error left some", { notProcessed: 2 }, 255],
+  ];
+  for (const [name, counts, status] of cases) {
+    await t.step(name, () => assertEquals(exitStatus({ ...base, ...counts }), status));
+  }
+  assertEquals(
+    summaryLine({ ...base, renewed: 2, unchanged: 3, failed: 1 }),
+    "Failure: 3 unchanged OCSP responses, 2 updated OCSP responses and 1 failures.",
+  );
+});
+
+Deno.test("formatLogName() fills the placeholders zero-padded", () => {
+  const now = new Date(2026, 0, 2, 3, 4, 5);
+  assertEquals(
+    formatLogName("/var/log/ocsp-{year}{month}{day}-{hour}{minute}{second}.log", now),
+    "/var/log/ocsp-20260102-030405.log",
+  );
+});
+
+Deno.test("runPool() bounds concurrency and stops handing out work after a stop", async () => {
+  let running = 0;
+  let peak = 0;
+  const started: number[] = [];
+  const { results, notStarted } = await runPool(
+    Array.from({ length: 20 }, (_, i) => i),
+    4,
+    async (item) => {
+      started.push(item);
+      running++;
+      peak = Math.max(peak, running);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      running--;
+      return item;
+    },
+    (item) => item === 5,
+  );
+  assertEquals(peak, 4);
+  // Items 6..8 were in flight when 5 finished; they are awaited, not abandoned.
+  assertEquals(results.length, started.length);
+  assert(notStarted > 0 && notStarted < 20 - 6, `notStarted ${notStarted}`);
+});
+
+// ------------------------------------------ the bot against a responder --
+
+Deno.test("first run fetches every response; the second changes nothing", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test", "b.test", "c.test"]);
+    const first = await runBot(site);
+    assertEquals(first.code, 3, first.stderr);
+    assertEquals(first.stderr, "");
+    assertMatch(
+      first.stdout,
+      /Success: 0 unchanged OCSP responses, 3 updated OCSP responses and 0 failures\./,
+    );
+    assertMatch(first.stdout, /^\[a\.test\] Stored new OCSP response: good/m);
+    for (const name of ["a.test", "b.test", "c.test"]) {
+      assertEquals(
+        await statusOf(ca, response(site, name), path.join(site, "certs", `${name}.pem`)),
+        "good",
+      );
+      assertEquals(await exists(response(site, name) + ".new"), false);
+    }
+    // OpenSSL 1.x sent no Host; we send exactly one, with the port.
+    assertEquals(ca.hostHeaders, Array(3).fill(new URL(ca.url).host));
+
+    const stored = await Deno.readFile(response(site, "a.test"));
+    const second = await runBot(site);
+    assertEquals(second.code, 0, second.stderr);
+    assertMatch(
+      second.stdout,
+      /Success: 3 unchanged OCSP responses, 0 updated OCSP responses and 0 failures\./,
+    );
+    assertEquals(ca.hostHeaders.length, 3, "the second run asked the responder");
+    assertEquals(await Deno.readFile(response(site, "a.test")), stored);
+  });
+});
+
+Deno.test("a response is renewed when its time comes, by time and by percentage", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    assertEquals((await runBot(site)).code, 1);
+    // 24 h responses; minimum_validity 6h: due 18 h after thisUpdate.
+    await t.step("17 h later: not yet", async () => {
+      const run = await runBot(site, [], fakeNow(17 * HOUR));
+      assertEquals(run.code, 0, run.stdout + run.stderr);
+      assertMatch(run.stdout, /renewal due at/);
+    });
+    await t.step("19 h later: renewed", async () => {
+      const run = await runBot(site, [], fakeNow(19 * HOUR));
+      assertEquals(run.code, 1, run.stdout + run.stderr);
+      assertMatch(run.stdout, /due since/);
+    });
+    await t.step("percentage 75: due after 6 h of 24", async () => {
+      await Deno.writeTextFile(
+        path.join(site, "ocspbot.yaml"),
+        BASE_CONFIG.replace("minimum_validity: 6h", "minimum_validity_percentage: 75"),
+      );
+      assertEquals((await runBot(site, [], fakeNow(5 * HOUR))).code, 0);
+      assertEquals((await runBot(site, [], fakeNow(7 * HOUR))).code, 1);
+    });
+  });
+});
+
+Deno.test("decisions are the same under every TZ", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    assertEquals((await runBot(site)).code, 1);
+    const stored = await Deno.readFile(response(site, "a.test"));
+    for (const tz of ["UTC", "America/New_York", "Asia/Kolkata"]) {
+      await Deno.writeFile(response(site, "a.test"), stored);
+      // Due at thisUpdate + 18 h; a local-time clock would be off by hours.
+      const before = await runBot(site, [], { TZ: tz, ...fakeNow(17.5 * HOUR) });
+      assertEquals(before.code, 0, `${tz}: ${before.stdout}`);
+      const after = await runBot(site, [], { TZ: tz, ...fakeNow(18.5 * HOUR) });
+      assertEquals(after.code, 1, `${tz}: ${after.stdout}`);
+    }
+  });
+});
+
+Deno.test("revoked and unknown answers fail and never replace a good response", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["r.test", "u.test"]);
+    assertEquals((await runBot(site)).code, 2);
+    const goodR = await Deno.readFile(response(site, "r.test"));
+    const goodU = await Deno.readFile(response(site, "u.test"));
+    const certs = path.join(site, "certs");
+    const serialOf = async (name: string) =>
+      decoder.decode(
+        await openssl(["x509", "-in", path.join(certs, `${name}.pem`), "-noout", "-serial"]),
+      )
+        .trim().replace("serial=", "");
+    ca.setStatus(await serialOf("r.test"), "revoked");
+    ca.setStatus(await serialOf("u.test"), "unknown");
+
+    const run = await runBot(site, [], fakeNow(19 * HOUR));
+    assertEquals(run.code, 255);
+    assertMatch(
+      run.stderr,
+      /^\[r\.test\] ERROR: responder says the certificate is revoked since .*keyCompromise/m,
+    );
+    assertMatch(run.stderr, /^\[u\.test\] ERROR: responder says the certificate is unknown/m);
+    assert(!/Stored new OCSP response/.test(run.stdout), "a revoked response was stored");
+    assertMatch(
+      run.stdout,
+      /^Failure: 0 unchanged OCSP responses, 0 updated OCSP responses and 2 failures\.$/m,
+    );
+    assertEquals(await Deno.readFile(response(site, "r.test")), goodR);
+    assertEquals(await Deno.readFile(response(site, "u.test")), goodU);
+    assertEquals(
+      await statusOf(ca, response(site, "r.test") + ".new", path.join(certs, "r.test.pem")),
+      "revoked",
+    );
+  });
+});
+
+Deno.test("a broken responder fails the certificate and keeps the stored response", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\n");
+    assertEquals((await runBot(site)).code, 1);
+    const stored = await Deno.readFile(response(site, "a.test"));
+    const cases: [string, () => void, RegExp][] = [
+      ["HTTP 500", () => ca.mode = "http500", /code=500/],
+      ["garbage", () => ca.mode = "garbage", /No response from/],
+      [
+        "wrong signer",
+        () => ca.mode = "wrong-signer",
+        /does not verify: .*certificate verify error/,
+      ],
+      ["hanging", () => ca.mode = "hang", /timed out|did not finish within 2 s|timeout/i],
+    ];
+    for (const [name, breakIt, message] of cases) {
+      await t.step(name, async () => {
+        breakIt();
+        const started = Date.now();
+        const run = await runBot(site, [], fakeNow(19 * HOUR));
+        assertEquals(run.code, 255, run.stdout + run.stderr);
+        assertMatch(run.stderr, /^\[a\.test\] ERROR: /m);
+        assertMatch(run.stderr, message);
+        assertEquals(await Deno.readFile(response(site, "a.test")), stored);
+        assert(Date.now() - started < 15_000, "took too long");
+      });
+    }
+    await t.step("responder down", async () => {
+      ca.mode = "good";
+      const config = BASE_CONFIG.replace("scan_keys:\n  - folder: certs\n", "") + `domains:
+  a.test:
+    cert: certs/a.test.pem
+    chain: certs/a.test-chain.pem
+    rootchain: certs/a.test-rootchain.pem
+    ocsp: a.test.ocsp-resp
+    ocsp_responder_uri: http://127.0.0.1:9/
+timeout: 2
+`;
+      await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config);
+      const run = await runBot(site, [], fakeNow(19 * HOUR));
+      assertEquals(run.code, 255);
+      assertMatch(run.stderr, /No response from http:\/\/127\.0\.0\.1:9\//);
+      assertEquals(await Deno.readFile(response(site, "a.test")), stored);
+    });
+  });
+});
+
+Deno.test("a fetched response that is stale, older or the same is not stored", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    const cert = path.join(site, "certs", "a.test.pem");
+    const older = await ca.respond(cert);
+    // thisUpdate has whole seconds: let the stored response be newer.
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    assertEquals((await runBot(site)).code, 1);
+    const stored = await Deno.readFile(response(site, "a.test"));
+
+    await t.step("expired at the time of the run", async () => {
+      const run = await runBot(site, [], fakeNow(25 * HOUR));
+      assertEquals(run.code, 255);
+      assertMatch(run.stderr, /expired already/);
+      assertEquals(await Deno.readFile(response(site, "a.test")), stored);
+    });
+    await t.step("older than the stored one", async () => {
+      ca.mode = { fixed: older };
+      const run = await runBot(site, [], fakeNow(19 * HOUR));
+      assertEquals(run.code, 255);
+      assertMatch(run.stderr, /older than the stored one/);
+      assertEquals(await Deno.readFile(response(site, "a.test")), stored);
+    });
+    await t.step("the stored one again", async () => {
+      ca.mode = { fixed: stored };
+      const run = await runBot(site, [], fakeNow(19 * HOUR));
+      assertEquals(run.code, 0, run.stderr);
+      assertMatch(run.stderr, /WARNING: Responder sent the stored response again/);
+      assertMatch(run.stdout, /Success: 1 unchanged/);
+      assertEquals(await exists(response(site, "a.test") + ".new"), false);
+    });
+  });
+});
+
+Deno.test("a corrupt or empty stored response is repaired", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    await Deno.mkdir(path.join(site, "responses"));
+    for (const [name, bytes] of [["garbage", "not DER"], ["empty", ""]]) {
+      await t.step(name, async () => {
+        await Deno.writeTextFile(response(site, "a.test"), bytes);
+        const run = await runBot(site);
+        assertEquals(run.code, 1, run.stdout + run.stderr);
+        assertMatch(run.stdout, /stored response does not verify/);
+        assertEquals(
+          await statusOf(ca, response(site, "a.test"), path.join(site, "certs", "a.test.pem")),
+          "good",
+        );
+      });
+    }
+  });
+});
+
+Deno.test("a response without nextUpdate is accepted and lives 12 hours", async () => {
+  await withCa(async (ca) => {
+    ca.validityMinutes = 0;
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG.replace("6h", "1h"));
+    const run = await runBot(site);
+    assertEquals(run.code, 1, run.stderr);
+    assertMatch(run.stdout, /no nextUpdate; it is treated as living 12 hours/);
+    assertMatch(run.stdout, /nextUpdate none/);
+    assertEquals((await runBot(site, [], fakeNow(10 * HOUR))).code, 0);
+    assertEquals((await runBot(site, [], fakeNow(11.5 * HOUR))).code, 1);
+  });
+});
+
+Deno.test("the replacement is a rename that keeps the file's mode", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    assertEquals((await runBot(site)).code, 1);
+    await Deno.chmod(response(site, "a.test"), 0o640);
+    const before = await Deno.stat(response(site, "a.test"));
+    assertEquals((await runBot(site, [], fakeNow(19 * HOUR))).code, 1);
+    const after = await Deno.stat(response(site, "a.test"));
+    assertNotEquals(after.ino, before.ino, "a new inode means a rename, not a rewrite in place");
+    assertEquals(after.mode! & 0o777, 0o640);
+  });
+});
+
+Deno.test("a certificate without an OCSP URL is skipped, not failed", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
+    const run = await runBot(site);
+    assertEquals(run.code, 1, run.stderr);
+    assertMatch(run.stderr, /^\[le\.test\] WARNING: .*no OCSP URL.*skipped$/m);
+    assertMatch(run.stdout, /1 certificates skipped \(no OCSP URL\)/);
+  });
+});
+
+Deno.test("scan_keys finds triples flat or recursively, whole names only", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["top.test"], BASE_CONFIG + "    recursive: no\n");
+    await ca.issueLeaf(path.join(site, "certs", "deep", "er"), "sub.test");
+    await Deno.copyFile(
+      path.join(site, "certs", "top.test.pem"),
+      path.join(site, "certs", "top.test.pem.bak"),
+    );
+    // A cert without its chain files is no triple.
+    await Deno.copyFile(
+      path.join(site, "certs", "top.test.pem"),
+      path.join(site, "certs", "lonely.pem"),
+    );
+
+    const flat = await runBot(site);
+    assertEquals(flat.code, 1, flat.stdout + flat.stderr);
+    assert(!flat.stdout.includes("sub.test"), "recursive: no still descended");
+
+    await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), BASE_CONFIG);
+    const deep = await runBot(site);
+    assertEquals(deep.code, 1, deep.stdout + deep.stderr);
+    assert(await exists(path.join(site, "responses", "deep", "er", "sub.test.ocsp-resp")));
+  });
+});
+
+Deno.test("explicit domains and the responder override work; ids are unique", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    const domains = `domains:
+  explicit:
+    cert: certs/a.test.pem
+    chain: certs/a.test-chain.pem
+    rootchain: certs/a.test-rootchain.pem
+    ocsp: nested/folder/explicit.der
+    ocsp_responder_uri: ${ca.url}
+`;
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      "minimum_validity: 6h\nocsp_folder: responses\n" + domains,
+    );
+    const run = await runBot(site);
+    assertEquals(run.code, 1, run.stderr);
+    assert(await exists(path.join(site, "responses", "nested", "folder", "explicit.der")));
+
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      BASE_CONFIG + domains.replace("explicit:", "a.test:"),
+    );
+    const twice = await runBot(site);
+    assertEquals(twice.code, 253);
+    assertMatch(twice.stderr, /Certificate id "a\.test" appears twice/);
+  });
+});
+
+Deno.test("includes are read from their folder wherever the bot starts", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test", "b.test"], "");
+    const certs = path.join(site, "certs");
+    const includeDir = path.join(site, "conf.d");
+    await Deno.mkdir(includeDir);
+    await Deno.writeTextFile(
+      path.join(includeDir, "10-a.yaml"),
+      `domains:\n  a.test:\n    cert: ${certs}/a.test.pem\n    chain: ${certs}/a.test-chain.pem\n    rootchain: ${certs}/a.test-rootchain.pem\n    ocsp: a.der\n`,
+    );
+    await Deno.writeTextFile(
+      path.join(includeDir, "20-b.yml"),
+      `scan_keys:\n  - folder: ${certs}\n    cert_mask: "{domain}.pem"\n    ocsp_mask: "{domain}.der"\n`,
+    );
+    await Deno.writeTextFile(path.join(includeDir, "README.txt"), "not yaml");
+    const elsewhere = path.join(ca.dir, "elsewhere");
+    await Deno.mkdir(elsewhere);
+    const config = path.join(elsewhere, "main.yaml");
+    await Deno.writeTextFile(
+      config,
+      `minimum_validity: 6h\nocsp_folder: ${site}/responses\nincludes:\n  - ${includeDir}\n  - ${site}/missing.d\n`,
+    );
+    const run = await runBot(elsewhere, ["main.yaml"]);
+    // scan_keys finds both a.test and b.test; a.test is also in domains.
+    assertEquals(run.code, 253, run.stdout + run.stderr);
+    assertMatch(run.stderr, /Certificate id "a\.test" appears twice/);
+
+    await Deno.writeTextFile(
+      path.join(includeDir, "20-b.yml"),
+      `scan_keys:\n  - folder: ${certs}\n    cert_mask: "b{domain}.pem"\n    chain_mask: "b{domain}-chain.pem"\n    rootchain_mask: "b{domain}-rootchain.pem"\n    ocsp_mask: "b{domain}.der"\n`,
+    );
+    const fixed = await runBot(elsewhere, ["main.yaml"]);
+    assertEquals(fixed.code, 2, fixed.stdout + fixed.stderr);
+    assertMatch(fixed.stderr, /WARNING: Cannot read include folder ".*missing\.d"/);
+    assert(await exists(path.join(site, "responses", "a.der")));
+    assert(await exists(path.join(site, "responses", "b.test.der")));
+  });
+});
+
+Deno.test("backups copy each new response under a local-time name", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "make_backups: yes\n");
+    const now = new Date(Date.now() + HOUR);
+    const env = { TZ: "Asia/Kolkata", OCSPBOT_FAKE_NOW: now.toISOString() };
+    assertEquals((await runBot(site, [], env)).code, 1);
+    const local = new Date(now.getTime() + 5.5 * HOUR).toISOString();
+    const stamp = local.slice(0, 10).replaceAll("-", "") + "-" +
+      local.slice(11, 19).replaceAll(":", "");
+    const backup = `${response(site, "a.test")}-${stamp}`;
+    assertEquals(await Deno.readFile(backup), await Deno.readFile(response(site, "a.test")));
+  });
+});
+
+Deno.test("logs go to files named by the placeholders, appended, errors in both", async () => {
+  await withCa(async (ca) => {
+    const config = BASE_CONFIG +
+      "output_log: logs/out-{year}{month}{day}-{hour}{minute}{second}.log\nerror_log: logs/err-{year}.log\n";
+    const site = await makeSite(ca, ["a.test"], config);
+    await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
+    const env = { TZ: "UTC", OCSPBOT_FAKE_NOW: "2026-11-24T20:01:02Z" };
+    const first = await runBot(site, [], env);
+    assertEquals(first.code, 1, first.stderr);
+    assertEquals(first.stdout + first.stderr, "");
+    const second = await runBot(site, [], env);
+    assertEquals(second.code, 0);
+    const out = await Deno.readTextFile(path.join(site, "logs", "out-20261124-200102.log"));
+    const err = await Deno.readTextFile(path.join(site, "logs", "err-2026.log"));
+    assertEquals(out.match(/^Success:/gm)?.length, 2, "the second run truncated the log");
+    assertEquals(err.match(/^\[le\.test\] WARNING:/gm)?.length, 2);
+    assertEquals(
+      out.match(/^\[le\.test\] WARNING:/gm)?.length,
+      2,
+      "warnings belong in the output log too",
+    );
+    assert(!/Success:/.test(err), "the error log holds only warnings and errors");
+  });
+});
+
+Deno.test("22 certificates with parallel_threads 8; stop_on_error stops without hanging", async () => {
+  await withCa(async (ca) => {
+    const names = Array.from({ length: 22 }, (_, i) => `host${String(i).padStart(2, "0")}.test`);
+    const site = await makeSite(ca, names, BASE_CONFIG + "parallel_threads: 8\n");
+    const run = await runBot(site);
+    assertEquals(run.code, 22, run.stderr);
+    assertMatch(run.stdout, /0 unchanged OCSP responses, 22 updated OCSP responses and 0 failures/);
+    for (const name of names) assert(await exists(response(site, name)), name);
+
+    ca.mode = "http500";
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      BASE_CONFIG + "parallel_threads: 4\nstop_on_error: on\n",
+    );
+    const stopped = await runBot(site, [], fakeNow(19 * HOUR));
+    assertEquals(stopped.code, 255);
+    const failures = stopped.stderr.match(/ERROR:/g)?.length ?? 0;
+    assert(failures >= 1 && failures <= 4, `${failures} failures: in-flight work only`);
+    assertMatch(
+      stopped.stdout,
+      new RegExp(`${22 - failures} certificates not processed \\(stop_on_error\\)`),
+    );
+  });
+});
+
+Deno.test("config errors end with the documented exit status", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "ocspbot-config-" });
+  try {
+    await Deno.mkdir(path.join(dir, "certs"));
+    await Deno.mkdir(path.join(dir, "responses", "a.der"), { recursive: true });
+    for (const name of ["a.pem", "a-chain.pem", "a-rootchain.pem"]) {
+      await Deno.writeTextFile(path.join(dir, "certs", name), "");
+    }
+    const domain = (ocsp: string, cert = "certs/a.pem") =>
+      `minimum_validity: 1d\ndomains:\n  a:\n    cert: ${cert}\n    chain: certs/a-chain.pem\n    rootchain: certs/a-rootchain.pem\n    ocsp: ${ocsp}\n`;
+    const cases: [string, string | null, string[], number, RegExp][] = [
+      [
+        "two positional arguments",
+        null,
+        ["a.yaml", "b.yaml"],
+        252,
+        /at most one config file[\s\S]*Usage:/,
+      ],
+      ["an unknown option", null, ["--frobnicate"], 252, /Unknown option "--frobnicate"/],
+      [
+        "a missing config",
+        null,
+        ["nope.yaml"],
+        254,
+        /Cannot read config "nope\.yaml": No such file/,
+      ],
+      ["YAML that does not parse", "a: [1, 2\n", [], 254, /Cannot parse config "ocspbot\.yaml"/],
+      ["an empty config", "", [], 253, /Config "ocspbot\.yaml" is empty/],
+      ["a compact interval", "minimum_validity: 1h30m\n", [], 0, /Success: 0 unchanged/],
+      ["a bad interval", "minimum_validity: soon\n", [], 253, /"minimum_validity"/],
+      ["a bad percentage", "minimum_validity_percentage: 120\n", [], 253, /between 0 and 100/],
+      [
+        "threads as text",
+        "minimum_validity: 1d\nparallel_threads: many\n",
+        [],
+        253,
+        /"parallel_threads"/,
+      ],
+      [
+        "a missing cert",
+        domain("a.der", "certs/none.pem"),
+        [],
+        253,
+        /"domains\.a\.cert" names "certs\/none\.pem"/,
+      ],
+      [
+        "an ocsp path that is a folder",
+        "ocsp_folder: responses\n" + domain("a.der"),
+        [],
+        253,
+        /exists but is not a file/,
+      ],
+      [
+        "a scan folder that does not exist",
+        "minimum_validity: 1d\nscan_keys:\n  - folder: typo\n",
+        [],
+        253,
+        /Cannot scan scan_keys folder "typo".*does not exist/,
+      ],
+      [
+        "a log that cannot be opened",
+        "minimum_validity: 1d\noutput_log: certs/a.pem/x.log\n",
+        [],
+        254,
+        /Cannot open output_log/,
+      ],
+      [
+        "an unknown key",
+        "minimum_validity: 1d\nmake_backup: yes\n",
+        [],
+        0,
+        /WARNING: .*unknown key "make_backup".*"make_backups"/,
+      ],
+    ];
+    for (const [name, config, args, status, message] of cases) {
+      await t.step(name, async () => {
+        if (config !== null) await Deno.writeTextFile(path.join(dir, "ocspbot.yaml"), config);
+        const run = await runBot(dir, args);
+        assertEquals(run.code, status, run.stdout + run.stderr);
+        assertMatch(run.stdout + run.stderr, message);
+      });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("help and version win wherever they stand", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const help = await runBot(dir, ["a", "b", "-help"]);
+    assertEquals(help.code, 0);
+    assertMatch(help.stdout, /Usage: ocspbot \[config\]/);
+    assertMatch(help.stdout, /255 +at least one certificate failed/);
+    const version = await runBot(dir, ["x.yaml", "-v"]);
+    assertEquals(version.code, 0);
+    assertEquals(version.stdout, `ocspbot ${VERSION}\n`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a missing openssl executable is named in the error", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(
+      ca,
+      ["a.test"],
+      BASE_CONFIG + "openssl_executable: /nonexistent/openssl\n",
+    );
+    const run = await runBot(site);
+    assertEquals(run.code, 255);
+    assertMatch(run.stderr, /Cannot find openssl executable "\/nonexistent\/openssl"/);
+  });
+});
+
+Deno.test("the script runs by URL", async () => {
+  const root = import.meta.dirname!;
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (request) => {
+    const name = new URL(request.url).pathname.slice(1);
+    if (name !== "ocspbot.ts") return new Response("not found", { status: 404 });
+    return new Response(await Deno.readFile(path.join(root, name)), {
+      headers: { "content-type": "application/typescript" },
+    });
+  });
+  try {
+    const url = `http://127.0.0.1:${server.addr.port}/ocspbot.ts`;
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--quiet", "--allow-import=127.0.0.1", ...BOT_PERMISSIONS, url, "--version"],
+      cwd: await Deno.makeTempDir(),
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(
+      decoder.decode(output.stdout),
+      `ocspbot ${VERSION}\n`,
+      decoder.decode(output.stderr),
+    );
+    assertEquals(output.code, 0);
+  } finally {
+    await server.shutdown();
+  }
+});
