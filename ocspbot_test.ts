@@ -1058,6 +1058,13 @@ Deno.test("config errors end with the documented exit status", async (t) => {
         0,
         /WARNING: .*unknown key "make_backup".*"make_backups"/,
       ],
+      [
+        "a repeated key: the last counts, as in PyYAML",
+        "minimum_validity: soon\nminimum_validity: 1d\n",
+        [],
+        0,
+        /WARNING: .*a key appears twice; the last one counts/,
+      ],
     ];
     for (const [name, config, args, status, message] of cases) {
       await t.step(name, async () => {
