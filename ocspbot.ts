@@ -25,7 +25,7 @@
 
 // @ts-types="npm:@types/js-yaml@4.0.9"
 import yaml from "npm:js-yaml@4.1.0";
-import { X509Certificate } from "node:crypto";
+import { createHash, X509Certificate } from "node:crypto";
 import * as path from "node:path";
 
 // ---------------------------------------------------------------- types --
@@ -79,6 +79,8 @@ export interface Config {
   makeBackups: boolean;
   opensslExecutable: string;
   timeoutSeconds: number;
+  /** Where verified responses' fingerprints are kept between runs. */
+  stateFile: string;
   outputLog?: string;
   errorLog?: string;
   domains: DomainEntry[];
@@ -116,6 +118,25 @@ export interface ResponseReport {
   verified: boolean;
   /** Why it did not verify or could not be read. */
   problem?: string;
+}
+
+/**
+ * Content hashes (SHA-256, hex) of a stored response and of the files it was
+ * verified with; if any changes, the response is verified again.
+ */
+export interface Fingerprint {
+  response: string;
+  cert: string;
+  chain: string;
+  rootchain: string;
+}
+
+/** What the state file remembers of a response ocspbot verified. */
+export interface VerifiedRecord {
+  fingerprint: Fingerprint;
+  status: CertStatus;
+  thisUpdate: string;
+  nextUpdate?: string;
 }
 
 /** Whether a certificate's response is renewed now, and why. */
@@ -169,6 +190,8 @@ export const EXIT = {
 
 export const DEFAULT_CONFIG = "ocspbot.yaml";
 export const DEFAULT_TIMEOUT_SECONDS = 30;
+/** The state file's name inside `ocsp_folder`, unless `state_file` says otherwise. */
+export const DEFAULT_STATE_FILE = ".ocspbot-state.json";
 /** Lifespan assumed for a response without nextUpdate, as Apache mod_md. */
 export const ASSUMED_LIFESPAN_MS = 12 * 3600_000;
 /**
@@ -208,6 +231,7 @@ const TOP_LEVEL_KEYS = [
   "make_backups",
   "openssl_executable",
   "timeout",
+  "state_file",
   "domains",
   "scan_keys",
   "includes",
@@ -566,9 +590,10 @@ export function interpretConfig(
     return value;
   });
 
+  const ocspFolder = reader.string(map, "ocsp_folder", "ocsp_folder", "");
   return {
     file,
-    ocspFolder: reader.string(map, "ocsp_folder", "ocsp_folder", ""),
+    ocspFolder,
     policy,
     parallelThreads: threads,
     stopOnError: reader.boolean(map, "stop_on_error", "stop_on_error", false),
@@ -580,6 +605,8 @@ export function interpretConfig(
       "openssl",
     ),
     timeoutSeconds: timeout,
+    stateFile: reader.string(map, "state_file", "state_file") ??
+      path.join(ocspFolder, DEFAULT_STATE_FILE),
     outputLog: reader.string(map, "output_log", "output_log"),
     errorLog: reader.string(map, "error_log", "error_log"),
     domains: reader.domains(map),
@@ -779,6 +806,37 @@ export function planRenewal(
       ? `stored response is ${expiry}, due since ${formatTime(renewAt)}`
       : `stored response is ${expiry}, renewal due at ${formatTime(renewAt)}`,
   };
+}
+
+/** The record to keep of a response that verified. */
+export function recordOf(report: ResponseReport, fingerprint: Fingerprint): VerifiedRecord {
+  return {
+    fingerprint,
+    status: report.status!,
+    thisUpdate: report.thisUpdate!.toISOString(),
+    nextUpdate: report.nextUpdate?.toISOString(),
+  };
+}
+
+/**
+ * What a record says about a stored response, if it may be trusted without
+ * asking openssl: the response, certificate and chains are byte for byte
+ * those it was verified with, it was good, and it has not expired since.
+ */
+export function recallReport(
+  record: VerifiedRecord | undefined,
+  fingerprint: Fingerprint,
+  now: Date,
+): ResponseReport | undefined {
+  if (record?.status !== "good" || typeof record.fingerprint !== "object") return undefined;
+  const same = (Object.keys(fingerprint) as (keyof Fingerprint)[])
+    .every((key) => record.fingerprint[key] === fingerprint[key]);
+  if (!same) return undefined;
+  const thisUpdate = new Date(record.thisUpdate);
+  const nextUpdate = record.nextUpdate ? new Date(record.nextUpdate) : undefined;
+  const end = nextUpdate?.getTime() ?? thisUpdate.getTime() + ASSUMED_LIFESPAN_MS;
+  if (Number.isNaN(end) || now.getTime() >= end) return undefined;
+  return { status: "good", verified: true, thisUpdate, nextUpdate };
 }
 
 /**
@@ -1069,11 +1127,34 @@ async function fetchResponse(
 
 // ----------------------------------------------------------- I/O: files --
 
-/** Reads the certificate's dates and OCSP URLs in-process. */
-export function readCertificate(file: string): CertificateInfo {
+/** Reads one input file; the error names what it is and where. */
+function readInput(file: string, what: string): Uint8Array {
+  try {
+    return Deno.readFileSync(file);
+  } catch (error) {
+    throw new Error(`Cannot read ${what} "${file}": ${errorText(error)}`);
+  }
+}
+
+/** The stored response's bytes, or undefined when there is none yet. */
+function readStoredResponse(file: string): Uint8Array | undefined {
+  try {
+    return Deno.readFileSync(file);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw new Error(`Cannot read stored response "${file}": ${errorText(error)}`);
+  }
+}
+
+export function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/** Reads a certificate's dates and OCSP URLs in-process: no openssl needed. */
+export function parseCertificate(bytes: Uint8Array, file: string): CertificateInfo {
   let cert: X509Certificate;
   try {
-    cert = new X509Certificate(Deno.readFileSync(file));
+    cert = new X509Certificate(bytes);
   } catch (error) {
     throw new Error(`Cannot read certificate "${file}": ${errorText(error)}`);
   }
@@ -1085,6 +1166,45 @@ export function readCertificate(file: string): CertificateInfo {
     notAfter: new Date(cert.validTo),
     ocspUrls,
   };
+}
+
+/**
+ * Reads the state file; a missing one is empty, and a broken one only costs
+ * a verification of every stored response.
+ */
+function loadState(file: string, log: Logger): Map<string, VerifiedRecord> {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) {
+      log.warn(`Cannot read state file "${file}": ${errorText(error)}; verifying every response`);
+    }
+    return new Map();
+  }
+  try {
+    const parsed = JSON.parse(text);
+    if (parsed?.version !== 1 || typeof parsed.responses !== "object") {
+      throw new Error("not an ocspbot state file of version 1");
+    }
+    return new Map(Object.entries(parsed.responses));
+  } catch (error) {
+    log.warn(`Ignoring state file "${file}": ${errorText(error)}; verifying every response`);
+    return new Map();
+  }
+}
+
+/** Writes the state file atomically, keeping only the targets' records. */
+function saveState(file: string, state: Map<string, VerifiedRecord>, targets: Target[]): void {
+  const responses: Record<string, VerifiedRecord> = {};
+  for (const target of targets) {
+    const record = state.get(target.responsePath);
+    if (record) responses[target.responsePath] = record;
+  }
+  Deno.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  const temporary = `${file}.${Deno.pid}.tmp`;
+  Deno.writeTextFileSync(temporary, JSON.stringify({ version: 1, responses }, null, 1) + "\n");
+  Deno.renameSync(temporary, file);
 }
 
 function isFile(file: string): boolean {
@@ -1339,18 +1459,24 @@ interface RunContext {
   config: Config;
   now: Date;
   log: Logger;
+  /** Verified responses by path, shared by the workers, saved after the run. */
+  state: Map<string, VerifiedRecord>;
 }
 
 /** Checks one certificate and renews its response when due. */
 async function processTarget(target: Target, context: RunContext): Promise<Outcome> {
-  const { config, now } = context;
+  const { config, now, state } = context;
   const log = context.log.forDomain(target.id);
   const outcome = (action: Action): Outcome => ({ id: target.id, action });
   try {
-    for (const file of [target.chainPath, target.rootchainPath]) {
-      if (!isFile(file)) throw new Error(`Cannot read "${file}": no such file`);
-    }
-    const cert = readCertificate(target.certPath);
+    const certBytes = readInput(target.certPath, "certificate");
+    const fingerprintOf = (response: Uint8Array): Fingerprint => ({
+      response: sha256(response),
+      cert: sha256(certBytes),
+      chain: sha256(readInput(target.chainPath, "chain")),
+      rootchain: sha256(readInput(target.rootchainPath, "rootchain")),
+    });
+    const cert = parseCertificate(certBytes, target.certPath);
     const responderUrl = target.responderUri ?? cert.ocspUrls[0];
     if (!responderUrl) {
       log.warn(
@@ -1359,17 +1485,20 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
       return outcome("skipped");
     }
 
-    let storedBytes: Uint8Array | undefined;
-    try {
-      storedBytes = await Deno.readFile(target.responsePath);
-    } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    const storedBytes = readStoredResponse(target.responsePath);
+    let stored: ResponseReport | undefined;
+    if (storedBytes) {
+      const fingerprint = fingerprintOf(storedBytes);
+      stored = recallReport(state.get(target.responsePath), fingerprint, now);
+      if (!stored) {
+        stored = storedBytes.length === 0
+          ? { verified: false, problem: "the file is empty" }
+          : await checkStoredResponse(target, config);
+        if (stored.verified && stored.status === "good") {
+          state.set(target.responsePath, recordOf(stored, fingerprint));
+        } else state.delete(target.responsePath);
+      }
     }
-    const stored = storedBytes === undefined
-      ? undefined
-      : storedBytes.length === 0
-      ? { verified: false, problem: "the file is empty" }
-      : await checkStoredResponse(target, config);
     const decision = planRenewal(config.policy, cert, stored, now);
     if (!decision.due) {
       log.info(`OCSP response is fine: ${decision.reason}`);
@@ -1396,6 +1525,7 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
       return outcome("unchanged");
     }
     replaceAtomically(pending, target.responsePath);
+    state.set(target.responsePath, recordOf(fetched.report, fingerprintOf(fetched.bytes)));
     const backup = config.makeBackups ? makeBackup(target.responsePath, now) : undefined;
     const { thisUpdate, nextUpdate } = fetched.report;
     log.info(
@@ -1497,13 +1627,22 @@ export async function main(args: string[]): Promise<number> {
     for (const warning of warnings) log.warn(warning);
     const targets = discoverTargets(config);
     if (targets.length === 0) log.warn("No certificates found in the configuration");
-    const context: RunContext = { config, now, log };
+    const context: RunContext = { config, now, log, state: loadState(config.stateFile, log) };
     const { results, notStarted } = await runPool(
       targets,
       config.parallelThreads,
       (target) => processTarget(target, context),
       (outcome) => config.stopOnError && outcome.action === "failed",
     );
+    try {
+      saveState(config.stateFile, context.state, targets);
+    } catch (error) {
+      log.warn(
+        `Cannot write state file "${config.stateFile}": ${
+          errorText(error)
+        }; the next run verifies every response again`,
+      );
+    }
     const summary = summarize(results, notStarted);
     log.info(summaryLine(summary));
     return exitStatus(summary);

@@ -613,6 +613,65 @@ Deno.test("first run fetches every response; the second changes nothing", async 
   });
 });
 
+Deno.test("a verified response is trusted until a byte of it, its cert or chain changes", async (t) => {
+  await withCa(async (ca) => {
+    const names = ["a.test", "b.test", "c.test"];
+    const site = await makeSite(ca, names);
+    const calls = await TestCa.writeCountingOpenssl(path.join(site, "openssl"));
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      BASE_CONFIG + `openssl_executable: ${path.join(site, "openssl")}\n`,
+    );
+    const certs = path.join(site, "certs");
+    const runCounting = async () => {
+      const before = (await calls()).length;
+      const run = await runBot(site);
+      return { ...run, calls: (await calls()).length - before };
+    };
+
+    await t.step("first run: one openssl process per certificate", async () => {
+      const run = await runCounting();
+      assertEquals(run.code, 3, run.stderr);
+      assertEquals(run.calls, 3);
+      assert(await exists(path.join(site, "responses", ".ocspbot-state.json")));
+    });
+    await t.step("nothing changed: no openssl at all", async () => {
+      const run = await runCounting();
+      assertEquals(run.code, 0, run.stderr);
+      assertEquals(run.calls, 0);
+    });
+    await t.step("a chain changed: verified again, still fine", async () => {
+      await Deno.writeTextFile(path.join(certs, "a.test-chain.pem"), "\n", { append: true });
+      const run = await runCounting();
+      assertEquals([run.code, run.calls], [0, 1], run.stderr);
+      assertEquals((await runCounting()).calls, 0, "the new chain was not remembered");
+    });
+    await t.step("a certificate changed: verified again", async () => {
+      await Deno.writeTextFile(path.join(certs, "c.test.pem"), "\n", { append: true });
+      const run = await runCounting();
+      assertEquals([run.code, run.calls], [0, 1], run.stderr);
+    });
+    await t.step("a response replaced on disk by a forgery: caught and renewed", async () => {
+      const forged = await ca.respond(path.join(certs, "b.test.pem"), "rogue");
+      await Deno.writeFile(response(site, "b.test"), forged);
+      const run = await runCounting();
+      assertEquals([run.code, run.calls], [1, 2], run.stdout + run.stderr);
+      assertMatch(run.stdout, /\[b\.test\] Renewing .*stored response does not verify/);
+      assertEquals(
+        await statusOf(ca, response(site, "b.test"), path.join(certs, "b.test.pem")),
+        "good",
+      );
+      assertNotEquals(await Deno.readFile(response(site, "b.test")), forged);
+    });
+    await t.step("a broken state file: a warning, and everything verified again", async () => {
+      await Deno.writeTextFile(path.join(site, "responses", ".ocspbot-state.json"), "{not json");
+      const run = await runCounting();
+      assertEquals([run.code, run.calls], [0, 3], run.stderr);
+      assertMatch(run.stderr, /WARNING: Ignoring state file/);
+    });
+  });
+});
+
 Deno.test("a response is renewed when its time comes, by time and by percentage", async (t) => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"]);

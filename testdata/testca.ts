@@ -269,6 +269,22 @@ export class TestCa {
     return files;
   }
 
+  /**
+   * Writes an executable that logs each openssl call's subcommand to
+   * `<path>.log` and runs the real openssl: give it as openssl_executable.
+   */
+  static async writeCountingOpenssl(file: string): Promise<() => Promise<string[]>> {
+    await Deno.writeTextFile(file, `#!/bin/sh\necho "$1" >> '${file}.log'\nexec openssl "$@"\n`);
+    await Deno.chmod(file, 0o755);
+    return async () => {
+      try {
+        return (await Deno.readTextFile(`${file}.log`)).split("\n").filter(Boolean);
+      } catch {
+        return [];
+      }
+    };
+  }
+
   /** Changes what the responder says about a serial from now on. */
   setStatus(
     serial: string,
@@ -295,8 +311,11 @@ export class TestCa {
     Deno.writeTextFileSync(this.#file("index.txt"), lines.join(""));
   }
 
-  /** A response to a request for `cert`, as the responder makes it now. */
-  async respond(cert: string): Promise<Uint8Array<ArrayBuffer>> {
+  /** A response for `cert` as the responder makes it now, or as a rogue would. */
+  async respond(
+    cert: string,
+    signer: "signer" | "rogue" = "signer",
+  ): Promise<Uint8Array<ArrayBuffer>> {
     const request = await openssl([
       "ocsp",
       "-no_nonce",
@@ -307,7 +326,7 @@ export class TestCa {
       "-reqout",
       "-",
     ]);
-    return await this.#sign(request, "signer");
+    return await this.#sign(request, signer);
   }
 
   #sign(request: Uint8Array, signer: string): Promise<Uint8Array<ArrayBuffer>> {
