@@ -1232,7 +1232,7 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
  * the old response or the new one, never none or half of one. The new file
  * keeps the old one's mode and, where allowed, its owner.
  */
-function replaceAtomically(pending: string, target: string): void {
+async function replaceAtomically(pending: string, target: string): Promise<void> {
   try {
     const old = Deno.statSync(target);
     if (old.mode !== null) Deno.chmodSync(pending, old.mode & 0o7777);
@@ -1246,9 +1246,10 @@ function replaceAtomically(pending: string, target: string): void {
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
-  const handle = Deno.openSync(pending, { read: true, write: true });
+  // On disk before the rename, or a crash could leave an empty file in place.
+  const handle = await Deno.open(pending, { read: true, write: true });
   try {
-    handle.syncSync();
+    await handle.sync();
   } finally {
     handle.close();
   }
@@ -1524,7 +1525,7 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
       log.warn("Responder sent the stored response again; nothing changed");
       return outcome("unchanged");
     }
-    replaceAtomically(pending, target.responsePath);
+    await replaceAtomically(pending, target.responsePath);
     state.set(target.responsePath, recordOf(fetched.report, fingerprintOf(fetched.bytes)));
     const backup = config.makeBackups ? makeBackup(target.responsePath, now) : undefined;
     const { thisUpdate, nextUpdate } = fetched.report;

@@ -106,6 +106,15 @@ export class TestCa {
   mode: ResponderMode = "good";
   /** Minutes between thisUpdate and nextUpdate; 0 leaves nextUpdate out. */
   validityMinutes = 24 * 60;
+  /**
+   * Answer a repeated request with the answer signed the first time, as the
+   * CDNs in front of real responders do; the bench uses it so that it
+   * measures the bot, not this responder.
+   */
+  cacheAnswers = false;
+  /** Milliseconds to wait before each answer, as a responder far away would. */
+  latencyMs = 0;
+  #answers = new Map<string, Uint8Array<ArrayBuffer>>();
   /** Host headers of the requests served, in order. */
   readonly hostHeaders: (string | null)[] = [];
   #server: Deno.HttpServer;
@@ -353,6 +362,7 @@ export class TestCa {
     const body = new Uint8Array(await request.arrayBuffer());
     const ocsp = { "content-type": "application/ocsp-response" };
     const mode = this.mode;
+    if (this.latencyMs > 0) await new Promise((resolve) => setTimeout(resolve, this.latencyMs));
     if (mode === "hang") {
       await this.#releaseHangs.promise;
       return new Response("closing", { status: 503 });
@@ -365,7 +375,10 @@ export class TestCa {
       return new Response(mode.fixed, { headers: ocsp });
     }
     const signer = mode === "wrong-signer" ? "rogue" : "signer";
-    return new Response(await this.#sign(body, signer), { headers: ocsp });
+    const key = signer + ":" + body.toBase64();
+    const answer = (this.cacheAnswers && this.#answers.get(key)) || await this.#sign(body, signer);
+    if (this.cacheAnswers) this.#answers.set(key, answer);
+    return new Response(answer, { headers: ocsp });
   }
 
   /** Stops the responder and removes every file of the CA. */
