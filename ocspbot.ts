@@ -99,10 +99,14 @@ export interface Target {
   source: string;
 }
 
-/** What the bot needs to know of a certificate. */
-export interface CertificateInfo {
+/** A certificate's validity: all the renewal rule needs of it. */
+export interface Validity {
   notBefore: Date;
   notAfter: Date;
+}
+
+/** What the bot needs to know of a certificate. */
+export interface CertificateInfo extends Validity {
   ocspUrls: string[];
 }
 
@@ -120,23 +124,18 @@ export interface ResponseReport {
   problem?: string;
 }
 
-/**
- * Content hashes (SHA-256, hex) of a stored response and of the files it was
- * verified with; if any changes, the response is verified again.
- */
-export interface Fingerprint {
-  response: string;
-  cert: string;
-  chain: string;
-  rootchain: string;
-}
-
-/** What the state file remembers of a response ocspbot verified. */
+/** What the state file remembers of a good response ocspbot verified. */
 export interface VerifiedRecord {
-  fingerprint: Fingerprint;
-  status: CertStatus;
+  /**
+   * SHA-256 over the response and the certificate, chain and rootchain it
+   * was verified with: if a byte of any changes, it is verified again.
+   */
+  fingerprint: string;
   thisUpdate: string;
   nextUpdate?: string;
+  /** The certificate's validity, so that it need not be parsed again. */
+  notBefore: string;
+  notAfter: string;
 }
 
 /** Whether a certificate's response is renewed now, and why. */
@@ -739,7 +738,7 @@ export function formatTime(time: Date): string {
 
 /** The stretch a response is good for: its dates clipped to the certificate's. */
 export function responseLifespan(
-  cert: CertificateInfo,
+  cert: Validity,
   report: ResponseReport,
 ): { start: Date; end: Date } {
   const thisUpdate = report.thisUpdate!;
@@ -757,7 +756,7 @@ export function responseLifespan(
  */
 export function renewalTime(
   policy: RenewalPolicy,
-  cert: CertificateInfo,
+  cert: Validity,
   report: ResponseReport,
 ): Date {
   const { start, end } = responseLifespan(cert, report);
@@ -777,7 +776,7 @@ export function renewalTime(
 /** Decides whether to renew, from what is stored and the time given. */
 export function planRenewal(
   policy: RenewalPolicy,
-  cert: CertificateInfo,
+  cert: Validity,
   stored: ResponseReport | undefined,
   now: Date,
 ): Decision {
@@ -808,35 +807,39 @@ export function planRenewal(
   };
 }
 
-/** The record to keep of a response that verified. */
-export function recordOf(report: ResponseReport, fingerprint: Fingerprint): VerifiedRecord {
+/** The record to keep of a good response that verified. */
+export function recordOf(
+  report: ResponseReport,
+  cert: Validity,
+  fingerprint: string,
+): VerifiedRecord {
   return {
     fingerprint,
-    status: report.status!,
     thisUpdate: report.thisUpdate!.toISOString(),
     nextUpdate: report.nextUpdate?.toISOString(),
+    notBefore: cert.notBefore.toISOString(),
+    notAfter: cert.notAfter.toISOString(),
   };
 }
 
 /**
  * What a record says about a stored response, if it may be trusted without
  * asking openssl: the response, certificate and chains are byte for byte
- * those it was verified with, it was good, and it has not expired since.
+ * those it was verified with, and it has not expired since.
  */
 export function recallReport(
   record: VerifiedRecord | undefined,
-  fingerprint: Fingerprint,
+  fingerprint: string,
   now: Date,
-): ResponseReport | undefined {
-  if (record?.status !== "good" || typeof record.fingerprint !== "object") return undefined;
-  const same = (Object.keys(fingerprint) as (keyof Fingerprint)[])
-    .every((key) => record.fingerprint[key] === fingerprint[key]);
-  if (!same) return undefined;
+): { report: ResponseReport; cert: Validity } | undefined {
+  if (record?.fingerprint !== fingerprint) return undefined;
   const thisUpdate = new Date(record.thisUpdate);
   const nextUpdate = record.nextUpdate ? new Date(record.nextUpdate) : undefined;
+  const cert = { notBefore: new Date(record.notBefore), notAfter: new Date(record.notAfter) };
   const end = nextUpdate?.getTime() ?? thisUpdate.getTime() + ASSUMED_LIFESPAN_MS;
-  if (Number.isNaN(end) || now.getTime() >= end) return undefined;
-  return { status: "good", verified: true, thisUpdate, nextUpdate };
+  const times = [end, thisUpdate.getTime(), cert.notBefore.getTime(), cert.notAfter.getTime()];
+  if (times.some(Number.isNaN) || now.getTime() >= end) return undefined;
+  return { report: { status: "good", verified: true, thisUpdate, nextUpdate }, cert };
 }
 
 /**
@@ -1136,17 +1139,45 @@ function readInput(file: string, what: string): Uint8Array {
   }
 }
 
-/** The stored response's bytes, or undefined when there is none yet. */
-function readStoredResponse(file: string): Uint8Array | undefined {
+/** One buffer for hashing every file: thousands of small reads, no garbage. */
+const hashBuffer = new Uint8Array(1 << 16);
+
+/** SHA-256 (hex) and size of a file, read through the shared buffer. */
+function hashFile(file: string): { sha256: string; size: number } {
+  const handle = Deno.openSync(file);
   try {
-    return Deno.readFileSync(file);
+    const hash = createHash("sha256");
+    let size = 0;
+    for (let read; (read = handle.readSync(hashBuffer)) !== null;) {
+      hash.update(hashBuffer.subarray(0, read));
+      size += read;
+    }
+    return { sha256: hash.digest("hex"), size };
+  } finally {
+    handle.close();
+  }
+}
+
+/** Hashes one input file; the error names what it is and where. */
+function hashInput(file: string, what: string): string {
+  try {
+    return hashFile(file).sha256;
+  } catch (error) {
+    throw new Error(`Cannot read ${what} "${file}": ${errorText(error)}`);
+  }
+}
+
+/** The stored response's hash and size, or undefined when there is none yet. */
+function hashStoredResponse(file: string): { sha256: string; size: number } | undefined {
+  try {
+    return hashFile(file);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return undefined;
     throw new Error(`Cannot read stored response "${file}": ${errorText(error)}`);
   }
 }
 
-export function sha256(bytes: Uint8Array): string {
+export function sha256(bytes: Uint8Array | string): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
@@ -1203,7 +1234,7 @@ function saveState(file: string, state: Map<string, VerifiedRecord>, targets: Ta
   }
   Deno.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
   const temporary = `${file}.${Deno.pid}.tmp`;
-  Deno.writeTextFileSync(temporary, JSON.stringify({ version: 1, responses }, null, 1) + "\n");
+  Deno.writeTextFileSync(temporary, JSON.stringify({ version: 1, responses }) + "\n");
   Deno.renameSync(temporary, file);
 }
 
@@ -1221,10 +1252,6 @@ function removeIfPresent(file: string): void {
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((byte, i) => byte === b[i]);
 }
 
 /**
@@ -1284,6 +1311,12 @@ function listFolder(dir: string): { files: Set<string>; folders: string[] } {
   return { files, folders: folders.sort() };
 }
 
+/** `path.join` for a normalized folder, without its cost when `name` is plain. */
+function inFolder(dir: string, name: string): string {
+  if (name.includes("/")) return path.join(dir, name);
+  return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
+}
+
 /** Finds the (cert, chain, rootchain) triples of one scan_keys entry. */
 function scanForTargets(entry: ScanEntry, ocspFolder: string): Target[] {
   const root = path.resolve(entry.folder);
@@ -1300,6 +1333,7 @@ function scanForTargets(entry: ScanEntry, ocspFolder: string): Target[] {
   const targets: Target[] = [];
   const walk = (relative: string) => {
     const dir = path.join(root, relative);
+    const responseDir = path.resolve(ocspFolder, relative);
     const { files, folders } = listFolder(dir);
     for (const name of [...files].sort()) {
       const domain = certPattern.exec(name)?.[1];
@@ -1310,10 +1344,10 @@ function scanForTargets(entry: ScanEntry, ocspFolder: string): Target[] {
       if (!files.has(chain) || !files.has(rootchain)) continue;
       targets.push({
         id: domain,
-        certPath: path.join(dir, name),
-        chainPath: path.join(dir, chain),
-        rootchainPath: path.join(dir, rootchain),
-        responsePath: path.resolve(ocspFolder, relative, fill(entry.ocspMask)),
+        certPath: inFolder(dir, name),
+        chainPath: inFolder(dir, chain),
+        rootchainPath: inFolder(dir, rootchain),
+        responsePath: inFolder(responseDir, fill(entry.ocspMask)),
         source: entry.source,
       });
     }
@@ -1470,40 +1504,41 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
   const log = context.log.forDomain(target.id);
   const outcome = (action: Action): Outcome => ({ id: target.id, action });
   try {
-    const certBytes = readInput(target.certPath, "certificate");
-    const fingerprintOf = (response: Uint8Array): Fingerprint => ({
-      response: sha256(response),
-      cert: sha256(certBytes),
-      chain: sha256(readInput(target.chainPath, "chain")),
-      rootchain: sha256(readInput(target.rootchainPath, "rootchain")),
-    });
-    const cert = parseCertificate(certBytes, target.certPath);
-    const responderUrl = target.responderUri ?? cert.ocspUrls[0];
+    // What a response is verified with; a change to any means verify again.
+    const inputs = hashInput(target.certPath, "certificate") + ":" +
+      hashInput(target.chainPath, "chain") + ":" +
+      hashInput(target.rootchainPath, "rootchain");
+    const fingerprintOf = (responseHash: string) => sha256(`${responseHash}:${inputs}`);
+    let parsed: CertificateInfo | undefined;
+    const certificate = () =>
+      parsed ??= parseCertificate(readInput(target.certPath, "certificate"), target.certPath);
+
+    const storedHash = hashStoredResponse(target.responsePath);
+    const storedFingerprint = storedHash && fingerprintOf(storedHash.sha256);
+    const recalled = storedFingerprint
+      ? recallReport(state.get(target.responsePath), storedFingerprint, now)
+      : undefined;
+    let stored = recalled?.report;
+    if (storedHash && !stored) {
+      stored = storedHash.size === 0
+        ? { verified: false, problem: "the file is empty" }
+        : await checkStoredResponse(target, config);
+      if (stored.verified && stored.status === "good") {
+        state.set(target.responsePath, recordOf(stored, certificate(), storedFingerprint!));
+      } else state.delete(target.responsePath);
+    }
+    // A recalled record knows the certificate's validity: no need to parse it.
+    const decision = planRenewal(config.policy, recalled?.cert ?? certificate(), stored, now);
+    if (!decision.due) {
+      log.info(`OCSP response is fine: ${decision.reason}`);
+      return outcome("unchanged");
+    }
+    const responderUrl = target.responderUri ?? certificate().ocspUrls[0];
     if (!responderUrl) {
       log.warn(
         `Certificate "${target.certPath}" names no OCSP responder (no OCSP URL in its AIA); skipped`,
       );
       return outcome("skipped");
-    }
-
-    const storedBytes = readStoredResponse(target.responsePath);
-    let stored: ResponseReport | undefined;
-    if (storedBytes) {
-      const fingerprint = fingerprintOf(storedBytes);
-      stored = recallReport(state.get(target.responsePath), fingerprint, now);
-      if (!stored) {
-        stored = storedBytes.length === 0
-          ? { verified: false, problem: "the file is empty" }
-          : await checkStoredResponse(target, config);
-        if (stored.verified && stored.status === "good") {
-          state.set(target.responsePath, recordOf(stored, fingerprint));
-        } else state.delete(target.responsePath);
-      }
-    }
-    const decision = planRenewal(config.policy, cert, stored, now);
-    if (!decision.due) {
-      log.info(`OCSP response is fine: ${decision.reason}`);
-      return outcome("unchanged");
     }
     log.info(`Renewing OCSP response from ${responderUrl}: ${decision.reason}`);
 
@@ -1514,19 +1549,23 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
     const fetched = await fetchResponse(target, responderUrl, pending, config);
     const rejection = rejectFetched(fetched.report, stored, now);
     if (rejection) {
-      const kept = storedBytes ? "the stored response stays" : "nothing is stored";
+      const kept = storedHash ? "the stored response stays" : "nothing is stored";
       throw new Error(`${rejection}; ${kept}, the new one is in "${pending}" for inspection`);
     }
     if (!fetched.report.nextUpdate) {
       log.info("New response has no nextUpdate; it is treated as living 12 hours");
     }
-    if (storedBytes && sameBytes(storedBytes, fetched.bytes)) {
+    const fetchedHash = sha256(fetched.bytes);
+    if (storedHash?.sha256 === fetchedHash) {
       removeIfPresent(pending);
       log.warn("Responder sent the stored response again; nothing changed");
       return outcome("unchanged");
     }
     await replaceAtomically(pending, target.responsePath);
-    state.set(target.responsePath, recordOf(fetched.report, fingerprintOf(fetched.bytes)));
+    state.set(
+      target.responsePath,
+      recordOf(fetched.report, certificate(), fingerprintOf(fetchedHash)),
+    );
     const backup = config.makeBackups ? makeBackup(target.responsePath, now) : undefined;
     const { thisUpdate, nextUpdate } = fetched.report;
     log.info(

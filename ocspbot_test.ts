@@ -15,6 +15,8 @@ import {
   parseOcspOutput,
   parseOpensslTime,
   planRenewal,
+  recallReport,
+  recordOf,
   rejectFetched,
   type ResponseReport,
   runPool,
@@ -465,6 +467,36 @@ Deno.test("planRenewal() follows the Python bot's rule, on a fake clock", async 
     );
     assertEquals(decision.renewAt?.toISOString(), "2026-06-02T00:00:00.000Z");
     assertEquals(decision.due, true);
+  });
+});
+
+Deno.test("recallReport() trusts a record only for the same bytes and before expiry", async (t) => {
+  const record = recordOf(GOOD, CERT, "f1");
+  const cases: [string, string, string, boolean][] = [
+    ["same fingerprint, fresh", "f1", "2026-06-02T00:00:00Z", true],
+    ["another fingerprint", "f2", "2026-06-02T00:00:00Z", false],
+    ["expired since", "f1", "2026-06-08T00:00:00Z", false],
+  ];
+  for (const [name, fingerprint, now, trusted] of cases) {
+    await t.step(name, () => {
+      const recalled = recallReport(record, fingerprint, new Date(now));
+      assertEquals(recalled !== undefined, trusted);
+      if (recalled) {
+        assertEquals(recalled.report, {
+          status: "good",
+          verified: true,
+          thisUpdate: GOOD.thisUpdate,
+          nextUpdate: GOOD.nextUpdate,
+        });
+        assertEquals(recalled.cert, { notBefore: CERT.notBefore, notAfter: CERT.notAfter });
+      }
+    });
+  }
+  await t.step("a mangled record", () => {
+    assertEquals(
+      recallReport({ ...record, thisUpdate: "yesterday" }, "f1", new Date("2026-06-02T00:00:00Z")),
+      undefined,
+    );
   });
 });
 
