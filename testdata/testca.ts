@@ -115,6 +115,13 @@ export class TestCa {
   /** Milliseconds to wait before each answer, as a responder far away would. */
   latencyMs = 0;
   #answers = new Map<string, Uint8Array<ArrayBuffer>>();
+  /** Answer the next this many requests with HTTP 500, then as `mode` says. */
+  failNextRequests = 0;
+  /**
+   * URLs of requests that came through this listener as an HTTP proxy (in
+   * absolute form, for another host); they are answered all the same.
+   */
+  readonly proxied: string[] = [];
   /** Host headers of the requests served, in order. */
   readonly hostHeaders: (string | null)[] = [];
   #server: Deno.HttpServer;
@@ -359,6 +366,7 @@ export class TestCa {
 
   async #answer(request: Request): Promise<Response> {
     this.hostHeaders.push(request.headers.get("host"));
+    if (new URL(request.url).host !== new URL(this.url).host) this.proxied.push(request.url);
     const body = new Uint8Array(await request.arrayBuffer());
     const ocsp = { "content-type": "application/ocsp-response" };
     const mode = this.mode;
@@ -366,6 +374,10 @@ export class TestCa {
     if (mode === "hang") {
       await this.#releaseHangs.promise;
       return new Response("closing", { status: 503 });
+    }
+    if (this.failNextRequests > 0) {
+      this.failNextRequests--;
+      return new Response("try again", { status: 500 });
     }
     if (mode === "http500") return new Response("broken", { status: 500 });
     if (mode === "garbage") {
