@@ -35,6 +35,15 @@ export interface Invocation {
   configPath: string;
   help: boolean;
   version: boolean;
+  /** Decide and report only: change nothing, ask no responder. */
+  check: boolean;
+  /** Print one JSON document on stdout; logs move to stderr. */
+  json: boolean;
+  /** Print only warnings and errors. */
+  quiet: boolean;
+  /** Renew regardless of timing: all, or the ids in `forceIds`. */
+  force: boolean;
+  forceIds: string[];
 }
 
 /** When a good stored response is due; either limit or both. */
@@ -81,6 +90,16 @@ export interface Config {
   timeoutSeconds: number;
   /** Where verified responses' fingerprints are kept between runs. */
   stateFile: string;
+  /** Seconds to wait for another run's lock before giving up. */
+  lockTimeoutSeconds: number;
+  /** Further rounds over the responder URLs after a failed one. */
+  retries: number;
+  /** HTTP proxy for responder requests (openssl -proxy). */
+  proxy?: string;
+  /** Command run after a run that renewed something. */
+  onChange?: string[];
+  /** With makeBackups: how many backups of each response to keep. */
+  keepBackups?: number;
   outputLog?: string;
   errorLog?: string;
   domains: DomainEntry[];
@@ -108,6 +127,8 @@ export interface Validity {
 /** What the bot needs to know of a certificate. */
 export interface CertificateInfo extends Validity {
   ocspUrls: string[];
+  /** It carries the TLS Feature status_request extension (RFC 7633). */
+  mustStaple: boolean;
 }
 
 export type CertStatus = "good" | "revoked" | "unknown";
@@ -133,9 +154,11 @@ export interface VerifiedRecord {
   fingerprint: string;
   thisUpdate: string;
   nextUpdate?: string;
-  /** The certificate's validity, so that it need not be parsed again. */
+  /** What the certificate says, so that it need not be parsed again. */
   notBefore: string;
   notAfter: string;
+  ocspUrls: string[];
+  mustStaple: boolean;
 }
 
 /** Whether a certificate's response is renewed now, and why. */
@@ -147,10 +170,23 @@ export interface Decision {
 
 export type Action = "renewed" | "unchanged" | "skipped" | "failed";
 
-/** What happened to one target. */
+/** How a stored response stands, for --check (Nagios OK, WARNING, CRITICAL). */
+export type Health = "fresh" | "due" | "critical";
+
+/** What happened to one target, and the response it is left with. */
 export interface Outcome {
   id: string;
   action: Action;
+  certPath: string;
+  responsePath: string;
+  responderUrl?: string;
+  mustStaple?: boolean;
+  status?: CertStatus;
+  thisUpdate?: Date;
+  nextUpdate?: Date;
+  renewAt?: Date;
+  health?: Health;
+  error?: string;
 }
 
 /** Counts of a run; `notProcessed` counts what stop_on_error left out. */
@@ -160,6 +196,7 @@ export interface Summary {
   skipped: number;
   failed: number;
   notProcessed: number;
+  onChangeFailed: boolean;
 }
 
 /** An error that ends the run with a given exit status. */
@@ -187,8 +224,13 @@ export const EXIT = {
   failure: 255,
 } as const;
 
+/** --check's exit statuses, a Nagios plugin's. */
+export const NAGIOS = { ok: 0, warning: 1, critical: 2, unknown: 3 } as const;
+
 export const DEFAULT_CONFIG = "ocspbot.yaml";
 export const DEFAULT_TIMEOUT_SECONDS = 30;
+export const DEFAULT_LOCK_TIMEOUT_SECONDS = 300;
+export const DEFAULT_RETRIES = 2;
 /** The state file's name inside `ocsp_folder`, unless `state_file` says otherwise. */
 export const DEFAULT_STATE_FILE = ".ocspbot-state.json";
 /** Lifespan assumed for a response without nextUpdate, as Apache mod_md. */
@@ -231,6 +273,11 @@ const TOP_LEVEL_KEYS = [
   "openssl_executable",
   "timeout",
   "state_file",
+  "lock_timeout",
+  "retries",
+  "proxy",
+  "on_change",
+  "keep_backups",
   "domains",
   "scan_keys",
   "includes",
@@ -250,9 +297,16 @@ const SCAN_KEYS = [
 
 export const HELP = `ocspbot ${VERSION}: keeps OCSP responses for stapling fresh.
 
-Usage: ocspbot [config] [-h|-help|--help] [-v|-version|--version]
+Usage: ocspbot [config] [--check] [--json] [-q] [--force [id ...]]
+       ocspbot -h|-help|--help | -v|-version|--version
 
   config          YAML configuration (default: ${DEFAULT_CONFIG})
+  --check         decide and report, change nothing, ask no responder; one
+                  line per certificate and a Nagios plugin verdict
+  --json          print one JSON document on stdout (logs go to stderr)
+  -q, --quiet     print only warnings and errors (and --check's verdict)
+  --force [id]    renew now regardless of timing: all, or the ids given
+                  (put the config before --force)
   -h, --help      print this help and exit
   -v, --version   print the version and exit
 
@@ -262,7 +316,11 @@ Exit status:
   252      bad command line arguments            (Python bot: -4)
   253      configuration could not be interpreted (Python bot: -3)
   254      configuration or log file could not be loaded (Python bot: -2)
-  255      at least one certificate failed       (Python bot: -1)
+  255      a certificate or on_change failed, or another run holds the lock
+                                                 (Python bot: -1)
+With --check: 0 all fresh, 1 some due, 2 a response missing, expired, not
+good or not verifying (or any problem of a must-staple certificate),
+3 the check could not run.
 `;
 
 /**
@@ -282,34 +340,47 @@ const YAML_SCHEMA = yaml.DEFAULT_SCHEMA.extend({ implicit: [YAML_1_1_BOOLEAN] })
 
 // ------------------------------------------------- pure: command line --
 
-/** Reads argv; throws ExitError(252) on more than one config argument. */
+/**
+ * Reads argv: `[config] [--check] [--json] [-q] [--force [id ...]]`, and the
+ * Python bot's help and version flags, which win wherever they stand.
+ * Throws ExitError(252) on anything else.
+ */
 export function parseCommandLine(args: string[]): Invocation {
   const invocation: Invocation = {
     configPath: DEFAULT_CONFIG,
     help: false,
     version: false,
+    check: false,
+    json: false,
+    quiet: false,
+    force: false,
+    forceIds: [],
   };
   const positional: string[] = [];
   const unknown: string[] = [];
+  let forcing = false;
   for (const arg of args) {
+    const isOption = arg.startsWith("-") && arg !== "-";
+    if (isOption) forcing = false;
     if (["-h", "-help", "--help"].includes(arg)) invocation.help = true;
-    else if (["-v", "-version", "--version"].includes(arg)) {
-      invocation.version = true;
-    } else if (arg.startsWith("-") && arg !== "-") unknown.push(arg);
+    else if (["-v", "-version", "--version"].includes(arg)) invocation.version = true;
+    else if (arg === "--check") invocation.check = true;
+    else if (arg === "--json") invocation.json = true;
+    else if (arg === "-q" || arg === "--quiet") invocation.quiet = true;
+    else if (arg === "--force") invocation.force = forcing = true;
+    else if (isOption) unknown.push(arg);
+    else if (forcing) invocation.forceIds.push(arg);
     else positional.push(arg);
   }
   if (invocation.help || invocation.version) return invocation;
   if (unknown.length > 0) {
-    throw new ExitError(
-      `Unknown option "${unknown[0]}"`,
-      EXIT.badArguments,
-    );
+    throw new ExitError(`Unknown option "${unknown[0]}"`, EXIT.badArguments);
   }
   if (positional.length > 1) {
     throw new ExitError(
       `Expected at most one config file, got ${positional.length}: ${
         positional.map((arg) => `"${arg}"`).join(", ")
-      }`,
+      } (ids to renew go after --force)`,
       EXIT.badArguments,
     );
   }
@@ -582,6 +653,32 @@ export function interpretConfig(
     DEFAULT_TIMEOUT_SECONDS;
   if (timeout <= 0) reader.fail("timeout", `must be more than 0 seconds, not ${timeout}`);
 
+  const wholeNumber = (key: string, minimum: number): number | undefined => {
+    const value = reader.number(map, key, key);
+    if (value !== undefined && (!Number.isInteger(value) || value < minimum)) {
+      reader.fail(key, `must be a whole number of at least ${minimum}, not ${value}`);
+    }
+    return value;
+  };
+  const lockTimeout = reader.number(map, "lock_timeout", "lock_timeout") ??
+    DEFAULT_LOCK_TIMEOUT_SECONDS;
+  if (lockTimeout < 0) reader.fail("lock_timeout", `must be 0 or more seconds, not ${lockTimeout}`);
+  const proxy = reader.string(map, "proxy", "proxy");
+  if (proxy !== undefined && !/^https?:\/\/[^/]/.test(proxy)) {
+    reader.fail("proxy", `must be a URL such as "http://proxy.example:3128", not "${proxy}"`);
+  }
+  const onChange = map.on_change === undefined || map.on_change === null
+    ? undefined
+    : reader.list(map, "on_change", "on_change").map((value, i) => {
+      if (typeof value !== "string" && typeof value !== "number") {
+        reader.fail(`on_change[${i}]`, `must be a string, not ${describeType(value)}`);
+      }
+      return String(value);
+    });
+  if (onChange?.length === 0) {
+    reader.fail("on_change", "must name a command, e.g. [systemctl, reload, nginx]");
+  }
+
   const includes = reader.list(map, "includes", "includes").map((value, i) => {
     if (typeof value !== "string") {
       reader.fail(`includes[${i}]`, `must be a folder name, not ${describeType(value)}`);
@@ -606,6 +703,11 @@ export function interpretConfig(
     timeoutSeconds: timeout,
     stateFile: reader.string(map, "state_file", "state_file") ??
       path.join(ocspFolder, DEFAULT_STATE_FILE),
+    lockTimeoutSeconds: lockTimeout,
+    retries: wholeNumber("retries", 0) ?? DEFAULT_RETRIES,
+    proxy,
+    onChange,
+    keepBackups: wholeNumber("keep_backups", 1),
     outputLog: reader.string(map, "output_log", "output_log"),
     errorLog: reader.string(map, "error_log", "error_log"),
     domains: reader.domains(map),
@@ -648,10 +750,12 @@ export function backupName(responsePath: string, now: Date): string {
 }
 
 /** A mask as an anchored pattern: the whole file name must match. */
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
 export function maskPattern(mask: string): RegExp {
-  const [before, ...after] = mask.split("{domain}").map((part) =>
-    part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
-  );
+  const [before, ...after] = mask.split("{domain}").map(escapeRegExp);
   return new RegExp(`^${before}(.+)${after.join("\\1")}$`);
 }
 
@@ -810,7 +914,7 @@ export function planRenewal(
 /** The record to keep of a good response that verified. */
 export function recordOf(
   report: ResponseReport,
-  cert: Validity,
+  cert: CertificateInfo,
   fingerprint: string,
 ): VerifiedRecord {
   return {
@@ -819,6 +923,8 @@ export function recordOf(
     nextUpdate: report.nextUpdate?.toISOString(),
     notBefore: cert.notBefore.toISOString(),
     notAfter: cert.notAfter.toISOString(),
+    ocspUrls: cert.ocspUrls,
+    mustStaple: cert.mustStaple,
   };
 }
 
@@ -831,11 +937,16 @@ export function recallReport(
   record: VerifiedRecord | undefined,
   fingerprint: string,
   now: Date,
-): { report: ResponseReport; cert: Validity } | undefined {
-  if (record?.fingerprint !== fingerprint) return undefined;
+): { report: ResponseReport; cert: CertificateInfo } | undefined {
+  if (record?.fingerprint !== fingerprint || !Array.isArray(record.ocspUrls)) return undefined;
   const thisUpdate = new Date(record.thisUpdate);
   const nextUpdate = record.nextUpdate ? new Date(record.nextUpdate) : undefined;
-  const cert = { notBefore: new Date(record.notBefore), notAfter: new Date(record.notAfter) };
+  const cert = {
+    notBefore: new Date(record.notBefore),
+    notAfter: new Date(record.notAfter),
+    ocspUrls: record.ocspUrls,
+    mustStaple: record.mustStaple === true,
+  };
   const end = nextUpdate?.getTime() ?? thisUpdate.getTime() + ASSUMED_LIFESPAN_MS;
   const times = [end, thisUpdate.getTime(), cert.notBefore.getTime(), cert.notAfter.getTime()];
   if (times.some(Number.isNaN) || now.getTime() >= end) return undefined;
@@ -880,7 +991,11 @@ export function rejectFetched(
 
 // ------------------------------------------------------ pure: summary --
 
-export function summarize(outcomes: Outcome[], notProcessed: number): Summary {
+export function summarize(
+  outcomes: Outcome[],
+  notProcessed: number,
+  onChangeFailed = false,
+): Summary {
   const count = (action: Action) => outcomes.filter((o) => o.action === action).length;
   return {
     renewed: count("renewed"),
@@ -888,12 +1003,13 @@ export function summarize(outcomes: Outcome[], notProcessed: number): Summary {
     skipped: count("skipped"),
     failed: count("failed"),
     notProcessed,
+    onChangeFailed,
   };
 }
 
 /** The Python bot's summary line, plus what it could not count. */
 export function summaryLine(summary: Summary): string {
-  const failed = summary.failed > 0 || summary.notProcessed > 0;
+  const failed = summary.failed > 0 || summary.notProcessed > 0 || summary.onChangeFailed;
   let line = `${
     failed ? "Failure" : "Success"
   }: ${summary.unchanged} unchanged OCSP responses, ${summary.renewed} updated OCSP responses and ${summary.failed} failures.`;
@@ -903,11 +1019,131 @@ export function summaryLine(summary: Summary): string {
   if (summary.notProcessed > 0) {
     line += ` ${summary.notProcessed} certificates not processed (stop_on_error).`;
   }
+  if (summary.onChangeFailed) line += " The on_change command failed.";
   return line;
 }
 
+/** `2d 4h`, `5h 3m`, `12m`: how long is left, as a person at 3 a.m. reads it. */
+export function formatDuration(ms: number): string {
+  if (ms <= 0) return "expired";
+  const minutes = Math.floor(ms / 60_000);
+  const [days, hours] = [Math.floor(minutes / 1440), Math.floor(minutes / 60) % 24];
+  if (days > 0) return `${days}d ${hours}h`;
+  if (hours > 0) return `${hours}h ${minutes % 60}m`;
+  return `${minutes}m`;
+}
+
+/**
+ * --check's verdict on a stored response: critical when missing, expired,
+ * not good or not verified; due when renewal is due; a must-staple
+ * certificate's problem is always critical, as its handshakes would fail.
+ */
+export function healthOf(
+  stored: ResponseReport | undefined,
+  decision: Decision,
+  mustStaple: boolean,
+  now: Date,
+): Health {
+  if (!stored?.verified || stored.status !== "good" || !stored.thisUpdate) return "critical";
+  const end = stored.nextUpdate?.getTime() ?? stored.thisUpdate.getTime() + ASSUMED_LIFESPAN_MS;
+  if (now.getTime() >= end) return "critical";
+  if (decision.due) return mustStaple ? "critical" : "due";
+  return "fresh";
+}
+
+/** One --check line about one certificate. */
+export function checkLine(
+  stored: ResponseReport | undefined,
+  decision: Decision,
+  health: Health,
+  mustStaple: boolean,
+  now: Date,
+): string {
+  const verdict = `${health === "critical" ? "CRITICAL" : health}${
+    mustStaple ? ", must-staple" : ""
+  }`;
+  if (!stored) return `no stored response: ${verdict}`;
+  if (!stored.verified) return `stored response does not verify (${stored.problem}): ${verdict}`;
+  if (stored.status !== "good") return `stored response says "${stored.status}": ${verdict}`;
+  const nextUpdate = stored.nextUpdate
+    ? `nextUpdate ${formatTime(stored.nextUpdate)} (${
+      formatDuration(stored.nextUpdate.getTime() - now.getTime())
+    } left)`
+    : "no nextUpdate";
+  const renewal = decision.renewAt ? `, renewal at ${formatTime(decision.renewAt)}` : "";
+  return `good, ${nextUpdate}${renewal}: ${verdict}`;
+}
+
+/** The Nagios plugin line and status of a --check run. */
+export function checkSummary(outcomes: Outcome[], now: Date): { line: string; status: number } {
+  const checked = outcomes.filter((outcome) => outcome.health);
+  const ids = (health: Health) => checked.filter((o) => o.health === health).map((o) => o.id);
+  const [critical, due] = [ids("critical"), ids("due")];
+  const named = (list: string[]) =>
+    ` (${list.slice(0, 5).join(", ")}${list.length > 5 ? `, ${list.length - 5} more` : ""})`;
+  const expiries = checked.flatMap((o) =>
+    o.status === "good" && o.nextUpdate ? [o.nextUpdate.getTime()] : []
+  );
+  const parts: string[] = [];
+  if (critical.length > 0) {
+    parts.push(
+      `${critical.length} of ${checked.length} responses missing, expired, not good or failing verification${
+        named(critical)
+      }`,
+    );
+  }
+  if (due.length > 0) {
+    parts.push(`${due.length} of ${checked.length} responses due for renewal${named(due)}`);
+  }
+  if (parts.length === 0) parts.push(`${checked.length} responses fresh`);
+  if (expiries.length > 0) {
+    parts.push(`soonest expiry in ${formatDuration(Math.min(...expiries) - now.getTime())}`);
+  }
+  const skipped = outcomes.length - checked.length;
+  if (skipped > 0) parts.push(`${skipped} skipped (no OCSP URL)`);
+  const [label, status] = critical.length > 0
+    ? ["CRITICAL", NAGIOS.critical]
+    : due.length > 0
+    ? ["WARNING", NAGIOS.warning]
+    : ["OK", NAGIOS.ok];
+  return { line: `OCSP ${label} - ${parts.join(", ")}`, status };
+}
+
+/** The --json document: every certificate by id, and the totals. */
+export function jsonReport(
+  mode: "run" | "check",
+  outcomes: Outcome[],
+  totals: Record<string, number>,
+  status: number,
+  now: Date,
+): string {
+  const certificates: Record<string, unknown> = {};
+  for (const outcome of outcomes) {
+    certificates[outcome.id] = {
+      certificate: outcome.certPath,
+      response: outcome.responsePath,
+      responderUrl: outcome.responderUrl ?? null,
+      mustStaple: outcome.mustStaple ?? null,
+      status: outcome.status ?? null,
+      thisUpdate: outcome.thisUpdate?.toISOString() ?? null,
+      nextUpdate: outcome.nextUpdate?.toISOString() ?? null,
+      renewalTime: outcome.renewAt?.toISOString() ?? null,
+      action: outcome.action,
+      ...(outcome.health ? { health: outcome.health } : {}),
+      error: outcome.error ?? null,
+    };
+  }
+  return JSON.stringify(
+    { ocspbot: VERSION, mode, time: now.toISOString(), status, totals, certificates },
+    null,
+    2,
+  );
+}
+
 export function exitStatus(summary: Summary): number {
-  if (summary.failed > 0 || summary.notProcessed > 0) return EXIT.failure;
+  if (summary.failed > 0 || summary.notProcessed > 0 || summary.onChangeFailed) {
+    return EXIT.failure;
+  }
   return Math.min(summary.renewed, EXIT.maxRenewed);
 }
 
@@ -952,11 +1188,15 @@ export class Logger {
     private readonly out: Sink,
     private readonly err: Sink,
     private readonly errorsAlsoToOut: boolean,
+    private readonly quiet = false,
     private readonly prefix = "",
   ) {}
 
-  /** Opens the configured log files, or uses stdout and stderr. */
-  static open(config: Config, now: Date): Logger {
+  /**
+   * Opens the configured log files, or uses stdout and stderr; with --json
+   * stdout is the JSON document's alone.
+   */
+  static open(config: Config, now: Date, options: { quiet: boolean; json: boolean }): Logger {
     const outName = config.outputLog && formatLogName(config.outputLog, now);
     const errName = config.errorLog && formatLogName(config.errorLog, now);
     const opened: Sink[] = [];
@@ -974,22 +1214,31 @@ export class Logger {
         );
       }
     };
-    const out = outName ? open(outName, "output_log") : consoleSink(Deno.stdout);
+    const out = outName
+      ? open(outName, "output_log")
+      : consoleSink(options.json ? Deno.stderr : Deno.stdout);
     const err = errName
       ? (errName === outName ? out : open(errName, "error_log"))
       : consoleSink(Deno.stderr);
-    return new Logger(out, err, Boolean(outName) && errName !== outName);
+    return new Logger(out, err, Boolean(outName) && errName !== outName, options.quiet);
   }
 
-  static console(): Logger {
-    return new Logger(consoleSink(Deno.stdout), consoleSink(Deno.stderr), false);
+  /** The console only: for --check, whose verdict belongs on stdout. */
+  static console(options = { quiet: false, json: false }): Logger {
+    const out = consoleSink(options.json ? Deno.stderr : Deno.stdout);
+    return new Logger(out, consoleSink(Deno.stderr), false, options.quiet);
   }
 
   forDomain(id: string): Logger {
-    return new Logger(this.out, this.err, this.errorsAlsoToOut, `[${id}] `);
+    return new Logger(this.out, this.err, this.errorsAlsoToOut, this.quiet, `[${id}] `);
   }
 
   info(message: string): void {
+    if (!this.quiet) this.out.write(this.prefix + message);
+  }
+
+  /** A line --quiet keeps: --check's verdict. */
+  result(message: string): void {
     this.out.write(this.prefix + message);
   }
 
@@ -1049,10 +1298,10 @@ export async function runOpenssl(
     );
   }
   if (signal.aborted) {
-    throw new Error(
+    throw new OpensslTimeout(
       `openssl ${
         args[0]
-      } did not finish within ${timeoutSeconds} s and was stopped (config key "timeout")`,
+      } did not finish within ${deadlineSeconds} s and was stopped (config key "timeout")`,
     );
   }
   const decoder = new TextDecoder();
@@ -1062,6 +1311,12 @@ export async function runOpenssl(
     stderr: decoder.decode(output.stderr),
   };
 }
+
+/** openssl got no answer at all: worth another try, or another URL. */
+class NoResponse extends Error {}
+
+/** openssl ran past its deadline and was stopped. */
+class OpensslTimeout extends Error {}
 
 /** The flags that make `openssl ocsp` verify a response as the Python bot did. */
 function verificationArgs(target: Target): string[] {
@@ -1102,10 +1357,13 @@ async function fetchResponse(
   pending: string,
   config: Config,
 ): Promise<{ report: ResponseReport; bytes: Uint8Array }> {
+  removeIfPresent(pending);
   const result = await runOpenssl(config.opensslExecutable, [
     "ocsp",
     "-url",
     responderUrl,
+    // Without -proxy, OpenSSL 3 itself honours http_proxy and no_proxy.
+    ...(config.proxy ? ["-proxy", config.proxy] : []),
     // OpenSSL 1.x sent no Host header, and some responders insist on one.
     "-header",
     `Host=${new URL(responderUrl).host}`,
@@ -1119,7 +1377,7 @@ async function fetchResponse(
   try {
     bytes = await Deno.readFile(pending);
   } catch {
-    throw new Error(
+    throw new NoResponse(
       `No response from ${responderUrl}: ${
         summarizeOpensslErrors(result.stderr) || `openssl exited with ${result.code}`
       }`,
@@ -1177,6 +1435,34 @@ function hashStoredResponse(file: string): { sha256: string; size: number } | un
   }
 }
 
+/**
+ * The DER of OID 1.3.6.1.5.5.7.1.24 (TLS Feature, RFC 7633). node:crypto
+ * lists no extensions, and this OID appears in a certificate only as the
+ * extension's name.
+ */
+const TLS_FEATURE_OID = new Uint8Array([
+  0x06,
+  0x08,
+  0x2b,
+  0x06,
+  0x01,
+  0x05,
+  0x05,
+  0x07,
+  0x01,
+  0x18,
+]);
+
+function containsBytes(haystack: Uint8Array, needle: Uint8Array): boolean {
+  outer: for (let i = 0; i <= haystack.length - needle.length; i++) {
+    for (let j = 0; j < needle.length; j++) {
+      if (haystack[i + j] !== needle[j]) continue outer;
+    }
+    return true;
+  }
+  return false;
+}
+
 export function sha256(bytes: Uint8Array | string): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
@@ -1196,6 +1482,7 @@ export function parseCertificate(bytes: Uint8Array, file: string): CertificateIn
     notBefore: new Date(cert.validFrom),
     notAfter: new Date(cert.validTo),
     ocspUrls,
+    mustStaple: containsBytes(cert.raw, TLS_FEATURE_OID),
   };
 }
 
@@ -1295,6 +1582,24 @@ function makeBackup(responsePath: string, now: Date): string {
       if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
     }
   }
+}
+
+/** Deletes all but the `keep` newest backups of a response; returns their names. */
+function pruneBackups(responsePath: string, keep: number): string[] {
+  const dir = path.dirname(responsePath);
+  const name = escapeRegExp(path.basename(responsePath));
+  const pattern = new RegExp(`^${name}-\\d{8}-\\d{6}(\\.\\d+)?$`);
+  const backups = [...Deno.readDirSync(dir)]
+    .filter((entry) => entry.isFile && pattern.test(entry.name))
+    .map((entry) => {
+      const file = path.join(dir, entry.name);
+      return { file, time: Deno.statSync(file).mtime?.getTime() ?? 0 };
+    })
+    // Newest first by time written: the names are local time, which can repeat an hour.
+    .sort((a, b) => b.time - a.time || b.file.localeCompare(a.file));
+  const removed = backups.slice(keep).map((backup) => backup.file);
+  for (const file of removed) Deno.removeSync(file);
+  return removed;
 }
 
 /** Lists a folder's files and subfolders, following links as os.walk does. */
@@ -1496,57 +1801,141 @@ interface RunContext {
   log: Logger;
   /** Verified responses by path, shared by the workers, saved after the run. */
   state: Map<string, VerifiedRecord>;
+  /** Whether --force asks for this id to be renewed now. */
+  forced: (id: string) => boolean;
+}
+
+/** What is known of a target before anything is fetched. */
+interface Inspection {
+  cert: CertificateInfo;
+  storedHash?: { sha256: string; size: number };
+  stored?: ResponseReport;
+  decision: Decision;
+  fingerprintOf: (responseHash: string) => string;
+}
+
+/**
+ * Reads a target's files and stored response and decides. A response whose
+ * fingerprint the state remembers costs no openssl process and no parsing.
+ */
+async function inspect(target: Target, context: RunContext): Promise<Inspection> {
+  const { config, now, state } = context;
+  // What a response is verified with; a change to any means verify again.
+  const inputs = hashInput(target.certPath, "certificate") + ":" +
+    hashInput(target.chainPath, "chain") + ":" +
+    hashInput(target.rootchainPath, "rootchain");
+  const fingerprintOf = (responseHash: string) => sha256(`${responseHash}:${inputs}`);
+
+  const storedHash = hashStoredResponse(target.responsePath);
+  const storedFingerprint = storedHash && fingerprintOf(storedHash.sha256);
+  const recalled = storedFingerprint
+    ? recallReport(state.get(target.responsePath), storedFingerprint, now)
+    : undefined;
+  const cert = recalled?.cert ??
+    parseCertificate(readInput(target.certPath, "certificate"), target.certPath);
+  let stored = recalled?.report;
+  if (storedHash && !stored) {
+    stored = storedHash.size === 0
+      ? { verified: false, problem: "the file is empty" }
+      : await checkStoredResponse(target, config);
+    if (stored.verified && stored.status === "good") {
+      state.set(target.responsePath, recordOf(stored, cert, storedFingerprint!));
+    } else state.delete(target.responsePath);
+  }
+  const decision = context.forced(target.id)
+    ? { due: true, reason: "renewal forced (--force)" }
+    : planRenewal(config.policy, cert, stored, now);
+  return { cert, storedHash, stored, decision, fingerprintOf };
+}
+
+/** The facts of an outcome: what the response says and when it is due. */
+function describe(
+  target: Target,
+  cert: CertificateInfo | undefined,
+  report: ResponseReport | undefined,
+  renewAt: Date | undefined,
+): Omit<Outcome, "action"> {
+  return {
+    id: target.id,
+    certPath: target.certPath,
+    responsePath: target.responsePath,
+    responderUrl: target.responderUri ?? cert?.ocspUrls[0],
+    mustStaple: cert?.mustStaple,
+    status: report?.status,
+    thisUpdate: report?.thisUpdate,
+    nextUpdate: report?.nextUpdate,
+    renewAt,
+  };
+}
+
+/**
+ * Tries every responder URL in order, in up to 1 + retries rounds with a
+ * growing pause between rounds, until an answer verifies. When none does,
+ * returns the last answer that did not (left in `pending` for inspection),
+ * or throws if no URL answered at all.
+ */
+async function fetchWithRetries(
+  target: Target,
+  urls: string[],
+  pending: string,
+  config: Config,
+  log: Logger,
+): Promise<{ report: ResponseReport; bytes: Uint8Array; url: string }> {
+  const attempts = config.retries + 1;
+  let unverified: { report: ResponseReport; bytes: Uint8Array; url: string } | undefined;
+  let lastProblem = "";
+  for (let round = 1; round <= attempts; round++) {
+    if (round > 1) {
+      const pause = Math.min(2 ** (round - 2), config.timeoutSeconds) * 1000;
+      await new Promise((resolve) => setTimeout(resolve, pause));
+    }
+    for (const url of urls) {
+      try {
+        const answer = { ...await fetchResponse(target, url, pending, config), url };
+        if (answer.report.verified && answer.report.status) return answer;
+        unverified = answer;
+        lastProblem = `answer does not verify: ${answer.report.problem}`;
+      } catch (error) {
+        if (!(error instanceof NoResponse || error instanceof OpensslTimeout)) throw error;
+        lastProblem = errorText(error);
+      }
+      log.warn(`Attempt ${round} of ${attempts} at ${url} failed: ${lastProblem}`);
+    }
+  }
+  if (unverified) {
+    await Deno.writeFile(pending, unverified.bytes);
+    return unverified;
+  }
+  throw new Error(
+    `No usable response from ${urls.join(", ")} after ${attempts} attempts: ${lastProblem}`,
+  );
 }
 
 /** Checks one certificate and renews its response when due. */
 async function processTarget(target: Target, context: RunContext): Promise<Outcome> {
   const { config, now, state } = context;
   const log = context.log.forDomain(target.id);
-  const outcome = (action: Action): Outcome => ({ id: target.id, action });
+  let facts = describe(target, undefined, undefined, undefined);
   try {
-    // What a response is verified with; a change to any means verify again.
-    const inputs = hashInput(target.certPath, "certificate") + ":" +
-      hashInput(target.chainPath, "chain") + ":" +
-      hashInput(target.rootchainPath, "rootchain");
-    const fingerprintOf = (responseHash: string) => sha256(`${responseHash}:${inputs}`);
-    let parsed: CertificateInfo | undefined;
-    const certificate = () =>
-      parsed ??= parseCertificate(readInput(target.certPath, "certificate"), target.certPath);
-
-    const storedHash = hashStoredResponse(target.responsePath);
-    const storedFingerprint = storedHash && fingerprintOf(storedHash.sha256);
-    const recalled = storedFingerprint
-      ? recallReport(state.get(target.responsePath), storedFingerprint, now)
-      : undefined;
-    let stored = recalled?.report;
-    if (storedHash && !stored) {
-      stored = storedHash.size === 0
-        ? { verified: false, problem: "the file is empty" }
-        : await checkStoredResponse(target, config);
-      if (stored.verified && stored.status === "good") {
-        state.set(target.responsePath, recordOf(stored, certificate(), storedFingerprint!));
-      } else state.delete(target.responsePath);
-    }
-    // A recalled record knows the certificate's validity: no need to parse it.
-    const decision = planRenewal(config.policy, recalled?.cert ?? certificate(), stored, now);
+    const { cert, storedHash, stored, decision, fingerprintOf } = await inspect(target, context);
+    facts = describe(target, cert, stored, decision.renewAt);
     if (!decision.due) {
       log.info(`OCSP response is fine: ${decision.reason}`);
-      return outcome("unchanged");
+      return { ...facts, action: "unchanged" };
     }
-    const responderUrl = target.responderUri ?? certificate().ocspUrls[0];
-    if (!responderUrl) {
+    const urls = target.responderUri ? [target.responderUri] : cert.ocspUrls;
+    if (urls.length === 0) {
       log.warn(
         `Certificate "${target.certPath}" names no OCSP responder (no OCSP URL in its AIA); skipped`,
       );
-      return outcome("skipped");
+      return { ...facts, action: "skipped" };
     }
-    log.info(`Renewing OCSP response from ${responderUrl}: ${decision.reason}`);
+    log.info(`Renewing OCSP response from ${urls[0]}: ${decision.reason}`);
 
     // Kept only when a fetched response fails its checks, for inspection.
     const pending = target.responsePath + ".new";
     Deno.mkdirSync(path.dirname(target.responsePath), { recursive: true });
-    removeIfPresent(pending);
-    const fetched = await fetchResponse(target, responderUrl, pending, config);
+    const fetched = await fetchWithRetries(target, urls, pending, config, log);
     const rejection = rejectFetched(fetched.report, stored, now);
     if (rejection) {
       const kept = storedHash ? "the stored response stays" : "nothing is stored";
@@ -1559,19 +1948,27 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
     if (storedHash?.sha256 === fetchedHash) {
       removeIfPresent(pending);
       log.warn("Responder sent the stored response again; nothing changed");
-      return outcome("unchanged");
+      return { ...facts, action: "unchanged" };
     }
     await replaceAtomically(pending, target.responsePath);
-    state.set(
-      target.responsePath,
-      recordOf(fetched.report, certificate(), fingerprintOf(fetchedHash)),
-    );
-    const backup = config.makeBackups ? makeBackup(target.responsePath, now) : undefined;
+    state.set(target.responsePath, recordOf(fetched.report, cert, fingerprintOf(fetchedHash)));
+    facts = {
+      ...describe(target, cert, fetched.report, renewalTime(config.policy, cert, fetched.report)),
+      responderUrl: fetched.url,
+    };
+    let backup = "";
+    if (config.makeBackups) {
+      backup = `, backup "${makeBackup(target.responsePath, now)}"`;
+      if (config.keepBackups) {
+        const removed = pruneBackups(target.responsePath, config.keepBackups);
+        if (removed.length > 0) backup += ` (${removed.length} older removed)`;
+      }
+    }
     const { thisUpdate, nextUpdate } = fetched.report;
     log.info(
       `Stored new OCSP response: good, thisUpdate ${formatTime(thisUpdate!)}, nextUpdate ${
         nextUpdate ? formatTime(nextUpdate) : "none"
-      }${backup ? `, backup "${backup}"` : ""}`,
+      }${backup}`,
     );
     if (
       stored?.nextUpdate && nextUpdate &&
@@ -1583,11 +1980,92 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
         })`,
       );
     }
-    return outcome("renewed");
+    return { ...facts, action: "renewed" };
   } catch (error) {
     log.error(errorText(error));
-    return outcome("failed");
+    return { ...facts, action: "failed", error: errorText(error) };
   }
+}
+
+/** --check: how one certificate's stored response stands; nothing changes. */
+async function checkTarget(target: Target, context: RunContext): Promise<Outcome> {
+  const log = context.log.forDomain(target.id);
+  try {
+    const { cert, stored, decision } = await inspect(target, context);
+    const facts = describe(target, cert, stored, decision.renewAt);
+    if (!target.responderUri && cert.ocspUrls.length === 0) {
+      log.info("no OCSP URL in the certificate: skipped");
+      return { ...facts, action: "skipped" };
+    }
+    const health = healthOf(stored, decision, cert.mustStaple, context.now);
+    log.info(checkLine(stored, decision, health, cert.mustStaple, context.now));
+    return { ...facts, action: "unchanged", health };
+  } catch (error) {
+    log.error(errorText(error));
+    return {
+      ...describe(target, undefined, undefined, undefined),
+      action: "failed",
+      health: "critical",
+      error: errorText(error),
+    };
+  }
+}
+
+/** Runs `on_change` once, with the renewed ids in OCSPBOT_RENEWED. */
+async function runOnChange(
+  command: string[],
+  renewed: string[],
+  timeoutSeconds: number,
+): Promise<void> {
+  const shown = JSON.stringify(command);
+  const signal = AbortSignal.timeout(timeoutSeconds * 1000);
+  let output: Deno.CommandOutput;
+  try {
+    output = await new Deno.Command(command[0], {
+      args: command.slice(1),
+      env: { OCSPBOT_RENEWED: renewed.join(" ") },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal,
+    }).output();
+  } catch (error) {
+    throw new Error(`Cannot run on_change command ${shown}: ${errorText(error)}`);
+  }
+  if (signal.aborted) {
+    throw new Error(`on_change command ${shown} did not finish within ${timeoutSeconds} s`);
+  }
+  if (!output.success) {
+    const stderr = new TextDecoder().decode(output.stderr).trim().split("\n").slice(-3);
+    throw new Error(
+      `on_change command ${shown} failed with exit status ${output.code}${
+        stderr[0] ? `: ${stderr.join("; ")}` : ""
+      }`,
+    );
+  }
+}
+
+/**
+ * Takes the run's lock: an OS file lock, which the kernel releases however
+ * the process ends. Waits up to `waitSeconds` for another run to finish.
+ */
+async function acquireLock(file: string, waitSeconds: number): Promise<Deno.FsFile> {
+  Deno.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  const handle = await Deno.open(file, { read: true, write: true, create: true });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timedOut = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), waitSeconds * 1000);
+  });
+  const locked = await Promise.race([handle.lock(true).then(() => true), timedOut]);
+  clearTimeout(timer);
+  if (!locked) {
+    // The lock request still pending ends with the process.
+    throw new ExitError(
+      `Another ocspbot run holds the lock "${file}"; gave up after ${waitSeconds} s (config key "lock_timeout")`,
+      EXIT.failure,
+    );
+  }
+  return handle;
 }
 
 /**
@@ -1630,15 +2108,27 @@ function currentTime(): Date {
   return now;
 }
 
+/** Writes the --json document, the only thing on stdout then. */
+function printJson(document: string): void {
+  writeAll(Deno.stdout, encoder.encode(document + "\n"));
+}
+
 /** Runs the bot; returns the exit status. */
 export async function main(args: string[]): Promise<number> {
   const terminal = Logger.console();
+  // --check speaks Nagios: whatever keeps it from checking is UNKNOWN.
+  const checking = args.includes("--check");
+  const cannotCheck = (error: unknown) => {
+    terminal.result(`OCSP UNKNOWN - ${errorText(error)}`);
+    return NAGIOS.unknown;
+  };
   let invocation: Invocation;
   let now: Date;
   try {
     invocation = parseCommandLine(args);
     now = currentTime();
   } catch (error) {
+    if (checking) return cannotCheck(error);
     terminal.error(errorText(error));
     writeAll(Deno.stderr, encoder.encode("\n" + HELP));
     return (error as ExitError).status;
@@ -1652,22 +2142,68 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
 
+  const options = { quiet: invocation.quiet, json: invocation.json };
   const warnings: string[] = [];
   let config: Config;
   let log: Logger;
   try {
     config = loadConfig(invocation.configPath, warnings);
-    log = Logger.open(config, now);
+    log = invocation.check ? Logger.console(options) : Logger.open(config, now, options);
   } catch (error) {
     for (const warning of warnings) terminal.warn(warning);
+    if (checking) return cannotCheck(error);
     terminal.error(errorText(error));
     return error instanceof ExitError ? error.status : EXIT.configUnloadable;
   }
+  let lock: Deno.FsFile | undefined;
   try {
     for (const warning of warnings) log.warn(warning);
+    // --check changes nothing, so it needs no lock and never waits for one.
+    if (!invocation.check) {
+      lock = await acquireLock(`${config.stateFile}.lock`, config.lockTimeoutSeconds);
+    }
     const targets = discoverTargets(config);
     if (targets.length === 0) log.warn("No certificates found in the configuration");
-    const context: RunContext = { config, now, log, state: loadState(config.stateFile, log) };
+    const unknownIds = invocation.forceIds.filter((id) => !targets.some((t) => t.id === id));
+    if (unknownIds.length > 0) {
+      throw new ExitError(
+        `--force names certificate ids that are not configured: ${
+          unknownIds.map((id) => `"${id}"`).join(", ")
+        }`,
+        EXIT.badArguments,
+      );
+    }
+    const context: RunContext = {
+      config,
+      now,
+      log,
+      state: loadState(config.stateFile, log),
+      forced: (id) =>
+        invocation.force && (invocation.forceIds.length === 0 || invocation.forceIds.includes(id)),
+    };
+
+    if (invocation.check) {
+      const { results } = await runPool(
+        targets,
+        config.parallelThreads,
+        (target) => checkTarget(target, context),
+        () => false,
+      );
+      const { line, status } = checkSummary(results, now);
+      log.result(line);
+      if (invocation.json) {
+        const count = (health: Health) => results.filter((o) => o.health === health).length;
+        const totals = {
+          fresh: count("fresh"),
+          due: count("due"),
+          critical: count("critical"),
+          skipped: results.filter((o) => o.action === "skipped").length,
+        };
+        printJson(jsonReport("check", results, totals, status, now));
+      }
+      return status;
+    }
+
     const { results, notStarted } = await runPool(
       targets,
       config.parallelThreads,
@@ -1683,10 +2219,28 @@ export async function main(args: string[]): Promise<number> {
         }; the next run verifies every response again`,
       );
     }
-    const summary = summarize(results, notStarted);
+    const renewed = results.filter((o) => o.action === "renewed").map((o) => o.id);
+    let onChangeFailed = false;
+    if (config.onChange && renewed.length > 0) {
+      try {
+        await runOnChange(config.onChange, renewed, config.timeoutSeconds);
+        log.info(`Ran on_change ${JSON.stringify(config.onChange)} for ${renewed.join(" ")}`);
+      } catch (error) {
+        log.error(`${errorText(error)}; the renewed responses stay in place`);
+        onChangeFailed = true;
+      }
+    }
+    const summary = summarize(results, notStarted, onChangeFailed);
     log.info(summaryLine(summary));
-    return exitStatus(summary);
+    const status = exitStatus(summary);
+    if (invocation.json) {
+      const { renewed, unchanged, skipped, failed, notProcessed } = summary;
+      const totals = { renewed, unchanged, skipped, failed, notProcessed };
+      printJson(jsonReport("run", results, totals, status, now));
+    }
+    return status;
   } catch (error) {
+    if (invocation.check) return cannotCheck(error);
     if (error instanceof ExitError) {
       log.error(error.message);
       return error.status;
@@ -1694,6 +2248,7 @@ export async function main(args: string[]): Promise<number> {
     log.error(`Unexpected failure: ${(error as Error).stack ?? error}`);
     return EXIT.failure;
   } finally {
+    lock?.close();
     log.close();
   }
 }

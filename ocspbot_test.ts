@@ -10,6 +10,7 @@ import {
   formatLogName,
   interpretConfig,
   maskPattern,
+  parseCertificate,
   parseCommandLine,
   parseInterval,
   parseOcspOutput,
@@ -114,6 +115,7 @@ async function makeSite(
   config = BASE_CONFIG,
 ): Promise<string> {
   const site = path.join(ca.dir, "site");
+  await Deno.mkdir(site, { recursive: true });
   await Promise.all(names.map((name) => ca.issueLeaf(path.join(site, "certs"), name)));
   await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config);
   return site;
@@ -376,6 +378,7 @@ const CERT: CertificateInfo = {
   notBefore: new Date("2026-01-01T00:00:00Z"),
   notAfter: new Date("2027-01-01T00:00:00Z"),
   ocspUrls: ["http://127.0.0.1/"],
+  mustStaple: false,
 };
 const GOOD: ResponseReport = {
   status: "good",
@@ -488,7 +491,7 @@ Deno.test("recallReport() trusts a record only for the same bytes and before exp
           thisUpdate: GOOD.thisUpdate,
           nextUpdate: GOOD.nextUpdate,
         });
-        assertEquals(recalled.cert, { notBefore: CERT.notBefore, notAfter: CERT.notAfter });
+        assertEquals(recalled.cert, CERT);
       }
     });
   }
@@ -560,7 +563,14 @@ Deno.test("rejectFetched() keeps anything worse than what is stored out", async 
 });
 
 Deno.test("exitStatus() keeps renewal counts below the error codes", async (t) => {
-  const base = { renewed: 0, unchanged: 0, skipped: 0, failed: 0, notProcessed: 0 };
+  const base = {
+    renewed: 0,
+    unchanged: 0,
+    skipped: 0,
+    failed: 0,
+    notProcessed: 0,
+    onChangeFailed: false,
+  };
   const cases: [string, Partial<typeof base>, number][] = [
     ["nothing", {}, 0],
     ["three renewed", { renewed: 3 }, 3],
@@ -569,6 +579,7 @@ Deno.test("exitStatus() keeps renewal counts below the error codes", async (t) =
     ["a failure wins", { renewed: 3, failed: 1 }, 255],
     ["skipped is no failure", { skipped: 4 }, 0],
     ["stop_on_error left some", { notProcessed: 2 }, 255],
+    ["on_change failed", { renewed: 2, onChangeFailed: true }, 255],
   ];
   for (const [name, counts, status] of cases) {
     await t.step(name, () => assertEquals(exitStatus({ ...base, ...counts }), status));
@@ -784,7 +795,7 @@ Deno.test("revoked and unknown answers fail and never replace a good response", 
 
 Deno.test("a broken responder fails the certificate and keeps the stored response", async (t) => {
   await withCa(async (ca) => {
-    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\n");
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\nretries: 0\n");
     assertEquals((await runBot(site)).code, 1);
     const stored = await Deno.readFile(response(site, "a.test"));
     const cases: [string, () => void, RegExp][] = [
@@ -819,6 +830,7 @@ Deno.test("a broken responder fails the certificate and keeps the stored respons
     ocsp: a.test.ocsp-resp
     ocsp_responder_uri: http://127.0.0.1:9/
 timeout: 2
+retries: 0
 `;
       await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config);
       const run = await runBot(site, [], fakeNow(19 * HOUR));
@@ -1063,7 +1075,7 @@ Deno.test("22 certificates with parallel_threads 8; stop_on_error stops without 
     ca.mode = "http500";
     await Deno.writeTextFile(
       path.join(site, "ocspbot.yaml"),
-      BASE_CONFIG + "parallel_threads: 4\nstop_on_error: on\n",
+      BASE_CONFIG + "parallel_threads: 4\nstop_on_error: on\nretries: 0\n",
     );
     const stopped = await runBot(site, [], fakeNow(19 * HOUR));
     assertEquals(stopped.code, 255);
@@ -1176,7 +1188,8 @@ Deno.test("help and version win wherever they stand", async () => {
     const help = await runBot(dir, ["a", "b", "-help"]);
     assertEquals(help.code, 0);
     assertMatch(help.stdout, /Usage: ocspbot \[config\]/);
-    assertMatch(help.stdout, /255 +at least one certificate failed/);
+    assertMatch(help.stdout, /255 +a certificate or on_change failed/);
+    assertMatch(help.stdout, /--check +decide and report/);
     const version = await runBot(dir, ["x.yaml", "-v"]);
     assertEquals(version.code, 0);
     assertEquals(version.stdout, `ocspbot ${VERSION}\n`);
@@ -1225,4 +1238,294 @@ Deno.test("the script runs by URL", async () => {
   } finally {
     await server.shutdown();
   }
+});
+
+// --------------------------------------------------- operations (issue 4) --
+
+Deno.test("--check reports like a Nagios plugin and changes nothing", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test", "b.test"]);
+    const staple = await ca.issueLeaf(path.join(site, "certs"), "staple.test", {
+      mustStaple: true,
+    });
+    assertEquals((await runBot(site)).code, 3);
+    const requests = ca.hostHeaders.length;
+    const state = path.join(site, "responses", ".ocspbot-state.json");
+    const stateBefore = await Deno.readTextFile(state);
+
+    await t.step("all fresh: OK, 0", async () => {
+      const run = await runBot(site, ["--check"]);
+      assertEquals(run.code, 0, run.stdout + run.stderr);
+      assertMatch(run.stdout, /^OCSP OK - 3 responses fresh, soonest expiry in 23h 5\dm$/m);
+      assertMatch(
+        run.stdout,
+        /^\[staple\.test\] good, nextUpdate .* left\), renewal at .*: fresh, must-staple$/m,
+      );
+    });
+    await t.step("due: WARNING, 1, but a due must-staple one is CRITICAL, 2", async () => {
+      await Deno.remove(staple.cert);
+      const warn = await runBot(site, ["--check"], fakeNow(19 * HOUR));
+      assertEquals(warn.code, 1, warn.stdout + warn.stderr);
+      assertMatch(
+        warn.stdout,
+        /^OCSP WARNING - 2 of 2 responses due for renewal \(a\.test, b\.test\)/m,
+      );
+    });
+    await t.step("a missing response is CRITICAL, 2, and names the id", async () => {
+      await Deno.rename(response(site, "b.test"), response(site, "b.test") + ".moved");
+      const run = await runBot(site, ["--check"]);
+      assertEquals(run.code, 2, run.stdout);
+      assertMatch(
+        run.stdout,
+        /^OCSP CRITICAL - 1 of 2 responses missing, expired, not good or failing verification \(b\.test\)/m,
+      );
+      await Deno.rename(response(site, "b.test") + ".moved", response(site, "b.test"));
+    });
+    await t.step("-q keeps only the verdict", async () => {
+      const run = await runBot(site, ["--check", "-q"]);
+      assertEquals(run.code, 0);
+      assertEquals(run.stdout.trim().split("\n").length, 1, run.stdout);
+    });
+    await t.step("a config error is UNKNOWN, 3", async () => {
+      const run = await runBot(site, ["--check", "missing.yaml"]);
+      assertEquals(run.code, 3);
+      assertMatch(run.stdout, /^OCSP UNKNOWN - Cannot read config "missing\.yaml"/m);
+    });
+    assertEquals(ca.hostHeaders.length, requests, "--check asked a responder");
+    assertEquals(await Deno.readTextFile(state), stateBefore, "--check changed the state");
+  });
+});
+
+Deno.test("a must-staple problem is always CRITICAL", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, []);
+    await ca.issueLeaf(path.join(site, "certs"), "staple.test", { mustStaple: true });
+    assertEquals((await runBot(site)).code, 1);
+    const run = await runBot(site, ["--check"], fakeNow(19 * HOUR));
+    assertEquals(run.code, 2, run.stdout);
+    assertMatch(run.stdout, /: CRITICAL, must-staple$/m);
+  });
+});
+
+Deno.test("--json prints one parseable document; logs stay off stdout", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
+    await t.step("a run", async () => {
+      const run = await runBot(site, ["--json"]);
+      assertEquals(run.code, 1, run.stderr);
+      const report = JSON.parse(run.stdout);
+      assertEquals(report.mode, "run");
+      assertEquals(report.status, 1);
+      assertEquals(report.totals, {
+        renewed: 1,
+        unchanged: 0,
+        skipped: 1,
+        failed: 0,
+        notProcessed: 0,
+      });
+      const a = report.certificates["a.test"];
+      assertEquals([a.action, a.status, a.responderUrl, a.mustStaple, a.error], [
+        "renewed",
+        "good",
+        ca.url,
+        false,
+        null,
+      ]);
+      assertEquals(a.response, response(site, "a.test"));
+      assert(
+        new Date(a.renewalTime) > new Date(a.thisUpdate) &&
+          new Date(a.renewalTime) < new Date(a.nextUpdate),
+      );
+      assertEquals(report.certificates["le.test"].action, "skipped");
+      assertMatch(run.stderr, /Success: 0 unchanged OCSP responses, 1 updated/);
+    });
+    await t.step("with --check", async () => {
+      const run = await runBot(site, ["--check", "--json"]);
+      assertEquals(run.code, 0);
+      const report = JSON.parse(run.stdout);
+      assertEquals(report.mode, "check");
+      assertEquals(report.certificates["a.test"].health, "fresh");
+      assertEquals(report.totals, { fresh: 1, due: 0, critical: 0, skipped: 1 });
+      assertMatch(run.stderr, /^OCSP OK/m);
+    });
+  });
+});
+
+Deno.test("-q prints nothing on a quiet hour, and still every warning", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    assertEquals((await runBot(site)).code, 1);
+    const quiet = await runBot(site, ["-q"]);
+    assertEquals([quiet.code, quiet.stdout, quiet.stderr], [0, "", ""]);
+    await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
+    const warned = await runBot(site, ["--quiet"]);
+    assertEquals(warned.stdout, "");
+    assertMatch(warned.stderr, /^\[le\.test\] WARNING: /m);
+  });
+});
+
+Deno.test("--force renews now, all or the named ids", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test", "b.test"]);
+    assertEquals((await runBot(site)).code, 2);
+    assertEquals((await runBot(site, ["--force", "b.test"])).code, 1);
+    const all = await runBot(site, ["ocspbot.yaml", "--force"]);
+    assertEquals(all.code, 2, all.stderr);
+    assertMatch(all.stdout, /renewal forced \(--force\)/);
+    const unknown = await runBot(site, ["--force", "c.test"]);
+    assertEquals(unknown.code, 252);
+    assertMatch(unknown.stderr, /--force names certificate ids that are not configured: "c\.test"/);
+  });
+});
+
+Deno.test("overlapping runs: the second waits, gives up naming the lock, and a dead holder frees it", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(
+      ca,
+      ["a.test"],
+      BASE_CONFIG + "timeout: 20\nretries: 0\nlock_timeout: 1\n",
+    );
+    ca.mode = "hang";
+    const holder = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--quiet", ...BOT_PERMISSIONS, BOT],
+      cwd: site,
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      while (ca.hostHeaders.length === 0) await new Promise((resolve) => setTimeout(resolve, 50));
+      const started = Date.now();
+      const second = await runBot(site);
+      assertEquals(second.code, 255);
+      assertMatch(
+        second.stderr,
+        /Another ocspbot run holds the lock ".*\.ocspbot-state\.json\.lock"; gave up after 1 s/,
+      );
+      assert(Date.now() - started < 10_000);
+    } finally {
+      holder.kill("SIGKILL");
+      await holder.status;
+    }
+    ca.mode = "good";
+    const third = await runBot(site);
+    assertEquals(third.code, 1, third.stderr);
+  });
+});
+
+Deno.test("on_change runs once after renewals, with the ids; its failure is an error", async () => {
+  await withCa(async (ca) => {
+    const marker = path.join(ca.dir, "renewed.txt");
+    const hook = `on_change: [sh, -c, 'echo "$OCSPBOT_RENEWED" >> ${marker}']\n`;
+    const site = await makeSite(ca, ["a.test", "b.test"], BASE_CONFIG + hook);
+    assertEquals((await runBot(site)).code, 2);
+    const ids = (await Deno.readTextFile(marker)).trim().split(" ").sort();
+    assertEquals(ids, ["a.test", "b.test"]);
+    await runBot(site);
+    assertEquals(
+      (await Deno.readTextFile(marker)).trim().split("\n").length,
+      1,
+      "ran without a renewal",
+    );
+
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      BASE_CONFIG + "on_change: [sh, -c, 'echo nope >&2; exit 3']\n",
+    );
+    const failed = await runBot(site, ["--force", "a.test"]);
+    assertEquals(failed.code, 255);
+    assertMatch(
+      failed.stderr,
+      /ERROR: on_change command \["sh","-c",.*\] failed with exit status 3: nope; the renewed responses stay in place/,
+    );
+    assertMatch(
+      failed.stdout,
+      /^Failure: .* 1 updated OCSP responses .*The on_change command failed\.$/m,
+    );
+    assertEquals(
+      await statusOf(ca, response(site, "a.test"), path.join(site, "certs", "a.test.pem")),
+      "good",
+    );
+  });
+});
+
+Deno.test("keep_backups keeps the newest backups of each response", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(
+      ca,
+      ["a.test"],
+      BASE_CONFIG + "make_backups: true\nkeep_backups: 2\n",
+    );
+    for (let second = 1; second <= 4; second++) {
+      const env = {
+        TZ: "UTC",
+        OCSPBOT_FAKE_NOW: new Date(Date.UTC(2026, 10, 24, 12, 0, second)).toISOString(),
+      };
+      assertEquals((await runBot(site, ["--force"], env)).code, 1);
+    }
+    const backups = [...Deno.readDirSync(path.join(site, "responses"))]
+      .map((entry) => entry.name).filter((name) => name.startsWith("a.test.ocsp-resp-")).sort();
+    assertEquals(backups, ["a.test.ocsp-resp-20261124-120003", "a.test.ocsp-resp-20261124-120004"]);
+  });
+});
+
+Deno.test("retries with backoff, and every AIA URL in order", async (t) => {
+  await withCa(async (ca) => {
+    await t.step("a failing first answer is retried", async () => {
+      const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "retries: 1\n");
+      ca.failNextRequests = 1;
+      const run = await runBot(site);
+      assertEquals(run.code, 1, run.stderr);
+      assertMatch(run.stderr, /WARNING: Attempt 1 of 2 at .* failed: No response from .*code=500/);
+      ca.failNextRequests = 1;
+      await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), BASE_CONFIG + "retries: 0\n");
+      assertEquals((await runBot(site, ["--force"])).code, 255);
+      await Deno.remove(site, { recursive: true });
+    });
+    await t.step("a dead first URL falls through to the next", async () => {
+      const site = await makeSite(ca, [], BASE_CONFIG + "timeout: 1\nretries: 0\n");
+      await ca.issueLeaf(path.join(site, "certs"), "two.test", {
+        ocspUrls: ["http://127.0.0.1:9/", ca.url],
+      });
+      const run = await runBot(site);
+      assertEquals(run.code, 1, run.stderr);
+      assertMatch(run.stderr, /Attempt 1 of 1 at http:\/\/127\.0\.0\.1:9\/ failed/);
+      const report = JSON.parse((await runBot(site, ["--force", "--json"])).stdout);
+      assertEquals(report.certificates["two.test"].responderUrl, ca.url);
+      await Deno.remove(site, { recursive: true });
+    });
+  });
+});
+
+Deno.test("proxy, from the config or from http_proxy/no_proxy", async () => {
+  await withCa(async (ca) => {
+    // 127.0.0.2:9 answers nothing: only the proxy (the CA's listener) gets through.
+    const site = await makeSite(ca, [], BASE_CONFIG + `proxy: ${ca.url}\nretries: 0\ntimeout: 2\n`);
+    await ca.issueLeaf(path.join(site, "certs"), "far.test", { ocspUrls: ["http://127.0.0.2:9/"] });
+    assertEquals((await runBot(site)).code, 1);
+    assertEquals(ca.proxied, ["http://127.0.0.2:9/"]);
+
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      BASE_CONFIG + "retries: 0\ntimeout: 2\n",
+    );
+    assertEquals((await runBot(site, ["--force"], { http_proxy: ca.url })).code, 1);
+    assertEquals(ca.proxied.length, 2);
+    const direct = await runBot(site, ["--force"], { http_proxy: ca.url, no_proxy: "127.0.0.2" });
+    assertEquals(direct.code, 255, "no_proxy was not honoured");
+    assertEquals(ca.proxied.length, 2);
+  });
+});
+
+Deno.test("parseCertificate() sees the TLS Feature (must-staple) extension", async () => {
+  await withCa(async (ca) => {
+    const folder = path.join(ca.dir, "leaves");
+    const plain = await ca.issueLeaf(folder, "plain.test");
+    const staple = await ca.issueLeaf(folder, "staple.test", { mustStaple: true });
+    const read = (file: string) => parseCertificate(Deno.readFileSync(file), file);
+    assertEquals(read(plain.cert).mustStaple, false);
+    assertEquals(read(staple.cert).mustStaple, true);
+    assertEquals(read(staple.cert).ocspUrls, [ca.url]);
+  });
 });
