@@ -17,8 +17,13 @@
  * # crontab: 17 * * * * cd /etc/ocspbot && /usr/local/bin/ocspbot ocspbot.yaml
  * ```
  *
+ * `--check` reports like a Nagios plugin without changing anything,
+ * `--json` prints a report, `-q` keeps cron quiet, `--force` renews now;
+ * `ocspbot --help` lists them with the exit statuses.
+ *
  * Permissions: read (config, certificates, responses), write (responses,
- * backups, logs), run (openssl), env (`OCSPBOT_FAKE_NOW`, tests only).
+ * backups, logs, the state file and its lock), run (openssl, on_change),
+ * env (`OCSPBOT_FAKE_NOW`, tests only).
  *
  * @module
  */
@@ -1269,6 +1274,25 @@ export interface OpensslResult {
   stderr: string;
 }
 
+/** Runs a program to its end or its deadline: stdin closed, output captured. */
+async function runProcess(
+  program: string,
+  args: string[],
+  deadlineSeconds: number,
+  env?: Record<string, string>,
+): Promise<{ output: Deno.CommandOutput; timedOut: boolean }> {
+  const signal = AbortSignal.timeout(deadlineSeconds * 1000);
+  const output = await new Deno.Command(program, {
+    args,
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal,
+  }).output();
+  return { output, timedOut: signal.aborted };
+}
+
 /**
  * Runs openssl; everything the bot asks openssl goes through here, so the
  * timeout and the wording of failures live in one place.
@@ -1279,31 +1303,23 @@ export async function runOpenssl(
   timeoutSeconds: number,
 ): Promise<OpensslResult> {
   const deadlineSeconds = timeoutSeconds + KILL_GRACE_SECONDS;
-  const signal = AbortSignal.timeout(deadlineSeconds * 1000);
-  let output: Deno.CommandOutput;
+  let run: { output: Deno.CommandOutput; timedOut: boolean };
   try {
-    output = await new Deno.Command(executable, {
-      args,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      signal,
-    }).output();
+    run = await runProcess(executable, args, deadlineSeconds);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) {
       throw new Error(`Cannot find openssl executable "${executable}"`);
     }
-    throw new Error(
-      `Cannot run openssl executable "${executable}": ${errorText(error)}`,
-    );
+    throw new Error(`Cannot run openssl executable "${executable}": ${errorText(error)}`);
   }
-  if (signal.aborted) {
+  if (run.timedOut) {
     throw new OpensslTimeout(
       `openssl ${
         args[0]
       } did not finish within ${deadlineSeconds} s and was stopped (config key "timeout")`,
     );
   }
+  const { output } = run;
   const decoder = new TextDecoder();
   return {
     code: output.code,
@@ -2018,23 +2034,18 @@ async function runOnChange(
   timeoutSeconds: number,
 ): Promise<void> {
   const shown = JSON.stringify(command);
-  const signal = AbortSignal.timeout(timeoutSeconds * 1000);
-  let output: Deno.CommandOutput;
+  let run: { output: Deno.CommandOutput; timedOut: boolean };
   try {
-    output = await new Deno.Command(command[0], {
-      args: command.slice(1),
-      env: { OCSPBOT_RENEWED: renewed.join(" ") },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      signal,
-    }).output();
+    run = await runProcess(command[0], command.slice(1), timeoutSeconds, {
+      OCSPBOT_RENEWED: renewed.join(" "),
+    });
   } catch (error) {
     throw new Error(`Cannot run on_change command ${shown}: ${errorText(error)}`);
   }
-  if (signal.aborted) {
+  if (run.timedOut) {
     throw new Error(`on_change command ${shown} did not finish within ${timeoutSeconds} s`);
   }
+  const { output } = run;
   if (!output.success) {
     const stderr = new TextDecoder().decode(output.stderr).trim().split("\n").slice(-3);
     throw new Error(
