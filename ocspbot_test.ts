@@ -24,11 +24,8 @@ import {
   summaryLine,
   VERSION,
 } from "./ocspbot.ts";
-import { openssl, TestCa } from "./testdata/testca.ts";
+import { BOT, BOT_PERMISSIONS, openssl, runBot, TestCa } from "./testdata/testca.ts";
 
-const BOT = path.join(import.meta.dirname!, "ocspbot.ts");
-/** The permissions the README tells users to grant. */
-const BOT_PERMISSIONS = ["--allow-read", "--allow-write", "--allow-run", "--allow-env"];
 const HOUR = 3600_000;
 const decoder = new TextDecoder();
 
@@ -55,33 +52,6 @@ function assertThrows<E extends Error>(
     return error;
   }
   throw new nodeAssert.AssertionError({ message: "expected an exception" });
-}
-
-interface BotRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Spawns the bot as a user would, from `cwd`. */
-async function runBot(
-  cwd: string,
-  args: string[] = [],
-  env: Record<string, string> = {},
-): Promise<BotRun> {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", ...BOT_PERMISSIONS, BOT, ...args],
-    cwd,
-    env: { NO_COLOR: "1", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
 }
 
 function fakeNow(offsetMs: number): Record<string, string> {

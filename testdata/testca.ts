@@ -66,6 +66,39 @@ keyUsage = critical,digitalSignature
 extendedKeyUsage = serverAuth
 `;
 
+/** The script under test, and the permissions the README tells users to grant. */
+export const BOT = path.join(import.meta.dirname!, "..", "ocspbot.ts");
+export const BOT_PERMISSIONS = ["--allow-read", "--allow-write", "--allow-run", "--allow-env"];
+
+export interface BotRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Spawns the bot from `cwd` as a user would. */
+export async function runBot(
+  cwd: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+  permissions = BOT_PERMISSIONS,
+): Promise<BotRun> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--quiet", ...permissions, BOT, ...args],
+    cwd,
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}
+
 /** Runs openssl to completion and returns stdout; throws with stderr. */
 export async function openssl(
   args: string[],
