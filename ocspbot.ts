@@ -23,7 +23,8 @@
  *
  * Permissions: read (config, certificates, responses), write (responses,
  * backups, logs, the state file and its lock), run (openssl, on_change),
- * env (`OCSPBOT_FAKE_NOW`, tests only).
+ * env (`OCSPBOT_FAKE_NOW`, tests only); net only with `haproxy_socket`,
+ * because Deno counts HAProxy's Unix socket as network.
  *
  * @module
  */
@@ -68,6 +69,8 @@ export interface DomainEntry {
   ocsp: string;
   /** `ocsp_responder_uri`, unless it says `certificate`. */
   responderUri?: string;
+  /** HAProxy runtime API socket for this certificate's responses. */
+  haproxySocket?: string;
   /** The config file it was written in. */
   file: string;
 }
@@ -80,6 +83,7 @@ export interface ScanEntry {
   chainMask: string;
   rootchainMask: string;
   ocspMask: string;
+  haproxySocket?: string;
   source: string;
 }
 
@@ -105,6 +109,8 @@ export interface Config {
   onChange?: string[];
   /** With makeBackups: how many backups of each response to keep. */
   keepBackups?: number;
+  /** HAProxy runtime API socket, unless a domain or scan entry names its own. */
+  haproxySocket?: string;
   outputLog?: string;
   errorLog?: string;
   domains: DomainEntry[];
@@ -120,6 +126,8 @@ export interface Target {
   rootchainPath: string;
   responsePath: string;
   responderUri?: string;
+  /** Where to push a renewed response into a running HAProxy. */
+  haproxySocket?: string;
   source: string;
 }
 
@@ -283,6 +291,7 @@ const TOP_LEVEL_KEYS = [
   "proxy",
   "on_change",
   "keep_backups",
+  "haproxy_socket",
   "domains",
   "scan_keys",
   "includes",
@@ -290,7 +299,7 @@ const TOP_LEVEL_KEYS = [
   "error_log",
 ];
 const INCLUDE_KEYS = ["domains", "scan_keys"];
-const DOMAIN_KEYS = ["cert", "chain", "rootchain", "ocsp", "ocsp_responder_uri"];
+const DOMAIN_KEYS = ["cert", "chain", "rootchain", "ocsp", "ocsp_responder_uri", "haproxy_socket"];
 const SCAN_KEYS = [
   "folder",
   "recursive",
@@ -298,6 +307,7 @@ const SCAN_KEYS = [
   "chain_mask",
   "rootchain_mask",
   "ocsp_mask",
+  "haproxy_socket",
 ];
 
 export const HELP = `ocspbot ${VERSION}: keeps OCSP responses for stapling fresh.
@@ -566,6 +576,7 @@ class ConfigReader {
         rootchain: required("rootchain"),
         ocsp: required("ocsp"),
         responderUri: responderUri === "certificate" ? undefined : responderUri,
+        haproxySocket: this.string(entry, "haproxy_socket", `${name}.haproxy_socket`),
         file: this.file,
       };
     });
@@ -591,6 +602,7 @@ class ConfigReader {
         chainMask: mask("chain_mask", "{domain}-chain.pem", false),
         rootchainMask: mask("rootchain_mask", "{domain}-rootchain.pem", false),
         ocspMask: mask("ocsp_mask", "{domain}.ocsp-resp", true),
+        haproxySocket: this.string(entry, "haproxy_socket", `${name}.haproxy_socket`),
         source: `scan_keys folder "${folder}" of config "${this.file}"`,
       };
     });
@@ -713,6 +725,7 @@ export function interpretConfig(
     proxy,
     onChange,
     keepBackups: wholeNumber("keep_backups", 1),
+    haproxySocket: reader.string(map, "haproxy_socket", "haproxy_socket"),
     outputLog: reader.string(map, "output_log", "output_log"),
     errorLog: reader.string(map, "error_log", "error_log"),
     domains: reader.domains(map),
@@ -1639,7 +1652,11 @@ function inFolder(dir: string, name: string): string {
 }
 
 /** Finds the (cert, chain, rootchain) triples of one scan_keys entry. */
-function scanForTargets(entry: ScanEntry, ocspFolder: string): Target[] {
+function scanForTargets(
+  entry: ScanEntry,
+  ocspFolder: string,
+  haproxySocket: string | undefined,
+): Target[] {
   const root = path.resolve(entry.folder);
   try {
     if (!Deno.statSync(root).isDirectory) throw new Error("not a folder");
@@ -1669,6 +1686,7 @@ function scanForTargets(entry: ScanEntry, ocspFolder: string): Target[] {
         chainPath: inFolder(dir, chain),
         rootchainPath: inFolder(dir, rootchain),
         responsePath: inFolder(responseDir, fill(entry.ocspMask)),
+        haproxySocket: entry.haproxySocket ?? haproxySocket,
         source: entry.source,
       });
     }
@@ -1680,7 +1698,11 @@ function scanForTargets(entry: ScanEntry, ocspFolder: string): Target[] {
   return targets;
 }
 
-function domainTarget(entry: DomainEntry, ocspFolder: string): Target {
+function domainTarget(
+  entry: DomainEntry,
+  ocspFolder: string,
+  haproxySocket: string | undefined,
+): Target {
   for (const key of ["cert", "chain", "rootchain"] as const) {
     if (!isFile(entry[key])) {
       throw new ExitError(
@@ -1709,6 +1731,7 @@ function domainTarget(entry: DomainEntry, ocspFolder: string): Target {
     rootchainPath: entry.rootchain,
     responsePath,
     responderUri: entry.responderUri,
+    haproxySocket: entry.haproxySocket ?? haproxySocket,
     source: `domains of config "${entry.file}"`,
   };
 }
@@ -1782,8 +1805,10 @@ export function loadConfig(file: string, warnings: string[]): Config {
  */
 export function discoverTargets(config: Config): Target[] {
   const targets = [
-    ...config.scanKeys.flatMap((entry) => scanForTargets(entry, config.ocspFolder)),
-    ...config.domains.map((entry) => domainTarget(entry, config.ocspFolder)),
+    ...config.scanKeys.flatMap((entry) =>
+      scanForTargets(entry, config.ocspFolder, config.haproxySocket)
+    ),
+    ...config.domains.map((entry) => domainTarget(entry, config.ocspFolder, config.haproxySocket)),
   ];
   const byId = new Map<string, Target>();
   const byResponse = new Map<string, Target>();
@@ -1996,6 +2021,18 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
         })`,
       );
     }
+    if (target.haproxySocket) {
+      try {
+        await pushToHaproxy(target.haproxySocket, fetched.bytes, config.timeoutSeconds);
+        log.info(`Pushed the new response to HAProxy (socket "${target.haproxySocket}")`);
+      } catch (error) {
+        throw new Error(
+          `${
+            errorText(error)
+          }; the new response is stored in "${target.responsePath}", and HAProxy serves the old one until it reloads or "ocspbot --force ${target.id}" pushes again`,
+        );
+      }
+    }
     return { ...facts, action: "renewed" };
   } catch (error) {
     log.error(errorText(error));
@@ -2052,6 +2089,49 @@ async function runOnChange(
       `on_change command ${shown} failed with exit status ${output.code}${
         stderr[0] ? `: ${stderr.join("; ")}` : ""
       }`,
+    );
+  }
+}
+
+/**
+ * Hands a new response to a running HAProxy through its runtime API, so it
+ * staples it without a reload; throws with HAProxy's answer on refusal.
+ */
+async function pushToHaproxy(
+  socket: string,
+  response: Uint8Array,
+  timeoutSeconds: number,
+): Promise<void> {
+  let connection: Deno.UnixConn;
+  try {
+    connection = await Deno.connect({ transport: "unix", path: socket });
+  } catch (error) {
+    throw new Error(`Cannot reach HAProxy's socket "${socket}": ${errorText(error)}`);
+  }
+  // A silent HAProxy must not hang the run: closing the socket ends the read.
+  const timer = setTimeout(() => connection.close(), timeoutSeconds * 1000);
+  let answer = "";
+  try {
+    const request = encoder.encode(`set ssl ocsp-response ${response.toBase64()}\n`);
+    for (let done = 0; done < request.length;) {
+      done += await connection.write(request.subarray(done));
+    }
+    const decoder = new TextDecoder();
+    const buffer = new Uint8Array(4096);
+    for (let read; (read = await connection.read(buffer)) !== null;) {
+      answer += decoder.decode(buffer.subarray(0, read), { stream: true });
+    }
+    connection.close();
+  } catch (error) {
+    throw new Error(
+      `HAProxy's socket "${socket}" did not answer within ${timeoutSeconds} s: ${errorText(error)}`,
+    );
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!/^OCSP Response updated/m.test(answer)) {
+    throw new Error(
+      `HAProxy (socket "${socket}") refused the new response: ${answer.trim() || "no answer"}`,
     );
   }
 }
