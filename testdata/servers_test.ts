@@ -1,0 +1,298 @@
+// Copyright 2026 the ocspbot authors. MIT license.
+
+/**
+ * Real servers staple what ocspbot writes: nginx (ssl_stapling_file) and
+ * HAProxy (`<crt>.ocsp`, and `set ssl ocsp-response` on its runtime API),
+ * started on 127.0.0.1 from Debian's packages, checked with a real TLS
+ * client, `openssl s_client -status`. Needs `nginx` and `haproxy` on PATH
+ * (`apt-get install nginx haproxy`); run with `deno task test:servers`.
+ *
+ * @module
+ */
+
+import nodeAssert from "node:assert/strict";
+import * as path from "node:path";
+import { BOT_PERMISSIONS, runBot, TestCa } from "./testca.ts";
+
+/** HAProxy's runtime API is a Unix socket, which Deno counts as network. */
+const HAPROXY_PERMISSIONS = [...BOT_PERMISSIONS, "--allow-net"];
+
+const assertEquals = (actual: unknown, expected: unknown, message?: string) =>
+  nodeAssert.deepStrictEqual(actual, expected, message);
+const assertMatch = (actual: string, expected: RegExp, message?: string) =>
+  nodeAssert.match(actual, expected, message);
+const decoder = new TextDecoder();
+const RULE = "======================================\n";
+
+/** A port nobody listens on, for a server to take. */
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}
+
+/** openssl's text dump of a stored response: every byte shows in it. */
+async function responseText(file: string): Promise<string> {
+  const { stdout } = await new Deno.Command("openssl", {
+    args: ["ocsp", "-respin", file, "-resp_text", "-noverify"],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  return decoder.decode(stdout);
+}
+
+/** What `s_client -status` received stapled, as the same text dump. */
+async function stapled(port: number, ca: TestCa): Promise<string> {
+  const { stdout } = await new Deno.Command("openssl", {
+    args: [
+      "s_client",
+      "-connect",
+      `127.0.0.1:${port}`,
+      "-servername",
+      "a.test",
+      "-status",
+      "-CAfile",
+      ca.rootchain,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  return decoder.decode(stdout).split(RULE)[1] ?? "";
+}
+
+/** Polls until `condition` holds or `seconds` pass; returns the last value. */
+async function waitFor<T>(
+  seconds: number,
+  get: () => Promise<T>,
+  condition: (value: T) => boolean,
+) {
+  const deadline = Date.now() + seconds * 1000;
+  let value = await get();
+  while (!condition(value) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    value = await get();
+  }
+  return value;
+}
+
+/** A server process for the length of `fn`, always stopped afterwards. */
+async function withServer(
+  program: string,
+  args: string[],
+  port: number,
+  fn: () => Promise<void>,
+): Promise<void> {
+  const server = new Deno.Command(program, {
+    args,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  try {
+    const listening = await waitFor(10, async () => {
+      try {
+        (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+        return true;
+      } catch {
+        return false;
+      }
+    }, (up) => up);
+    if (!listening) throw new Error(`${program} did not start listening on ${port}`);
+    await fn();
+  } finally {
+    server.kill("SIGTERM");
+    await server.status;
+    const log = decoder.decode(await new Response(server.stderr).arrayBuffer());
+    if (log.includes("[ALERT]") || log.includes("[emerg]")) console.error(log);
+  }
+}
+
+/** Waits past a second, so the next response has a later thisUpdate. */
+function nextSecond(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 1100));
+}
+
+const thisUpdate = (text: string) => /This Update: (.*)/.exec(text)?.[1];
+
+Deno.test("nginx staples the response ocspbot wrote, and the renewed one after on_change", async () => {
+  const ca = await TestCa.create();
+  try {
+    const site = path.join(ca.dir, "site");
+    const leaf = await ca.issueLeaf(path.join(site, "certs"), "a.test");
+    const fullchain = path.join(site, "fullchain.pem");
+    await Deno.writeTextFile(
+      fullchain,
+      await Deno.readTextFile(leaf.cert) + await Deno.readTextFile(ca.chain),
+    );
+    const response = path.join(site, "responses", "a.test.ocsp-resp");
+    const port = freePort();
+    const nginx = [
+      "-p",
+      site,
+      "-c",
+      path.join(site, "nginx.conf"),
+      "-e",
+      path.join(site, "error.log"),
+    ];
+    const temp = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+      .map((kind) => `${kind}_temp_path ${site}/tmp;`).join(" ");
+    await Deno.mkdir(path.join(site, "tmp"));
+    await Deno.writeTextFile(
+      path.join(site, "nginx.conf"),
+      `user root; worker_processes 1; daemon off; pid ${site}/nginx.pid;
+events {}
+http {
+  access_log off; ${temp}
+  server {
+    listen 127.0.0.1:${port} ssl;
+    ssl_certificate ${fullchain};
+    ssl_certificate_key ${ca.dir}/leaf.key;
+    ssl_stapling on;
+    ssl_stapling_file ${response};
+    return 200 "ok";
+  }
+}
+`,
+    );
+    const config = `minimum_validity: 6h\nocsp_folder: responses\nscan_keys:\n  - folder: certs\n`;
+    // nginx starts only once the staple file exists; reloading it comes after.
+    await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config);
+    const first = await runBot(site);
+    assertEquals(first.code, 1, first.stdout + first.stderr);
+
+    await withServer("nginx", nginx, port, async () => {
+      const first = await stapled(port, ca);
+      assertMatch(first, /Cert Status: good/);
+      assertEquals(
+        first,
+        await responseText(response),
+        "nginx staples other bytes than the file's",
+      );
+
+      await Deno.writeTextFile(
+        path.join(site, "ocspbot.yaml"),
+        config + `on_change: ${JSON.stringify(["nginx", ...nginx, "-s", "reload"])}\n`,
+      );
+      await nextSecond();
+      const renewal = await runBot(site, ["--force"]);
+      assertEquals(renewal.code, 1, renewal.stderr);
+      assertMatch(renewal.stdout, /Ran on_change/);
+      const renewed = await responseText(response);
+      assertEquals(
+        thisUpdate(renewed) !== thisUpdate(first),
+        true,
+        "the renewal made no new response",
+      );
+      const served = await waitFor(10, () => stapled(port, ca), (text) => text === renewed);
+      assertEquals(served, renewed, "nginx still staples the old response after the reload");
+    });
+  } finally {
+    await ca.close();
+  }
+});
+
+Deno.test("HAProxy staples the .ocsp file ocspbot wrote, and takes new ones on its socket", async (t) => {
+  const ca = await TestCa.create();
+  try {
+    const site = path.join(ca.dir, "site");
+    const certs = path.join(site, "certs");
+    const leaf = await ca.issueLeaf(certs, "a.test");
+    // HAProxy's crt: certificate, intermediate and key in one file; the
+    // response beside it as <crt>.ocsp, which a scan_keys mask writes.
+    await Deno.writeTextFile(
+      leaf.cert,
+      await Deno.readTextFile(ca.chain) + await Deno.readTextFile(path.join(ca.dir, "leaf.key")),
+      { append: true },
+    );
+    const other = await ca.issueLeaf(path.join(site, "other"), "b.test");
+    const socket = path.join(site, "haproxy.sock");
+    const port = freePort();
+    await Deno.writeTextFile(
+      path.join(site, "haproxy.cfg"),
+      `global
+  stats socket ${socket} level admin
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 5s
+  timeout server 5s
+frontend tls
+  bind 127.0.0.1:${port} ssl crt ${leaf.cert}
+  http-request return status 200 content-type text/plain string ok
+`,
+    );
+    const nowhere = path.join(site, "nowhere.sock");
+    /** The top level names no socket HAProxy listens on; entries may name the real one. */
+    const config = (sockets: { top?: string; scan?: string; b?: string }) =>
+      `minimum_validity: 6h
+ocsp_folder: certs
+${sockets.top ? `haproxy_socket: ${sockets.top}` : ""}
+scan_keys:
+  - folder: certs
+    ocsp_mask: "{domain}.pem.ocsp"
+    ${sockets.scan ? `haproxy_socket: ${sockets.scan}` : ""}
+domains:
+  b.test:
+    cert: ${other.cert}
+    chain: ${other.chain}
+    rootchain: ${other.rootchain}
+    ocsp: b.test.pem.ocsp
+    ${sockets.b ? `haproxy_socket: ${sockets.b}` : ""}
+`;
+    // Files first: HAProxy reads <crt>.ocsp when it starts.
+    await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config({}));
+    assertEquals((await runBot(site)).code, 2);
+    const response = `${leaf.cert}.ocsp`;
+
+    await withServer("haproxy", ["-f", path.join(site, "haproxy.cfg"), "-db"], port, async () => {
+      await t.step("the file it started with is stapled", async () => {
+        const served = await stapled(port, ca);
+        assertMatch(served, /Cert Status: good/);
+        assertEquals(served, await responseText(response));
+      });
+      await t.step("a renewal is pushed and served without a reload", async () => {
+        // The scan entry's socket overrides the top level's, which leads nowhere.
+        await Deno.writeTextFile(
+          path.join(site, "ocspbot.yaml"),
+          config({ top: nowhere, scan: socket, b: socket }),
+        );
+        const before = await stapled(port, ca);
+        await nextSecond();
+        const run = await runBot(site, ["--force", "a.test"], {}, HAPROXY_PERMISSIONS);
+        assertEquals(run.code, 1, run.stdout + run.stderr);
+        assertMatch(run.stdout, /\[a\.test\] Pushed the new response to HAProxy/);
+        const renewed = await responseText(response);
+        assertEquals(thisUpdate(renewed) !== thisUpdate(before), true);
+        assertEquals(await stapled(port, ca), renewed, "HAProxy still staples the old response");
+      });
+      await t.step(
+        "a push HAProxy refuses is an error; the file keeps the new response",
+        async () => {
+          const run = await runBot(site, ["--force", "b.test"], {}, HAPROXY_PERMISSIONS);
+          assertEquals(run.code, 255, run.stdout + run.stderr);
+          assertMatch(
+            run.stderr,
+            /\[b\.test\] ERROR: HAProxy \(socket ".*haproxy\.sock"\) refused the new response: /,
+          );
+          assertMatch(run.stderr, /the new response is stored in ".*b\.test\.pem\.ocsp"/);
+          const stored = await responseText(path.join(certs, "b.test.pem.ocsp"));
+          assertMatch(stored, /Cert Status: good/);
+        },
+      );
+      await t.step("an entry without a socket of its own uses the top level's", async () => {
+        await Deno.writeTextFile(
+          path.join(site, "ocspbot.yaml"),
+          config({ top: nowhere, b: socket }),
+        );
+        const run = await runBot(site, ["--force", "a.test"], {}, HAPROXY_PERMISSIONS);
+        assertEquals(run.code, 255);
+        assertMatch(run.stderr, /Cannot reach HAProxy's socket ".*nowhere\.sock"/);
+      });
+    });
+  } finally {
+    await ca.close();
+  }
+});
