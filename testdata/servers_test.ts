@@ -184,8 +184,8 @@ http {
     const config = `minimum_validity: 6h\nocsp_folder: responses\nscan_keys:\n  - folder: certs\n`;
     // nginx starts only once the staple file exists; reloading it comes after.
     await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config);
-    const first = await runBot(site);
-    assertEquals(first.code, 1, first.stdout + first.stderr);
+    const firstRun = await runBot(site);
+    assertEquals(firstRun.code, 1, firstRun.stdout + firstRun.stderr);
 
     await withServer("nginx", nginx, port, async () => {
       const first = await stapled(port, ca);
