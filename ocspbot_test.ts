@@ -104,26 +104,6 @@ async function exists(file: string): Promise<boolean> {
   }
 }
 
-async function statusOf(ca: TestCa, file: string, cert: string): Promise<string> {
-  const out = decoder.decode(
-    await openssl([
-      "ocsp",
-      "-respin",
-      file,
-      "-issuer",
-      ca.chain,
-      "-cert",
-      cert,
-      "-CAfile",
-      ca.rootchain,
-      "-VAfile",
-      ca.rootchain,
-      "-no_nonce",
-    ]),
-  );
-  return /: (good|revoked|unknown)$/m.exec(out)![1];
-}
-
 // ---------------------------------------------------- pure: unit tests --
 
 Deno.test("deno.json's version is VERSION", async () => {
@@ -606,7 +586,7 @@ Deno.test("first run fetches every response; the second changes nothing", async 
     assertMatch(first.stdout, /^\[a\.test\] Stored new OCSP response: good/m);
     for (const name of ["a.test", "b.test", "c.test"]) {
       assertEquals(
-        await statusOf(ca, response(site, name), path.join(site, "certs", `${name}.pem`)),
+        await ca.verifiedStatus(response(site, name), path.join(site, "certs", `${name}.pem`)),
         "good",
       );
       assertEquals(await exists(response(site, name) + ".new"), false);
@@ -671,7 +651,7 @@ Deno.test("a verified response is trusted until a byte of it, its cert or chain 
       assertEquals([run.code, run.calls], [1, 2], run.stdout + run.stderr);
       assertMatch(run.stdout, /\[b\.test\] Renewing .*stored response does not verify/);
       assertEquals(
-        await statusOf(ca, response(site, "b.test"), path.join(certs, "b.test.pem")),
+        await ca.verifiedStatus(response(site, "b.test"), path.join(certs, "b.test.pem")),
         "good",
       );
       assertNotEquals(await Deno.readFile(response(site, "b.test")), forged);
@@ -757,7 +737,7 @@ Deno.test("revoked and unknown answers fail and never replace a good response", 
     assertEquals(await Deno.readFile(response(site, "r.test")), goodR);
     assertEquals(await Deno.readFile(response(site, "u.test")), goodU);
     assertEquals(
-      await statusOf(ca, response(site, "r.test") + ".new", path.join(certs, "r.test.pem")),
+      await ca.verifiedStatus(response(site, "r.test") + ".new", path.join(certs, "r.test.pem")),
       "revoked",
     );
   });
@@ -856,7 +836,7 @@ Deno.test("a corrupt or empty stored response is repaired", async (t) => {
         assertEquals(run.code, 1, run.stdout + run.stderr);
         assertMatch(run.stdout, /stored response does not verify/);
         assertEquals(
-          await statusOf(ca, response(site, "a.test"), path.join(site, "certs", "a.test.pem")),
+          await ca.verifiedStatus(response(site, "a.test"), path.join(site, "certs", "a.test.pem")),
           "good",
         );
       });
@@ -1414,7 +1394,7 @@ Deno.test("on_change runs once after renewals, with the ids; its failure is an e
       /^Failure: .* 1 updated OCSP responses .*The on_change command failed\.$/m,
     );
     assertEquals(
-      await statusOf(ca, response(site, "a.test"), path.join(site, "certs", "a.test.pem")),
+      await ca.verifiedStatus(response(site, "a.test"), path.join(site, "certs", "a.test.pem")),
       "good",
     );
   });

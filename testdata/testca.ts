@@ -360,6 +360,32 @@ export class TestCa {
     Deno.writeTextFileSync(this.#file("index.txt"), lines.join(""));
   }
 
+  /**
+   * What a stored response says of `cert`, once openssl has verified it
+   * against this CA as ocspbot does; throws when it does not verify.
+   */
+  async verifiedStatus(file: string, cert: string): Promise<string> {
+    const printed = new TextDecoder().decode(
+      await openssl([
+        "ocsp",
+        "-respin",
+        file,
+        "-issuer",
+        this.chain,
+        "-cert",
+        cert,
+        "-CAfile",
+        this.rootchain,
+        "-VAfile",
+        this.rootchain,
+        "-no_nonce",
+      ]),
+    );
+    const status = /: (good|revoked|unknown)$/m.exec(printed)?.[1];
+    if (!status) throw new Error(`${file} says nothing of ${cert}`);
+    return status;
+  }
+
   /** A response for `cert` as the responder makes it now, or as a rogue would. */
   async respond(
     cert: string,
