@@ -2269,8 +2269,10 @@ export async function main(args: string[]): Promise<number> {
       now,
       log,
       state: loadState(config.stateFile, log),
+      // --check reports what is; forcing a renewal it will not make would skew that.
       forced: (id) =>
-        invocation.force && (invocation.forceIds.length === 0 || invocation.forceIds.includes(id)),
+        invocation.force && !invocation.check &&
+        (invocation.forceIds.length === 0 || invocation.forceIds.includes(id)),
     };
 
     if (invocation.check) {

@@ -1231,6 +1231,10 @@ Deno.test("--check reports like a Nagios plugin and changes nothing", async (t) 
       );
       await Deno.rename(response(site, "b.test") + ".moved", response(site, "b.test"));
     });
+    await t.step("--force does not make --check see anything due", async () => {
+      const run = await runBot(site, ["--check", "--force"]);
+      assertEquals(run.code, 0, run.stdout);
+    });
     await t.step("-q keeps only the verdict", async () => {
       const run = await runBot(site, ["--check", "-q"]);
       assertEquals(run.code, 0);
