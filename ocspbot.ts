@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run --allow-read --allow-write --allow-run --allow-env
+#!/usr/bin/env -S deno run --allow-read --allow-write --allow-run --allow-env --v8-flags=--max-semi-space-size=1
 // Copyright 2026 the ocspbot authors. MIT license.
 
 /**
@@ -13,7 +13,8 @@
  * ```sh
  * deno run --allow-read --allow-write --allow-run --allow-env ocspbot.ts /etc/ocspbot.yaml
  * deno run --allow-read --allow-write --allow-run --allow-env https://example.org/ocspbot.ts ocspbot.yaml
- * deno compile --allow-read --allow-write --allow-run --allow-env -o ocspbot ocspbot.ts
+ * deno compile --allow-read --allow-write --allow-run --allow-env \
+ *   --v8-flags=--max-semi-space-size=1 -o ocspbot ocspbot.ts
  * # crontab: 17 * * * * cd /etc/ocspbot && /usr/local/bin/ocspbot ocspbot.yaml
  * ```
  *
@@ -25,6 +26,10 @@
  * backups, logs, the state file and its lock), run (openssl, on_change),
  * env (`OCSPBOT_FAKE_NOW`, tests only); net only with `haproxy_socket`,
  * because Deno counts HAProxy's Unix socket as network.
+ *
+ * `--v8-flags=--max-semi-space-size=1` is optional: it keeps V8's young
+ * generation small, which with thousands of certificates saves a third of
+ * the memory and some time (see the README's Performance section).
  *
  * @module
  */

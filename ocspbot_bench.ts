@@ -22,7 +22,14 @@ import { discoverTargets, loadConfig } from "./ocspbot.ts";
 import { TestCa } from "./testdata/testca.ts";
 
 const BOT = path.join(import.meta.dirname!, "ocspbot.ts");
-const PERMISSIONS = ["--allow-read", "--allow-write", "--allow-run", "--allow-env"];
+/** The command line the README recommends, memory flag included. */
+const RUN_FLAGS = [
+  "--allow-read",
+  "--allow-write",
+  "--allow-run",
+  "--allow-env",
+  "--v8-flags=--max-semi-space-size=1",
+];
 const THREADS = [1, 8];
 
 interface Measurement {
@@ -47,7 +54,7 @@ const hasGnuTime = await Deno.stat("/usr/bin/time").then(() => true, () => false
 async function measureBot(site: string, countCalls: () => Promise<string[]>): Promise<Measurement> {
   const before = (await countCalls()).length;
   const memoryFile = path.join(site, "peak-rss");
-  const command = [Deno.execPath(), "run", "--quiet", ...PERMISSIONS, BOT];
+  const command = [Deno.execPath(), "run", "--quiet", ...RUN_FLAGS, BOT];
   const [program, ...args] = hasGnuTime
     ? ["/usr/bin/time", "-f", "%M", "-o", memoryFile, ...command]
     : command;
