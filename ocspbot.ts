@@ -234,7 +234,6 @@ export const VERSION = "1.0.0";
  * (or, at 256, as 0).
  */
 export const EXIT = {
-  nothingRenewed: 0,
   maxRenewed: 251,
   badArguments: 252,
   configInvalid: 253,
@@ -863,17 +862,28 @@ export function formatTime(time: Date): string {
   return time.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
 }
 
+/**
+ * When a response stops being current: its nextUpdate, or for a response
+ * without one (RFC 6960 allows it), thisUpdate plus the assumed 12 hours.
+ */
+export function responseExpiry(report: { thisUpdate: Date; nextUpdate?: Date }): number {
+  return report.nextUpdate?.getTime() ?? report.thisUpdate.getTime() + ASSUMED_LIFESPAN_MS;
+}
+
 /** The stretch a response is good for: its dates clipped to the certificate's. */
 export function responseLifespan(
   cert: Validity,
   report: ResponseReport,
 ): { start: Date; end: Date } {
   const thisUpdate = report.thisUpdate!;
-  const nextUpdate = report.nextUpdate ??
-    new Date(thisUpdate.getTime() + ASSUMED_LIFESPAN_MS);
   return {
     start: new Date(Math.max(cert.notBefore.getTime(), thisUpdate.getTime())),
-    end: new Date(Math.min(cert.notAfter.getTime(), nextUpdate.getTime())),
+    end: new Date(
+      Math.min(
+        cert.notAfter.getTime(),
+        responseExpiry({ thisUpdate, nextUpdate: report.nextUpdate }),
+      ),
+    ),
   };
 }
 
@@ -970,7 +980,7 @@ export function recallReport(
     ocspUrls: record.ocspUrls,
     mustStaple: record.mustStaple === true,
   };
-  const end = nextUpdate?.getTime() ?? thisUpdate.getTime() + ASSUMED_LIFESPAN_MS;
+  const end = responseExpiry({ thisUpdate, nextUpdate });
   const times = [end, thisUpdate.getTime(), cert.notBefore.getTime(), cert.notAfter.getTime()];
   if (times.some(Number.isNaN) || now.getTime() >= end) return undefined;
   return { report: { status: "good", verified: true, thisUpdate, nextUpdate }, cert };
@@ -1068,8 +1078,12 @@ export function healthOf(
   now: Date,
 ): Health {
   if (!stored?.verified || stored.status !== "good" || !stored.thisUpdate) return "critical";
-  const end = stored.nextUpdate?.getTime() ?? stored.thisUpdate.getTime() + ASSUMED_LIFESPAN_MS;
-  if (now.getTime() >= end) return "critical";
+  if (
+    now.getTime() >=
+      responseExpiry({ thisUpdate: stored.thisUpdate, nextUpdate: stored.nextUpdate })
+  ) {
+    return "critical";
+  }
   if (decision.due) return mustStaple ? "critical" : "due";
   return "fresh";
 }
@@ -1422,10 +1436,10 @@ async function fetchResponse(
 
 // ----------------------------------------------------------- I/O: files --
 
-/** Reads one input file; the error names what it is and where. */
-function readInput(file: string, what: string): Uint8Array {
+/** Reads one input file with `read`; the error names what it is and where. */
+function readInput<T>(file: string, what: string, read: (file: string) => T): T {
   try {
-    return Deno.readFileSync(file);
+    return read(file);
   } catch (error) {
     throw new Error(`Cannot read ${what} "${file}": ${errorText(error)}`);
   }
@@ -1447,15 +1461,6 @@ function hashFile(file: string): { sha256: string; size: number } {
     return { sha256: hash.digest("hex"), size };
   } finally {
     handle.close();
-  }
-}
-
-/** Hashes one input file; the error names what it is and where. */
-function hashInput(file: string, what: string): string {
-  try {
-    return hashFile(file).sha256;
-  } catch (error) {
-    throw new Error(`Cannot read ${what} "${file}": ${errorText(error)}`);
   }
 }
 
@@ -1604,13 +1609,13 @@ async function replaceAtomically(pending: string, target: string): Promise<void>
   Deno.renameSync(pending, target);
 }
 
-/** Copies the new response aside without overwriting an earlier backup. */
-function makeBackup(responsePath: string, now: Date): string {
+/** Writes the new response's backup without overwriting an earlier one. */
+function makeBackup(responsePath: string, response: Uint8Array, now: Date): string {
   const base = backupName(responsePath, now);
   for (let n = 1;; n++) {
     const name = n === 1 ? base : `${base}.${n}`;
     try {
-      Deno.writeFileSync(name, Deno.readFileSync(responsePath), { createNew: true });
+      Deno.writeFileSync(name, response, { createNew: true });
       return name;
     } catch (error) {
       if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
@@ -1867,9 +1872,10 @@ interface Inspection {
 async function inspect(target: Target, context: RunContext): Promise<Inspection> {
   const { config, now, state } = context;
   // What a response is verified with; a change to any means verify again.
-  const inputs = hashInput(target.certPath, "certificate") + ":" +
-    hashInput(target.chainPath, "chain") + ":" +
-    hashInput(target.rootchainPath, "rootchain");
+  const hashOf = (file: string, what: string) => readInput(file, what, hashFile).sha256;
+  const inputs = hashOf(target.certPath, "certificate") + ":" +
+    hashOf(target.chainPath, "chain") + ":" +
+    hashOf(target.rootchainPath, "rootchain");
   const fingerprintOf = (responseHash: string) => sha256(`${responseHash}:${inputs}`);
 
   const storedHash = hashStoredResponse(target.responsePath);
@@ -1878,7 +1884,10 @@ async function inspect(target: Target, context: RunContext): Promise<Inspection>
     ? recallReport(state.get(target.responsePath), storedFingerprint, now)
     : undefined;
   const cert = recalled?.cert ??
-    parseCertificate(readInput(target.certPath, "certificate"), target.certPath);
+    parseCertificate(
+      readInput(target.certPath, "certificate", Deno.readFileSync),
+      target.certPath,
+    );
   let stored = recalled?.report;
   if (storedHash && !stored) {
     stored = storedHash.size === 0
@@ -2004,7 +2013,7 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
     };
     let backup = "";
     if (config.makeBackups) {
-      backup = `, backup "${makeBackup(target.responsePath, now)}"`;
+      backup = `, backup "${makeBackup(target.responsePath, fetched.bytes, now)}"`;
       if (config.keepBackups) {
         const removed = pruneBackups(target.responsePath, config.keepBackups);
         if (removed.length > 0) backup += ` (${removed.length} older removed)`;
