@@ -58,6 +58,21 @@ function fakeNow(offsetMs: number): Record<string, string> {
   return { OCSPBOT_FAKE_NOW: new Date(Date.now() + offsetMs).toISOString() };
 }
 
+/**
+ * A fake clock for runs that talk to the responder: the real time plus
+ * `offsetMs`, in whole seconds (as file names show it). The responder signs
+ * on the real clock, so a fixed date would reject its answers a day later.
+ */
+function clockAhead(offsetMs: number): Date {
+  return new Date(Math.floor((Date.now() + offsetMs) / 1000) * 1000);
+}
+
+/** `YYYYMMDD-HHMMSS` of `time` on a wall clock `utcOffsetHours` ahead of UTC. */
+function wallClockStamp(time: Date, utcOffsetHours = 0): string {
+  const local = new Date(time.getTime() + utcOffsetHours * HOUR).toISOString();
+  return local.slice(0, 10).replaceAll("-", "") + "-" + local.slice(11, 19).replaceAll(":", "");
+}
+
 /** A CA with its responder for the length of `fn`. */
 async function withCa(fn: (ca: TestCa) => Promise<void>): Promise<void> {
   const ca = await TestCa.create();
@@ -977,13 +992,10 @@ Deno.test("includes are read from their folder wherever the bot starts", async (
 Deno.test("backups copy each new response under a local-time name", async () => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "make_backups: yes\n");
-    const now = new Date(Date.now() + HOUR);
+    const now = clockAhead(HOUR);
     const env = { TZ: "Asia/Kolkata", OCSPBOT_FAKE_NOW: now.toISOString() };
     assertEquals((await runBot(site, [], env)).code, 1);
-    const local = new Date(now.getTime() + 5.5 * HOUR).toISOString();
-    const stamp = local.slice(0, 10).replaceAll("-", "") + "-" +
-      local.slice(11, 19).replaceAll(":", "");
-    const backup = `${response(site, "a.test")}-${stamp}`;
+    const backup = `${response(site, "a.test")}-${wallClockStamp(now, 5.5)}`;
     assertEquals(await Deno.readFile(backup), await Deno.readFile(response(site, "a.test")));
   });
 });
@@ -994,14 +1006,19 @@ Deno.test("logs go to files named by the placeholders, appended, errors in both"
       "output_log: logs/out-{year}{month}{day}-{hour}{minute}{second}.log\nerror_log: logs/err-{year}.log\n";
     const site = await makeSite(ca, ["a.test"], config);
     await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
-    const env = { TZ: "UTC", OCSPBOT_FAKE_NOW: "2026-11-24T20:01:02Z" };
+    const now = clockAhead(HOUR);
+    const env = { TZ: "UTC", OCSPBOT_FAKE_NOW: now.toISOString() };
     const first = await runBot(site, [], env);
     assertEquals(first.code, 1, first.stderr);
     assertEquals(first.stdout + first.stderr, "");
     const second = await runBot(site, [], env);
     assertEquals(second.code, 0);
-    const out = await Deno.readTextFile(path.join(site, "logs", "out-20261124-200102.log"));
-    const err = await Deno.readTextFile(path.join(site, "logs", "err-2026.log"));
+    const out = await Deno.readTextFile(
+      path.join(site, "logs", `out-${wallClockStamp(now)}.log`),
+    );
+    const err = await Deno.readTextFile(
+      path.join(site, "logs", `err-${now.getUTCFullYear()}.log`),
+    );
     assertEquals(out.match(/^Success:/gm)?.length, 2, "the second run truncated the log");
     assertEquals(err.match(/^\[le\.test\] WARNING:/gm)?.length, 2);
     assertEquals(
@@ -1411,16 +1428,18 @@ Deno.test("keep_backups keeps the newest backups of each response", async () => 
       ["a.test"],
       BASE_CONFIG + "make_backups: true\nkeep_backups: 2\n",
     );
-    for (let second = 1; second <= 4; second++) {
-      const env = {
-        TZ: "UTC",
-        OCSPBOT_FAKE_NOW: new Date(Date.UTC(2026, 10, 24, 12, 0, second)).toISOString(),
-      };
+    const start = clockAhead(HOUR);
+    const runTimes = [1, 2, 3, 4].map((second) => new Date(start.getTime() + second * 1000));
+    for (const time of runTimes) {
+      const env = { TZ: "UTC", OCSPBOT_FAKE_NOW: time.toISOString() };
       assertEquals((await runBot(site, ["--force"], env)).code, 1);
     }
     const backups = [...Deno.readDirSync(path.join(site, "responses"))]
       .map((entry) => entry.name).filter((name) => name.startsWith("a.test.ocsp-resp-")).sort();
-    assertEquals(backups, ["a.test.ocsp-resp-20261124-120003", "a.test.ocsp-resp-20261124-120004"]);
+    assertEquals(
+      backups,
+      runTimes.slice(2).map((time) => `a.test.ocsp-resp-${wallClockStamp(time)}`),
+    );
   });
 });
 
