@@ -114,6 +114,8 @@ export interface Config {
   onChange?: string[];
   /** With makeBackups: how many backups of each response to keep. */
   keepBackups?: number;
+  /** With makeBackups: the folder for backups, instead of beside each response. */
+  backupFolder?: string;
   /** HAProxy runtime API socket, unless a domain or scan entry names its own. */
   haproxySocket?: string;
   outputLog?: string;
@@ -151,6 +153,26 @@ export interface CertificateInfo extends Validity {
 
 export type CertStatus = "good" | "revoked" | "unknown";
 
+/** The OCSP response statuses that carry no answer (RFC 6960 4.2.1), by code. */
+export const OCSP_ERROR_STATUSES = {
+  1: "malformedRequest",
+  2: "internalError",
+  3: "tryLater",
+  5: "sigRequired",
+  6: "unauthorized",
+} as const;
+export type OcspErrorStatus = (typeof OCSP_ERROR_STATUSES)[keyof typeof OCSP_ERROR_STATUSES];
+
+/**
+ * Answers that another request in the same run cannot change: the responder
+ * does not serve this certificate or cannot read what openssl sends.
+ */
+export const DEFINITIVE_ERROR_STATUSES: readonly OcspErrorStatus[] = [
+  "malformedRequest",
+  "sigRequired",
+  "unauthorized",
+];
+
 /** What openssl said about a response it parsed and verified. */
 export interface ResponseReport {
   status?: CertStatus;
@@ -161,6 +183,8 @@ export interface ResponseReport {
   verified: boolean;
   /** Why it did not verify or could not be read. */
   problem?: string;
+  /** The OCSP response status when it is not "successful" (RFC 6960 4.2.1). */
+  responderError?: OcspErrorStatus;
 }
 
 /** What the state file remembers of a good response ocspbot verified. */
@@ -186,7 +210,8 @@ export interface Decision {
   renewAt?: Date;
 }
 
-export type Action = "renewed" | "unchanged" | "skipped" | "failed";
+/** What a run did with a certificate; "interrupted" when a signal stopped it. */
+export type Action = "renewed" | "unchanged" | "skipped" | "failed" | "interrupted";
 
 /** How a stored response stands, for --check (Nagios OK, WARNING, CRITICAL). */
 export type Health = "fresh" | "due" | "critical";
@@ -204,14 +229,20 @@ export interface Outcome {
   nextUpdate?: Date;
   renewAt?: Date;
   health?: Health;
+  /** Why it was skipped: it names no OCSP responder, or it has expired. */
+  skipReason?: SkipReason;
   error?: string;
 }
+
+export type SkipReason = "no OCSP URL" | "expired";
 
 /** Counts of a run; `notProcessed` counts what stop_on_error left out. */
 export interface Summary {
   renewed: number;
   unchanged: number;
   skipped: number;
+  /** Of the skipped, how many certificates have expired. */
+  expired: number;
   failed: number;
   notProcessed: number;
   onChangeFailed: boolean;
@@ -259,6 +290,10 @@ export const ASSUMED_LIFESPAN_MS = 12 * 3600_000;
 export const KILL_GRACE_SECONDS = 2;
 /** Clock skew tolerated in a fresh response's thisUpdate (openssl's own). */
 export const CLOCK_SKEW_MS = 5 * 60_000;
+/** The signals that end a run early, keeping what finished. */
+export const STOP_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
+/** How long an interrupted run may take to wind down before it exits regardless. */
+export const STOP_GRACE_SECONDS = 10;
 
 const SECONDS_PER_UNIT: Record<string, number> = {
   s: 1,
@@ -295,6 +330,7 @@ const TOP_LEVEL_KEYS = [
   "proxy",
   "on_change",
   "keep_backups",
+  "backup_folder",
   "haproxy_socket",
   "domains",
   "scan_keys",
@@ -729,13 +765,32 @@ export function interpretConfig(
     proxy,
     onChange,
     keepBackups: wholeNumber("keep_backups", 1),
+    backupFolder: reader.string(map, "backup_folder", "backup_folder"),
     haproxySocket: reader.string(map, "haproxy_socket", "haproxy_socket"),
-    outputLog: reader.string(map, "output_log", "output_log"),
-    errorLog: reader.string(map, "error_log", "error_log"),
+    outputLog: logTemplate(reader, map, "output_log"),
+    errorLog: logTemplate(reader, map, "error_log"),
     domains: reader.domains(map),
     scanKeys: reader.scanKeys(map),
     includes,
   };
+}
+
+/**
+ * A log file name; an unknown placeholder (a typo of `{year}`) is the error
+ * of a log that cannot be opened, 254, as with the Python bot.
+ */
+function logTemplate(reader: ConfigReader, map: Mapping, key: string): string | undefined {
+  const template = reader.string(map, key, key);
+  const unknown = template === undefined ? [] : unknownPlaceholders(template);
+  if (unknown.length > 0) {
+    throw new ExitError(
+      `Config "${reader.file}": "${key}" has the unknown placeholder "{${unknown[0]}}" (known: ${
+        LOG_PLACEHOLDERS.map((name) => `{${name}}`).join(" ")
+      })`,
+      EXIT.configUnloadable,
+    );
+  }
+  return template;
 }
 
 /** Interprets an include file: only `domains` and `scan_keys` count there. */
@@ -750,6 +805,15 @@ export function interpretInclude(
   return { domains: reader.domains(map), scanKeys: reader.scanKeys(map) };
 }
 
+const LOG_PLACEHOLDERS = ["year", "month", "day", "hour", "minute", "second"];
+
+/** The placeholders of a log file name that formatLogName() does not fill. */
+export function unknownPlaceholders(template: string): string[] {
+  return [...template.matchAll(/\{([^{}]*)\}/g)]
+    .map((match) => match[1])
+    .filter((name) => !LOG_PLACEHOLDERS.includes(name));
+}
+
 /** Fills `{year}`…`{second}` of a log file name with local time. */
 export function formatLogName(template: string, now: Date): string {
   const fields: Record<string, number> = {
@@ -761,7 +825,7 @@ export function formatLogName(template: string, now: Date): string {
     second: now.getSeconds(),
   };
   return template.replace(
-    /\{(year|month|day|hour|minute|second)\}/g,
+    new RegExp(`\\{(${LOG_PLACEHOLDERS.join("|")})\\}`, "g"),
     (_, field: string) => String(fields[field]).padStart(field === "year" ? 4 : 2, "0"),
   );
 }
@@ -827,7 +891,7 @@ export function parseOcspOutput(
   const report: ResponseReport = {
     verified: exitCode === 0 && /^Response verify OK$/m.test(stderr),
   };
-  const responderError = /^Responder Error: (.*)$/m.exec(stdout);
+  const responderError = /^Responder Error: (\S+) \((\d+)\)$/m.exec(stdout);
   const lines = stdout.split("\n");
   const statusAt = lines.findIndex((line) => /: (good|revoked|unknown)$/.test(line));
   if (statusAt >= 0) {
@@ -845,14 +909,37 @@ export function parseOcspOutput(
     }
   }
   if (responderError) {
+    const code = Number(responderError[2]);
     report.verified = false;
-    report.problem = `responder error "${responderError[1]}"`;
+    report.responderError = OCSP_ERROR_STATUSES[code as keyof typeof OCSP_ERROR_STATUSES];
+    report.problem = `responder answered "${
+      report.responderError ?? responderError[1]
+    }" (OCSP response status ${code}) instead of a response`;
   } else if (!report.verified || statusAt < 0) {
     report.verified = false;
     report.problem = summarizeOpensslErrors(stderr) ||
       (statusAt < 0 ? "no status for this certificate in the response" : "did not verify");
   }
   return report;
+}
+
+/**
+ * The length of the DER element at the start of `bytes`, or undefined when
+ * `bytes` does not start with a whole one. openssl writes the response it
+ * verified there, followed by its report, so this is where the two part.
+ */
+export function derLength(bytes: Uint8Array): number | undefined {
+  if (bytes.length < 2 || bytes[0] !== 0x30) return undefined;
+  let length = bytes[1];
+  let header = 2;
+  if (length & 0x80) {
+    const octets = length & 0x7f;
+    if (octets === 0 || octets > 4 || bytes.length < 2 + octets) return undefined;
+    length = 0;
+    for (let i = 0; i < octets; i++) length = length * 256 + bytes[2 + i];
+    header += octets;
+  }
+  return header + length <= bytes.length ? header + length : undefined;
 }
 
 // ------------------------------------------------------- pure: timing --
@@ -930,6 +1017,18 @@ export function planRenewal(
       reason: `stored response says "${stored.status ?? "nothing"}"`,
     };
   }
+  const expiredAt = new Date(responseExpiry({
+    thisUpdate: stored.thisUpdate,
+    nextUpdate: stored.nextUpdate,
+  }));
+  if (now.getTime() >= expiredAt.getTime()) {
+    // Whatever the policy computes: a certificate not yet valid can put its renewal time later.
+    return {
+      due: true,
+      renewAt: expiredAt,
+      reason: `stored response expired at ${formatTime(expiredAt)}`,
+    };
+  }
   const renewAt = renewalTime(policy, cert, stored);
   const due = now.getTime() >= renewAt.getTime();
   const expiry = stored.nextUpdate
@@ -995,6 +1094,7 @@ export function rejectFetched(
   stored: ResponseReport | undefined,
   now: Date,
 ): string | undefined {
+  if (fetched.responderError) return fetched.problem!;
   if (!fetched.verified) return `new response does not verify: ${fetched.problem}`;
   if (fetched.status !== "good") {
     const revoked = fetched.status === "revoked"
@@ -1034,6 +1134,7 @@ export function summarize(
     renewed: count("renewed"),
     unchanged: count("unchanged"),
     skipped: count("skipped"),
+    expired: outcomes.filter((o) => o.skipReason === "expired").length,
     failed: count("failed"),
     notProcessed,
     onChangeFailed,
@@ -1047,7 +1148,13 @@ export function summaryLine(summary: Summary): string {
     failed ? "Failure" : "Success"
   }: ${summary.unchanged} unchanged OCSP responses, ${summary.renewed} updated OCSP responses and ${summary.failed} failures.`;
   if (summary.skipped > 0) {
-    line += ` ${summary.skipped} certificates skipped (no OCSP URL).`;
+    const noUrl = summary.skipped - summary.expired;
+    const why = summary.expired === 0
+      ? "no OCSP URL"
+      : noUrl === 0
+      ? "expired"
+      : `${noUrl} no OCSP URL, ${summary.expired} expired`;
+    line += ` ${summary.skipped} certificates skipped (${why}).`;
   }
   if (summary.notProcessed > 0) {
     line += ` ${summary.notProcessed} certificates not processed (stop_on_error).`;
@@ -1074,9 +1181,10 @@ export function formatDuration(ms: number): string {
 export function healthOf(
   stored: ResponseReport | undefined,
   decision: Decision,
-  mustStaple: boolean,
+  cert: CertificateInfo,
   now: Date,
 ): Health {
+  if (now.getTime() >= cert.notAfter.getTime()) return "critical";
   if (!stored?.verified || stored.status !== "good" || !stored.thisUpdate) return "critical";
   if (
     now.getTime() >=
@@ -1084,7 +1192,7 @@ export function healthOf(
   ) {
     return "critical";
   }
-  if (decision.due) return mustStaple ? "critical" : "due";
+  if (decision.due) return cert.mustStaple ? "critical" : "due";
   return "fresh";
 }
 
@@ -1093,12 +1201,15 @@ export function checkLine(
   stored: ResponseReport | undefined,
   decision: Decision,
   health: Health,
-  mustStaple: boolean,
+  cert: CertificateInfo,
   now: Date,
 ): string {
   const verdict = `${health === "critical" ? "CRITICAL" : health}${
-    mustStaple ? ", must-staple" : ""
+    cert.mustStaple ? ", must-staple" : ""
   }`;
+  if (now.getTime() >= cert.notAfter.getTime()) {
+    return `certificate expired on ${formatTime(cert.notAfter)}; renew it: ${verdict}`;
+  }
   if (!stored) return `no stored response: ${verdict}`;
   if (!stored.verified) return `stored response does not verify (${stored.problem}): ${verdict}`;
   if (stored.status !== "good") return `stored response says "${stored.status}": ${verdict}`;
@@ -1302,27 +1413,69 @@ export class Logger {
 
 export interface OpensslResult {
   code: number;
+  /** stdout's bytes: with `-respout -` the DER response comes first. */
+  output: Uint8Array;
   stdout: string;
   stderr: string;
 }
 
-/** Runs a program to its end or its deadline: stdin closed, output captured. */
+/**
+ * Aborted, with the signal's name as reason, by SIGTERM, SIGINT or SIGHUP:
+ * child processes are stopped, waits end, and no new work starts.
+ */
+const interruption = new AbortController();
+
+/** The run was stopped by a signal; not a failure of the certificate at hand. */
+class Interrupted extends Error {
+  constructor() {
+    super(`stopped by ${interruption.signal.reason}`);
+  }
+}
+
+/** Waits `ms`; an interruption ends the wait with Interrupted. */
+function pause(ms: number): Promise<void> {
+  const { signal } = interruption;
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(new Interrupted());
+    const stop = () => {
+      clearTimeout(timer);
+      reject(new Interrupted());
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", stop);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", stop, { once: true });
+  });
+}
+
+/**
+ * Runs a program to its end or its deadline: stdin closed, output captured.
+ * An interruption stops it and throws Interrupted.
+ */
 async function runProcess(
   program: string,
   args: string[],
   deadlineSeconds: number,
   env?: Record<string, string>,
 ): Promise<{ output: Deno.CommandOutput; timedOut: boolean }> {
-  const signal = AbortSignal.timeout(deadlineSeconds * 1000);
-  const output = await new Deno.Command(program, {
-    args,
-    env,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal,
-  }).output();
-  return { output, timedOut: signal.aborted };
+  const deadline = AbortSignal.timeout(deadlineSeconds * 1000);
+  let output: Deno.CommandOutput;
+  try {
+    output = await new Deno.Command(program, {
+      args,
+      env,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.any([deadline, interruption.signal]),
+    }).output();
+  } catch (error) {
+    if (interruption.signal.aborted) throw new Interrupted();
+    throw error;
+  }
+  if (interruption.signal.aborted) throw new Interrupted();
+  return { output, timedOut: deadline.aborted };
 }
 
 /**
@@ -1339,6 +1492,7 @@ export async function runOpenssl(
   try {
     run = await runProcess(executable, args, deadlineSeconds);
   } catch (error) {
+    if (error instanceof Interrupted) throw error;
     if (error instanceof Deno.errors.NotFound) {
       throw new Error(`Cannot find openssl executable "${executable}"`);
     }
@@ -1355,6 +1509,7 @@ export async function runOpenssl(
   const decoder = new TextDecoder();
   return {
     code: output.code,
+    output: output.stdout,
     stdout: decoder.decode(output.stdout),
     stderr: decoder.decode(output.stderr),
   };
@@ -1396,16 +1551,16 @@ async function checkStoredResponse(
 }
 
 /**
- * Fetches, verifies and reads a new response in one openssl process; the
- * response is written to `pending` (beside the stored one) whatever it says.
+ * Fetches, verifies and reads a new response in one openssl process. openssl
+ * hands the response over on stdout, ahead of its report, so the bytes kept
+ * are exactly those it verified: a file it wrote itself could be cut short
+ * by a full disk while it still says "Response verify OK".
  */
 async function fetchResponse(
   target: Target,
   responderUrl: string,
-  pending: string,
   config: Config,
 ): Promise<{ report: ResponseReport; bytes: Uint8Array }> {
-  removeIfPresent(pending);
   const result = await runOpenssl(config.opensslExecutable, [
     "ocsp",
     "-url",
@@ -1418,20 +1573,22 @@ async function fetchResponse(
     "-timeout",
     String(Math.ceil(config.timeoutSeconds)),
     "-respout",
-    pending,
+    "-",
     ...verificationArgs(target),
   ], config.timeoutSeconds);
-  let bytes: Uint8Array;
-  try {
-    bytes = await Deno.readFile(pending);
-  } catch {
+  const responseLength = derLength(result.output);
+  if (responseLength === undefined) {
     throw new NoResponse(
       `No response from ${responderUrl}: ${
         summarizeOpensslErrors(result.stderr) || `openssl exited with ${result.code}`
       }`,
     );
   }
-  return { report: parseOcspOutput(result.stdout, result.stderr, result.code), bytes };
+  const report = new TextDecoder().decode(result.output.subarray(responseLength));
+  return {
+    report: parseOcspOutput(report, result.stderr, result.code),
+    bytes: result.output.slice(0, responseLength),
+  };
 }
 
 // ----------------------------------------------------------- I/O: files --
@@ -1552,16 +1709,18 @@ function loadState(file: string, log: Logger): Map<string, VerifiedRecord> {
 }
 
 /** Writes the state file atomically, keeping only the targets' records. */
-function saveState(file: string, state: Map<string, VerifiedRecord>, targets: Target[]): void {
+async function saveState(
+  file: string,
+  state: Map<string, VerifiedRecord>,
+  targets: Target[],
+): Promise<void> {
   const responses: Record<string, VerifiedRecord> = {};
   for (const target of targets) {
     const record = state.get(target.responsePath);
     if (record) responses[target.responsePath] = record;
   }
-  Deno.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-  const temporary = `${file}.${Deno.pid}.tmp`;
-  Deno.writeTextFileSync(temporary, JSON.stringify({ version: 1, responses }) + "\n");
-  Deno.renameSync(temporary, file);
+  // The state is ocspbot's own: whose it is matters to nobody else.
+  await writeFileAtomically(file, encoder.encode(JSON.stringify({ version: 1, responses }) + "\n"));
 }
 
 function isFile(file: string): boolean {
@@ -1581,52 +1740,169 @@ function removeIfPresent(file: string): void {
 }
 
 /**
- * Puts `pending` in place of `target` with one rename, so a web server sees
- * the old response or the new one, never none or half of one. The new file
- * keeps the old one's mode and, where allowed, its owner.
+ * Creates a folder and its parents. Where part of the path is a file, the
+ * error names that part: mkdir's own "File exists" says nothing useful.
  */
-async function replaceAtomically(pending: string, target: string): Promise<void> {
+function makeFolder(folder: string): void {
   try {
-    const old = Deno.statSync(target);
-    if (old.mode !== null) Deno.chmodSync(pending, old.mode & 0o7777);
-    if (old.uid !== null && old.gid !== null) {
+    Deno.mkdirSync(folder, { recursive: true });
+  } catch (error) {
+    for (let part = path.resolve(folder); part !== path.dirname(part); part = path.dirname(part)) {
+      let info: Deno.FileInfo;
       try {
-        Deno.chownSync(pending, old.uid, old.gid);
+        info = Deno.statSync(part);
       } catch {
-        // Only root may give a file away; the mode is what matters most.
+        continue;
+      }
+      if (!info.isDirectory) throw new Error(`"${part}" is a file, not a folder`);
+      break;
+    }
+    throw error;
+  }
+}
+
+/**
+ * Temporary files being written now, so that a run ended by a signal can
+ * remove them; they never outlive a failed write either.
+ */
+const temporaryFiles = new Set<string>();
+
+/**
+ * The file a path finally names. A response path that is a symlink (a common
+ * way to point a server at a shared file) is updated through the link, which
+ * stays a link.
+ */
+function resolveLinks(file: string): string {
+  let current = path.resolve(file);
+  for (let hops = 0; hops < 40; hops++) {
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.lstatSync(current);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return current;
+      throw error;
+    }
+    if (!info.isSymlink) return current;
+    current = path.resolve(path.dirname(current), Deno.readLinkSync(current));
+  }
+  throw new Error(`"${file}" is a loop of symbolic links`);
+}
+
+/**
+ * Gives `temporary` the mode, owner and group of the file it replaces, as far
+ * as this user may; returns a warning naming what could not be kept, since a
+ * server that cannot read its staple fails silently.
+ */
+function keepAttributes(temporary: string, old: Deno.FileInfo, file: string): string | undefined {
+  const lost: string[] = [];
+  const fresh = Deno.statSync(temporary);
+  if (old.uid !== null && old.gid !== null && (old.uid !== fresh.uid || old.gid !== fresh.gid)) {
+    try {
+      Deno.chownSync(temporary, old.uid, old.gid);
+    } catch {
+      // Only root may give a file away, but a member of its group may keep the group.
+      if (old.uid !== fresh.uid) lost.push(`owner (uid ${old.uid})`);
+      try {
+        if (old.gid !== fresh.gid) Deno.chownSync(temporary, null, old.gid);
+      } catch {
+        lost.push(`group (gid ${old.gid})`);
       }
     }
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
-  // On disk before the rename, or a crash could leave an empty file in place.
-  const handle = await Deno.open(pending, { read: true, write: true });
+  if (old.mode !== null) {
+    try {
+      Deno.chmodSync(temporary, old.mode & 0o7777);
+    } catch {
+      lost.push(`mode ${(old.mode & 0o7777).toString(8)}`);
+    }
+  }
+  if (lost.length === 0) return undefined;
+  return `Cannot keep the ${
+    lost.join(" and ")
+  } of "${file}": the new file has uid ${fresh.uid}, gid ${fresh.gid}; run ocspbot as the file's owner, or as a member of its group`;
+}
+
+/**
+ * Replaces `file` with `bytes` by one rename, so a reader sees the old file or
+ * the new one whole, never none or part of one. The bytes go to a hidden
+ * temporary file beside it (HAProxy's `crt <dir>` skips names starting with a
+ * dot), are synced to disk and checked by size, and take the old file's mode,
+ * owner and group. Missing folders are created. Throws naming the folder and
+ * the cause, with the temporary file removed; returns a warning when the
+ * owner, group or mode could not be kept.
+ */
+async function writeFileAtomically(file: string, bytes: Uint8Array): Promise<string | undefined> {
+  const destination = resolveLinks(file);
+  const folder = path.dirname(destination);
+  const temporary = path.join(folder, `.${path.basename(destination)}.${Deno.pid}.tmp`);
+  temporaryFiles.add(temporary);
   try {
-    await handle.sync();
+    makeFolder(folder);
+    let old: Deno.FileInfo | undefined;
+    try {
+      old = Deno.statSync(destination);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+    const handle = await Deno.open(temporary, { write: true, create: true, truncate: true });
+    try {
+      writeAll(handle, bytes);
+      await handle.sync();
+    } finally {
+      handle.close();
+    }
+    const written = Deno.statSync(temporary).size;
+    if (written !== bytes.length) throw new Error(`${written} of ${bytes.length} bytes written`);
+    const lost = old && keepAttributes(temporary, old, file);
+    Deno.renameSync(temporary, destination);
+    return lost;
+  } catch (error) {
+    try {
+      removeIfPresent(temporary);
+    } catch {
+      // The folder refused the file in the first place.
+    }
+    throw new Error(
+      `Cannot write "${path.basename(destination)}" in folder "${folder}": ${errorText(error)}`,
+    );
   } finally {
-    handle.close();
+    temporaryFiles.delete(temporary);
   }
-  Deno.renameSync(pending, target);
+}
+
+/** Where a response's backups go: beside it, or mirrored under `backup_folder`. */
+export function backupStem(config: Config, responsePath: string): string {
+  if (!config.backupFolder) return responsePath;
+  const relative = path.relative(path.resolve(config.ocspFolder), responsePath);
+  const inside = relative !== "" && !relative.startsWith("..") && !path.isAbsolute(relative);
+  return path.resolve(config.backupFolder, inside ? relative : path.basename(responsePath));
 }
 
 /** Writes the new response's backup without overwriting an earlier one. */
-function makeBackup(responsePath: string, response: Uint8Array, now: Date): string {
-  const base = backupName(responsePath, now);
+async function makeBackup(stem: string, response: Uint8Array, now: Date): Promise<string> {
+  const base = backupName(stem, now);
   for (let n = 1;; n++) {
     const name = n === 1 ? base : `${base}.${n}`;
-    try {
-      Deno.writeFileSync(name, response, { createNew: true });
-      return name;
-    } catch (error) {
-      if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
-    }
+    if (await exists(name)) continue;
+    await writeFileAtomically(name, response);
+    return name;
+  }
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await Deno.lstat(file);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
   }
 }
 
 /** Deletes all but the `keep` newest backups of a response; returns their names. */
-function pruneBackups(responsePath: string, keep: number): string[] {
-  const dir = path.dirname(responsePath);
-  const name = escapeRegExp(path.basename(responsePath));
+function pruneBackups(stem: string, keep: number): string[] {
+  const dir = path.dirname(stem);
+  const name = escapeRegExp(path.basename(stem));
   const pattern = new RegExp(`^${name}-\\d{8}-\\d{6}(\\.\\d+)?$`);
   const backups = [...Deno.readDirSync(dir)]
     .filter((entry) => entry.isFile && pattern.test(entry.name))
@@ -1639,6 +1915,14 @@ function pruneBackups(responsePath: string, keep: number): string[] {
   const removed = backups.slice(keep).map((backup) => backup.file);
   for (const file of removed) Deno.removeSync(file);
   return removed;
+}
+
+/**
+ * Where an answer that failed its checks is kept for inspection: hidden
+ * beside the response, so that a server loading the folder skips it.
+ */
+export function rejectedPath(responsePath: string): string {
+  return path.join(path.dirname(responsePath), `.${path.basename(responsePath)}.rejected`);
 }
 
 /** Lists a folder's files and subfolders, following links as os.walk does. */
@@ -1787,10 +2071,16 @@ export function loadConfig(file: string, warnings: string[]): Config {
         .map((entry) => entry.name)
         .sort();
     } catch (error) {
-      warnings.push(
-        `Cannot read include folder "${folder}" of config "${file}": ${errorText(error)}`,
+      // The Python bot only warned, and the certificates it held went unmanaged.
+      const problem = error instanceof Deno.errors.NotFound
+        ? "does not exist"
+        : error instanceof Deno.errors.NotADirectory
+        ? "is not a folder"
+        : errorText(error);
+      throw new ExitError(
+        `Config "${file}": include folder "${folder}" ${problem}; fix or remove it in "includes"`,
+        EXIT.configInvalid,
       );
-      continue;
     }
     for (const name of names) {
       // The Python bot tested these names against the working directory, so
@@ -1926,13 +2216,13 @@ function describe(
 /**
  * Tries every responder URL in order, in up to 1 + retries rounds with a
  * growing pause between rounds, until an answer verifies. When none does,
- * returns the last answer that did not (left in `pending` for inspection),
- * or throws if no URL answered at all.
+ * returns the last answer that did not, or throws if no URL answered at all.
+ * An answer that says the responder will never serve this request (e.g.
+ * `unauthorized`) ends the tries at once.
  */
 async function fetchWithRetries(
   target: Target,
   urls: string[],
-  pending: string,
   config: Config,
   log: Logger,
 ): Promise<{ report: ResponseReport; bytes: Uint8Array; url: string }> {
@@ -1940,16 +2230,19 @@ async function fetchWithRetries(
   let unverified: { report: ResponseReport; bytes: Uint8Array; url: string } | undefined;
   let lastProblem = "";
   for (let round = 1; round <= attempts; round++) {
-    if (round > 1) {
-      const pause = Math.min(2 ** (round - 2), config.timeoutSeconds) * 1000;
-      await new Promise((resolve) => setTimeout(resolve, pause));
-    }
+    if (round > 1) await pause(Math.min(2 ** (round - 2), config.timeoutSeconds) * 1000);
     for (const url of urls) {
       try {
-        const answer = { ...await fetchResponse(target, url, pending, config), url };
-        if (answer.report.verified && answer.report.status) return answer;
+        const answer = { ...await fetchResponse(target, url, config), url };
+        const { report } = answer;
+        if (report.verified && report.status) return answer;
+        if (report.responderError && DEFINITIVE_ERROR_STATUSES.includes(report.responderError)) {
+          return answer;
+        }
         unverified = answer;
-        lastProblem = `answer does not verify: ${answer.report.problem}`;
+        lastProblem = report.responderError
+          ? report.problem!
+          : `answer does not verify: ${report.problem}`;
       } catch (error) {
         if (!(error instanceof NoResponse || error instanceof OpensslTimeout)) throw error;
         lastProblem = errorText(error);
@@ -1957,13 +2250,54 @@ async function fetchWithRetries(
       log.warn(`Attempt ${round} of ${attempts} at ${url} failed: ${lastProblem}`);
     }
   }
-  if (unverified) {
-    await Deno.writeFile(pending, unverified.bytes);
-    return unverified;
-  }
+  if (unverified) return unverified;
   throw new Error(
     `No usable response from ${urls.join(", ")} after ${attempts} attempts: ${lastProblem}`,
   );
+}
+
+/**
+ * Puts a verified response in place. The backup comes first, so that a
+ * renewal happens whole or not at all; the stored response stays on failure.
+ * Returns what to add to the log line.
+ */
+async function installResponse(
+  target: Target,
+  response: Uint8Array,
+  config: Config,
+  now: Date,
+  log: Logger,
+): Promise<string> {
+  let backup = "";
+  try {
+    if (config.makeBackups) {
+      const stem = backupStem(config, target.responsePath);
+      backup = `, backup "${await makeBackup(stem, response, now)}"`;
+      if (config.keepBackups) {
+        const removed = pruneBackups(stem, config.keepBackups);
+        if (removed.length > 0) backup += ` (${removed.length} older removed)`;
+      }
+    }
+    const lost = await writeFileAtomically(target.responsePath, response);
+    if (lost) log.warn(lost);
+  } catch (error) {
+    throw new Error(`${errorText(error)}; the stored response stays as it was`);
+  }
+  return backup;
+}
+
+/**
+ * Keeps an answer that failed its checks for inspection; returns the words
+ * that say where it is, or why it is not.
+ */
+async function keepRejected(responsePath: string, answer: Uint8Array): Promise<string> {
+  const kept = rejectedPath(responsePath);
+  try {
+    await writeFileAtomically(kept, answer);
+    return `the answer is in "${kept}" for inspection`;
+  } catch (error) {
+    return `the answer could not be kept: ${errorText(error)}`;
+  }
 }
 
 /** Checks one certificate and renews its response when due. */
@@ -1974,6 +2308,15 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
   try {
     const { cert, storedHash, stored, decision, fingerprintOf } = await inspect(target, context);
     facts = describe(target, cert, stored, decision.renewAt);
+    if (now.getTime() >= cert.notAfter.getTime()) {
+      // Renewing it would succeed every hour, and reload the server every hour.
+      log.warn(
+        `Certificate "${target.certPath}" expired on ${
+          formatTime(cert.notAfter)
+        }; skipped, no responder asked: renew the certificate`,
+      );
+      return { ...facts, action: "skipped", skipReason: "expired" };
+    }
     if (!decision.due) {
       log.info(`OCSP response is fine: ${decision.reason}`);
       return { ...facts, action: "unchanged" };
@@ -1983,42 +2326,35 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
       log.warn(
         `Certificate "${target.certPath}" names no OCSP responder (no OCSP URL in its AIA); skipped`,
       );
-      return { ...facts, action: "skipped" };
+      return { ...facts, action: "skipped", skipReason: "no OCSP URL" };
     }
     log.info(`Renewing OCSP response from ${urls[0]}: ${decision.reason}`);
 
-    // Kept only when a fetched response fails its checks, for inspection.
-    const pending = target.responsePath + ".new";
-    Deno.mkdirSync(path.dirname(target.responsePath), { recursive: true });
-    const fetched = await fetchWithRetries(target, urls, pending, config, log);
+    // ocspbot 1.0 and the Python bot left answers here; HAProxy's `crt <dir>` chokes on them.
+    removeIfPresent(`${target.responsePath}.new`);
+    const fetched = await fetchWithRetries(target, urls, config, log);
     const rejection = rejectFetched(fetched.report, stored, now);
     if (rejection) {
       const kept = storedHash ? "the stored response stays" : "nothing is stored";
-      throw new Error(`${rejection}; ${kept}, the new one is in "${pending}" for inspection`);
+      throw new Error(
+        `${rejection}; ${kept}, ${await keepRejected(target.responsePath, fetched.bytes)}`,
+      );
     }
     if (!fetched.report.nextUpdate) {
       log.info("New response has no nextUpdate; it is treated as living 12 hours");
     }
     const fetchedHash = sha256(fetched.bytes);
     if (storedHash?.sha256 === fetchedHash) {
-      removeIfPresent(pending);
       log.warn("Responder sent the stored response again; nothing changed");
       return { ...facts, action: "unchanged" };
     }
-    await replaceAtomically(pending, target.responsePath);
+    const backup = await installResponse(target, fetched.bytes, config, now, log);
+    removeIfPresent(rejectedPath(target.responsePath));
     state.set(target.responsePath, recordOf(fetched.report, cert, fingerprintOf(fetchedHash)));
     facts = {
       ...describe(target, cert, fetched.report, renewalTime(config.policy, cert, fetched.report)),
       responderUrl: fetched.url,
     };
-    let backup = "";
-    if (config.makeBackups) {
-      backup = `, backup "${makeBackup(target.responsePath, fetched.bytes, now)}"`;
-      if (config.keepBackups) {
-        const removed = pruneBackups(target.responsePath, config.keepBackups);
-        if (removed.length > 0) backup += ` (${removed.length} older removed)`;
-      }
-    }
     const { thisUpdate, nextUpdate } = fetched.report;
     log.info(
       `Stored new OCSP response: good, thisUpdate ${formatTime(thisUpdate!)}, nextUpdate ${
@@ -2049,6 +2385,8 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
     }
     return { ...facts, action: "renewed" };
   } catch (error) {
+    // The run says once that it was stopped, not once per certificate.
+    if (error instanceof Interrupted) return { ...facts, action: "interrupted" };
     log.error(errorText(error));
     return { ...facts, action: "failed", error: errorText(error) };
   }
@@ -2062,12 +2400,13 @@ async function checkTarget(target: Target, context: RunContext): Promise<Outcome
     const facts = describe(target, cert, stored, decision.renewAt);
     if (!target.responderUri && cert.ocspUrls.length === 0) {
       log.info("no OCSP URL in the certificate: skipped");
-      return { ...facts, action: "skipped" };
+      return { ...facts, action: "skipped", skipReason: "no OCSP URL" };
     }
-    const health = healthOf(stored, decision, cert.mustStaple, context.now);
-    log.info(checkLine(stored, decision, health, cert.mustStaple, context.now));
+    const health = healthOf(stored, decision, cert, context.now);
+    log.info(checkLine(stored, decision, health, cert, context.now));
     return { ...facts, action: "unchanged", health };
   } catch (error) {
+    if (error instanceof Interrupted) throw error;
     log.error(errorText(error));
     return {
       ...describe(target, undefined, undefined, undefined),
@@ -2091,6 +2430,7 @@ async function runOnChange(
       OCSPBOT_RENEWED: renewed.join(" "),
     });
   } catch (error) {
+    if (error instanceof Interrupted) throw error;
     throw new Error(`Cannot run on_change command ${shown}: ${errorText(error)}`);
   }
   if (run.timedOut) {
@@ -2152,23 +2492,42 @@ async function pushToHaproxy(
 
 /**
  * Takes the run's lock: an OS file lock, which the kernel releases however
- * the process ends. Waits up to `waitSeconds` for another run to finish.
+ * the process ends. Waits up to `waitSeconds` for another run to finish. An
+ * existing lock file needs only to be readable: one left by a root run must
+ * not lock out a later run as another user.
  */
 async function acquireLock(file: string, waitSeconds: number): Promise<Deno.FsFile> {
-  Deno.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-  const handle = await Deno.open(file, { read: true, write: true, create: true });
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timedOut = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), waitSeconds * 1000);
-  });
-  const locked = await Promise.race([handle.lock(true).then(() => true), timedOut]);
-  clearTimeout(timer);
-  if (!locked) {
-    // The lock request still pending ends with the process.
+  let handle: Deno.FsFile;
+  try {
+    makeFolder(path.dirname(path.resolve(file)));
+    try {
+      handle = await Deno.open(file, { read: true, write: true, create: true });
+    } catch (error) {
+      if (!(error instanceof Deno.errors.PermissionDenied)) throw error;
+      handle = await Deno.open(file, { read: true });
+    }
+  } catch (error) {
     throw new ExitError(
-      `Another ocspbot run holds the lock "${file}"; gave up after ${waitSeconds} s (config key "lock_timeout")`,
+      `Cannot open the lock file "${file}": ${
+        errorText(error)
+      }; the folder must exist as a folder this user may write to (or set "state_file" elsewhere)`,
       EXIT.failure,
     );
+  }
+  const deadline = Date.now() + waitSeconds * 1000;
+  try {
+    while (!(await handle.tryLock(true))) {
+      if (Date.now() >= deadline) {
+        throw new ExitError(
+          `Another ocspbot run holds the lock "${file}"; gave up after ${waitSeconds} s (config key "lock_timeout")`,
+          EXIT.failure,
+        );
+      }
+      await pause(Math.min(250, Math.max(deadline - Date.now(), 0)));
+    }
+  } catch (error) {
+    handle.close();
+    throw error;
   }
   return handle;
 }
@@ -2218,6 +2577,142 @@ function printJson(document: string): void {
   writeAll(Deno.stdout, encoder.encode(document + "\n"));
 }
 
+/**
+ * --check: how every stored response stands, as a Nagios plugin says it;
+ * nothing changes and no responder is asked.
+ */
+async function runChecks(
+  targets: Target[],
+  context: RunContext,
+  json: boolean,
+): Promise<number> {
+  const { config, log, now } = context;
+  const { results } = await runPool(
+    targets,
+    config.parallelThreads,
+    (target) => checkTarget(target, context),
+    () => interruption.signal.aborted,
+  );
+  if (interruption.signal.aborted) throw new Interrupted();
+  const { line, status } = checkSummary(results, now);
+  log.result(line);
+  if (json) {
+    const count = (health: Health) => results.filter((o) => o.health === health).length;
+    const totals = {
+      fresh: count("fresh"),
+      due: count("due"),
+      critical: count("critical"),
+      skipped: results.filter((o) => o.action === "skipped").length,
+    };
+    printJson(jsonReport("check", results, totals, status, now));
+  }
+  return status;
+}
+
+/**
+ * The hourly run: renews what is due, saves what was learned, runs on_change
+ * after renewals. A signal stops it early, keeping what finished.
+ */
+async function runRenewals(
+  targets: Target[],
+  context: RunContext,
+  json: boolean,
+): Promise<number> {
+  const { config, log, now } = context;
+  const { results, notStarted } = await runPool(
+    targets,
+    config.parallelThreads,
+    (target) => processTarget(target, context),
+    (outcome) => interruption.signal.aborted || (config.stopOnError && outcome.action === "failed"),
+  );
+  try {
+    await saveState(config.stateFile, context.state, targets);
+  } catch (error) {
+    log.warn(`${errorText(error)}; the next run verifies every response again`);
+  }
+  const renewed = results.filter((o) => o.action === "renewed").map((o) => o.id);
+  let onChangeFailed = false;
+  if (config.onChange && renewed.length > 0 && !interruption.signal.aborted) {
+    try {
+      await runOnChange(config.onChange, renewed, config.timeoutSeconds);
+      log.info(`Ran on_change ${JSON.stringify(config.onChange)} for ${renewed.join(" ")}`);
+    } catch (error) {
+      if (!(error instanceof Interrupted)) {
+        log.error(`${errorText(error)}; the renewed responses stay in place`);
+        onChangeFailed = true;
+      }
+    }
+  }
+  if (interruption.signal.aborted) {
+    const unfinished = targets.length - results.length +
+      results.filter((o) => o.action === "interrupted").length;
+    log.error(
+      `Stopped by ${interruption.signal.reason}: ${renewed.length} renewed responses are in place${
+        renewed.length > 0 && config.onChange ? " (on_change was not run)" : ""
+      }, ${unfinished} certificates were left as they were; state saved`,
+    );
+    return EXIT.failure;
+  }
+  const summary = summarize(results, notStarted, onChangeFailed);
+  log.info(summaryLine(summary));
+  const status = exitStatus(summary);
+  if (json) {
+    const { renewed, unchanged, skipped, failed, notProcessed } = summary;
+    const totals = { renewed, unchanged, skipped, failed, notProcessed };
+    printJson(jsonReport("run", results, totals, status, now));
+  }
+  return status;
+}
+
+/**
+ * On SIGTERM, SIGINT or SIGHUP the run winds down: children stop, pending
+ * files go, what finished is saved. A second signal, or a wind-down longer
+ * than STOP_GRACE_SECONDS, ends the process at once, still with 255: a
+ * status of 1..251 would read as "that many renewed".
+ */
+function listenForStopSignals(): () => void {
+  const exitNow = (why: string) => {
+    for (const file of temporaryFiles) {
+      try {
+        Deno.removeSync(file);
+      } catch {
+        // Gone already, or never made.
+      }
+    }
+    writeAll(Deno.stderr, encoder.encode(`ERROR: ${why}; exiting at once\n`));
+    Deno.exit(EXIT.failure);
+  };
+  const listeners = STOP_SIGNALS.map((name) => {
+    const listener = () => {
+      if (interruption.signal.aborted) exitNow(`${name} while stopping`);
+      interruption.abort(name);
+      const timer = setTimeout(
+        () => exitNow(`did not stop within ${STOP_GRACE_SECONDS} s of ${name}`),
+        STOP_GRACE_SECONDS * 1000,
+      );
+      Deno.unrefTimer(timer);
+    };
+    Deno.addSignalListener(name, listener);
+    return () => Deno.removeSignalListener(name, listener);
+  });
+  return () => listeners.forEach((remove) => remove());
+}
+
+/** Whether OCSPBOT_DEBUG asks for stack traces with unexpected errors. */
+function debugging(): boolean {
+  try {
+    return Boolean(Deno.env.get("OCSPBOT_DEBUG"));
+  } catch {
+    return false;
+  }
+}
+
+/** One line for an error nobody planned for; the stack only when debugging. */
+function unexpected(error: unknown): string {
+  if (debugging() && error instanceof Error) return `Unexpected failure: ${error.stack}`;
+  return `Unexpected failure: ${errorText(error)} (OCSPBOT_DEBUG=1 shows where)`;
+}
+
 /** Runs the bot; returns the exit status. */
 export async function main(args: string[]): Promise<number> {
   const terminal = Logger.console();
@@ -2257,9 +2752,10 @@ export async function main(args: string[]): Promise<number> {
   } catch (error) {
     for (const warning of warnings) terminal.warn(warning);
     if (checking) return cannotCheck(error);
-    terminal.error(errorText(error));
+    terminal.error(error instanceof ExitError ? error.message : unexpected(error));
     return error instanceof ExitError ? error.status : EXIT.configUnloadable;
   }
+  const stopListening = listenForStopSignals();
   let lock: Deno.FsFile | undefined;
   try {
     for (const warning of warnings) log.warn(warning);
@@ -2288,78 +2784,35 @@ export async function main(args: string[]): Promise<number> {
         invocation.force && !invocation.check &&
         (invocation.forceIds.length === 0 || invocation.forceIds.includes(id)),
     };
-
-    if (invocation.check) {
-      const { results } = await runPool(
-        targets,
-        config.parallelThreads,
-        (target) => checkTarget(target, context),
-        () => false,
-      );
-      const { line, status } = checkSummary(results, now);
-      log.result(line);
-      if (invocation.json) {
-        const count = (health: Health) => results.filter((o) => o.health === health).length;
-        const totals = {
-          fresh: count("fresh"),
-          due: count("due"),
-          critical: count("critical"),
-          skipped: results.filter((o) => o.action === "skipped").length,
-        };
-        printJson(jsonReport("check", results, totals, status, now));
-      }
-      return status;
-    }
-
-    const { results, notStarted } = await runPool(
-      targets,
-      config.parallelThreads,
-      (target) => processTarget(target, context),
-      (outcome) => config.stopOnError && outcome.action === "failed",
-    );
-    try {
-      saveState(config.stateFile, context.state, targets);
-    } catch (error) {
-      log.warn(
-        `Cannot write state file "${config.stateFile}": ${
-          errorText(error)
-        }; the next run verifies every response again`,
-      );
-    }
-    const renewed = results.filter((o) => o.action === "renewed").map((o) => o.id);
-    let onChangeFailed = false;
-    if (config.onChange && renewed.length > 0) {
-      try {
-        await runOnChange(config.onChange, renewed, config.timeoutSeconds);
-        log.info(`Ran on_change ${JSON.stringify(config.onChange)} for ${renewed.join(" ")}`);
-      } catch (error) {
-        log.error(`${errorText(error)}; the renewed responses stay in place`);
-        onChangeFailed = true;
-      }
-    }
-    const summary = summarize(results, notStarted, onChangeFailed);
-    log.info(summaryLine(summary));
-    const status = exitStatus(summary);
-    if (invocation.json) {
-      const { renewed, unchanged, skipped, failed, notProcessed } = summary;
-      const totals = { renewed, unchanged, skipped, failed, notProcessed };
-      printJson(jsonReport("run", results, totals, status, now));
-    }
-    return status;
+    return invocation.check
+      ? await runChecks(targets, context, invocation.json)
+      : await runRenewals(targets, context, invocation.json);
   } catch (error) {
     if (invocation.check) return cannotCheck(error);
     if (error instanceof ExitError) {
       log.error(error.message);
       return error.status;
     }
-    log.error(`Unexpected failure: ${(error as Error).stack ?? error}`);
+    log.error(
+      error instanceof Interrupted ? `${errorText(error)}; nothing changed` : unexpected(error),
+    );
     return EXIT.failure;
   } finally {
+    stopListening();
     lock?.close();
     log.close();
   }
 }
 
 if (import.meta.main) {
+  // Deno ends an uncaught error with status 1, which would read as "1 renewed".
+  const crash = (event: ErrorEvent | PromiseRejectionEvent) => {
+    event.preventDefault();
+    const error = "reason" in event ? event.reason : event.error;
+    writeAll(Deno.stderr, encoder.encode(`ERROR: ${unexpected(error)}\n`));
+    Deno.exit(EXIT.failure);
+  };
+  globalThis.addEventListener("error", crash);
+  globalThis.addEventListener("unhandledrejection", crash);
   Deno.exit(await main(Deno.args));
 }

@@ -4,6 +4,7 @@ import nodeAssert from "node:assert/strict";
 import * as path from "node:path";
 import {
   type CertificateInfo,
+  derLength,
   EXIT,
   ExitError,
   exitStatus,
@@ -18,6 +19,7 @@ import {
   planRenewal,
   recallReport,
   recordOf,
+  rejectedPath,
   rejectFetched,
   type ResponseReport,
   runPool,
@@ -108,6 +110,14 @@ async function makeSite(
 
 function response(site: string, name: string): string {
   return path.join(site, "responses", `${name}.ocsp-resp`);
+}
+
+/** The openssl processes that name `url` on their command line, as `ps` lists them. */
+async function opensslAsking(url: string): Promise<string[]> {
+  const listing = await new Deno.Command("ps", { args: ["-eo", "pid=,args="], stdin: "null" })
+    .output();
+  return decoder.decode(listing.stdout).split("\n")
+    .filter((line) => /^\s*\d+ \S*openssl /.test(line) && line.includes(url));
 }
 
 async function exists(file: string): Promise<boolean> {
@@ -436,6 +446,35 @@ Deno.test("planRenewal() follows the Python bot's rule, on a fake clock", async 
     assertEquals(decision.renewAt?.toISOString(), "2026-06-02T00:00:00.000Z");
     assertEquals(decision.due, true);
   });
+  await t.step("an expired response is due, even for a certificate not yet valid", () => {
+    // Lifespan clipped to a certificate that starts after nextUpdate: the
+    // percentage alone put the renewal after expiry ("fine" while expired).
+    const cert = { ...CERT, notBefore: new Date("2026-06-10T00:00:00Z") };
+    const decision = planRenewal(
+      { minimumValidityPercentage: 80 },
+      cert,
+      GOOD,
+      at("2026-06-09T00:00:00Z"),
+    );
+    assertEquals(decision.due, true, decision.reason);
+    assertMatch(decision.reason, /stored response expired at 2026-06-08 00:00:00 UTC/);
+  });
+});
+
+Deno.test("derLength() finds where openssl's DER response ends and its report begins", async (t) => {
+  const report = new TextEncoder().encode("a.pem: good\n");
+  const long = new Uint8Array(4 + 0x2cc).fill(7);
+  long.set([0x30, 0x82, 0x02, 0xcc]);
+  const cases: [string, Uint8Array, number | undefined][] = [
+    ["tryLater, short form", new Uint8Array([0x30, 0x03, 0x0a, 0x01, 0x03, ...report]), 5],
+    ["long form", new Uint8Array([...long, ...report]), 720],
+    ["nothing written", new Uint8Array(), undefined],
+    ["cut short (a full pipe or a crash)", long.subarray(0, 500), undefined],
+    ["only openssl's report", report, undefined],
+  ];
+  for (const [name, bytes, length] of cases) {
+    await t.step(name, () => assertEquals(derLength(bytes), length));
+  }
 });
 
 Deno.test("recallReport() trusts a record only for the same bytes and before expiry", async (t) => {
@@ -532,6 +571,7 @@ Deno.test("exitStatus() keeps renewal counts below the error codes", async (t) =
     renewed: 0,
     unchanged: 0,
     skipped: 0,
+    expired: 0,
     failed: 0,
     notProcessed: 0,
     onChangeFailed: false,
@@ -552,6 +592,10 @@ Deno.test("exitStatus() keeps renewal counts below the error codes", async (t) =
   assertEquals(
     summaryLine({ ...base, renewed: 2, unchanged: 3, failed: 1 }),
     "Failure: 3 unchanged OCSP responses, 2 updated OCSP responses and 1 failures.",
+  );
+  assertEquals(
+    summaryLine({ ...base, unchanged: 1, skipped: 3, expired: 1 }),
+    "Success: 1 unchanged OCSP responses, 0 updated OCSP responses and 0 failures. 3 certificates skipped (2 no OCSP URL, 1 expired).",
   );
 });
 
@@ -751,8 +795,12 @@ Deno.test("revoked and unknown answers fail and never replace a good response", 
     );
     assertEquals(await Deno.readFile(response(site, "r.test")), goodR);
     assertEquals(await Deno.readFile(response(site, "u.test")), goodU);
+    assertMatch(run.stderr, /the answer is in ".*\/\.r\.test\.ocsp-resp\.rejected" for inspection/);
     assertEquals(
-      await ca.verifiedStatus(response(site, "r.test") + ".new", path.join(certs, "r.test.pem")),
+      await ca.verifiedStatus(
+        rejectedPath(response(site, "r.test")),
+        path.join(certs, "r.test.pem"),
+      ),
       "revoked",
     );
   });
@@ -968,10 +1016,9 @@ Deno.test("includes are read from their folder wherever the bot starts", async (
     const elsewhere = path.join(ca.dir, "elsewhere");
     await Deno.mkdir(elsewhere);
     const config = path.join(elsewhere, "main.yaml");
-    await Deno.writeTextFile(
-      config,
-      `minimum_validity: 6h\nocsp_folder: ${site}/responses\nincludes:\n  - ${includeDir}\n  - ${site}/missing.d\n`,
-    );
+    const mainConfig =
+      `minimum_validity: 6h\nocsp_folder: ${site}/responses\nincludes:\n  - ${includeDir}\n`;
+    await Deno.writeTextFile(config, mainConfig);
     const run = await runBot(elsewhere, ["main.yaml"]);
     // scan_keys finds both a.test and b.test; a.test is also in domains.
     assertEquals(run.code, 253, run.stdout + run.stderr);
@@ -981,9 +1028,18 @@ Deno.test("includes are read from their folder wherever the bot starts", async (
       path.join(includeDir, "20-b.yml"),
       `scan_keys:\n  - folder: ${certs}\n    cert_mask: "b{domain}.pem"\n    chain_mask: "b{domain}-chain.pem"\n    rootchain_mask: "b{domain}-rootchain.pem"\n    ocsp_mask: "b{domain}.der"\n`,
     );
+    await Deno.writeTextFile(config, `${mainConfig}  - ${site}/missing.d\n`);
+    const missing = await runBot(elsewhere, ["main.yaml"]);
+    assertEquals(missing.code, 253, missing.stdout + missing.stderr);
+    assertMatch(
+      missing.stderr,
+      /^ERROR: Config "main\.yaml": include folder ".*missing\.d" does not exist; fix or remove it/m,
+    );
+    assert(!(await exists(path.join(site, "responses", "a.der"))), "a broken config fetched");
+
+    await Deno.writeTextFile(config, mainConfig);
     const fixed = await runBot(elsewhere, ["main.yaml"]);
     assertEquals(fixed.code, 2, fixed.stdout + fixed.stderr);
-    assertMatch(fixed.stderr, /WARNING: Cannot read include folder ".*missing\.d"/);
     assert(await exists(path.join(site, "responses", "a.der")));
     assert(await exists(path.join(site, "responses", "b.test.der")));
   });
@@ -1122,6 +1178,27 @@ Deno.test("config errors end with the documented exit status", async (t) => {
         /Cannot open output_log/,
       ],
       [
+        "a log name with an unknown placeholder",
+        "minimum_validity: 1d\noutput_log: logs/{nope}.log\n",
+        [],
+        254,
+        /^ERROR: Config "ocspbot\.yaml": "output_log" has the unknown placeholder "\{nope\}" \(known: \{year\}/m,
+      ],
+      [
+        "an ocsp_folder that is a file",
+        "minimum_validity: 1d\nocsp_folder: certs/a.pem\n",
+        [],
+        255,
+        /^ERROR: Cannot open the lock file "certs\/a\.pem\/\.ocspbot-state\.json\.lock": ".*\/certs\/a\.pem" is a file, not a folder; the folder must exist as a folder/m,
+      ],
+      [
+        "an include that is a file",
+        "minimum_validity: 1d\nincludes: [certs/a.pem]\n",
+        [],
+        253,
+        /include folder "certs\/a\.pem" is not a folder/,
+      ],
+      [
         "an unknown key",
         "minimum_validity: 1d\nmake_backup: yes\n",
         [],
@@ -1142,6 +1219,7 @@ Deno.test("config errors end with the documented exit status", async (t) => {
         const run = await runBot(dir, args);
         assertEquals(run.code, status, run.stdout + run.stderr);
         assertMatch(run.stdout + run.stderr, message);
+        assert(!/^\s+at /m.test(run.stderr), `a stack trace reached the user:\n${run.stderr}`);
       });
     }
   } finally {
@@ -1468,6 +1546,175 @@ Deno.test("retries with backoff, and every AIA URL in order", async (t) => {
       assertEquals(report.certificates["two.test"].responderUrl, ca.url);
       await Deno.remove(site, { recursive: true });
     });
+  });
+});
+
+Deno.test("a response path that is a symlink stays a link; its final target is replaced", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    const shared = path.join(site, "shared");
+    const target = path.join(shared, "a.der");
+    const cert = path.join(site, "certs", "a.test.pem");
+    await Deno.mkdir(shared);
+    await Deno.mkdir(path.join(site, "responses"));
+    // Relative, as `ln -s ../shared/a.der` makes it, through a second link.
+    await Deno.symlink("a.der", path.join(shared, "current.der"));
+    await Deno.symlink("../shared/current.der", response(site, "a.test"));
+    const link = await Deno.readLink(response(site, "a.test"));
+
+    const first = await runBot(site);
+    assertEquals(first.code, 1, first.stderr);
+    const stored = await Deno.readFile(target);
+    assertEquals(await ca.verifiedStatus(target, cert), "good");
+
+    const forced = await runBot(site, ["--force"], fakeNow(HOUR));
+    assertEquals(forced.code, 1, forced.stderr);
+    assert((await Deno.lstat(response(site, "a.test"))).isSymlink, "the link became a file");
+    assert((await Deno.lstat(path.join(shared, "current.der"))).isSymlink);
+    assertEquals(await Deno.readLink(response(site, "a.test")), link);
+    assertNotEquals(await Deno.readFile(target), stored, "the target was not renewed");
+    assertEquals(await ca.verifiedStatus(target, cert), "good");
+    const left = [...Deno.readDirSync(shared)].map((entry) => entry.name).sort();
+    assertEquals(left, ["a.der", "current.der"], "a temporary file was left behind");
+
+    const check = await runBot(site, ["--check"], fakeNow(HOUR));
+    assertEquals(check.code, 0, check.stdout);
+  });
+});
+
+Deno.test("OCSP error statuses are named as answers, retried only when it can help", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "retries: 1\n");
+    const cases: [string, number, number][] = [
+      ["tryLater", 3, 2],
+      ["internalError", 2, 2],
+      ["unauthorized", 6, 1],
+      ["malformedRequest", 1, 1],
+    ];
+    for (const [name, code, requests] of cases) {
+      await t.step(`${name}: ${requests} request(s)`, async () => {
+        ca.mode = { fixed: new Uint8Array([0x30, 0x03, 0x0a, 0x01, code]) };
+        const asked = ca.hostHeaders.length;
+        const run = await runBot(site);
+        assertEquals(run.code, 255, run.stderr);
+        assertEquals(ca.hostHeaders.length - asked, requests);
+        assertMatch(
+          run.stderr,
+          new RegExp(
+            `^\\[a\\.test\\] ERROR: responder answered "${name}" \\(OCSP response status ${code}\\) instead of a response; nothing is stored, the answer is in ".*/\\.a\\.test\\.ocsp-resp\\.rejected" for inspection$`,
+            "m",
+          ),
+        );
+        assert(!/does not verify/.test(run.stderr), run.stderr);
+        const names = [...Deno.readDirSync(path.join(site, "responses"))].map((entry) =>
+          entry.name
+        );
+        assert(names.every((entry) => entry.startsWith(".")), `a visible file was left: ${names}`);
+      });
+    }
+    ca.mode = "good";
+    const fixed = await runBot(site);
+    assertEquals(fixed.code, 1, fixed.stderr);
+    assert(
+      !(await exists(rejectedPath(response(site, "a.test")))),
+      "the old rejected answer stayed",
+    );
+  });
+});
+
+Deno.test("an expired certificate is skipped without asking, every run, and CRITICAL in --check", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, []);
+    await ca.issueLeaf(path.join(site, "certs"), "old.test", { days: 1 });
+    assertEquals((await runBot(site)).code, 1);
+    const asked = ca.hostHeaders.length;
+    const later = fakeNow(25 * HOUR);
+    for (const run of [await runBot(site, [], later), await runBot(site, [], later)]) {
+      assertEquals(run.code, 0, run.stdout + run.stderr);
+      assertMatch(
+        run.stderr,
+        /^\[old\.test\] WARNING: Certificate ".*old\.test\.pem" expired on \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC; skipped, no responder asked/m,
+      );
+      assertMatch(run.stdout, /0 failures\. 1 certificates skipped \(expired\)\.$/m);
+    }
+    assertEquals(
+      ca.hostHeaders.length,
+      asked,
+      "a responder was asked about an expired certificate",
+    );
+    const check = await runBot(site, ["--check"], later);
+    assertEquals(check.code, 2, check.stdout);
+    assertMatch(check.stdout, /^\[old\.test\] certificate expired on .*: CRITICAL$/m);
+  });
+});
+
+Deno.test("backup_folder takes the backups, mirroring the response folders", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, []);
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      BASE_CONFIG + `make_backups: true\nkeep_backups: 2\nbackup_folder: ${site}/old\n`,
+    );
+    await ca.issueLeaf(path.join(site, "certs", "sub"), "a.test");
+    const start = clockAhead(HOUR);
+    for (const second of [1, 2, 3]) {
+      const env = { OCSPBOT_FAKE_NOW: new Date(start.getTime() + second * 1000).toISOString() };
+      const run = await runBot(site, ["--force"], env);
+      assertEquals(run.code, 1, run.stderr);
+      assertMatch(run.stdout, /backup ".*\/old\/sub\/a\.test\.ocsp-resp-\d{8}-\d{6}"/);
+    }
+    const backups = [...Deno.readDirSync(path.join(site, "old", "sub"))].map((e) => e.name);
+    assertEquals(backups.length, 2, `keep_backups in backup_folder: ${backups}`);
+    const beside = [...Deno.readDirSync(path.join(site, "responses", "sub"))].map((e) => e.name);
+    assertEquals(beside, ["a.test.ocsp-resp"]);
+    const newest = backups.sort().at(-1)!;
+    assertEquals(
+      await Deno.readFile(path.join(site, "old", "sub", newest)),
+      await Deno.readFile(path.join(site, "responses", "sub", "a.test.ocsp-resp")),
+    );
+  });
+});
+
+Deno.test("SIGTERM, SIGINT or SIGHUP mid-fetch: children stopped, one line, 255", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test", "b.test"], BASE_CONFIG + "timeout: 20\n");
+    assertEquals((await runBot(site)).code, 2);
+    const stored = await Deno.readFile(response(site, "a.test"));
+    ca.mode = "hang";
+    for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+      await t.step(signal, async () => {
+        const asked = ca.hostHeaders.length;
+        const bot = new Deno.Command(Deno.execPath(), {
+          args: ["run", "--quiet", ...BOT_PERMISSIONS, BOT, "--force"],
+          cwd: site,
+          env: { NO_COLOR: "1" },
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+        while (ca.hostHeaders.length === asked) await new Promise((r) => setTimeout(r, 50));
+        const sent = Date.now();
+        bot.kill(signal);
+        const { code, stdout, stderr } = await bot.output();
+        assert(Date.now() - sent < 5000, "the bot took too long to stop");
+        assertEquals(code, 255, decoder.decode(stderr));
+        assertEquals(
+          decoder.decode(stderr),
+          `ERROR: Stopped by ${signal}: 0 renewed responses are in place, 2 certificates were left as they were; state saved\n`,
+        );
+        assert(!/Failure|Success/.test(decoder.decode(stdout)));
+        await new Promise((r) => setTimeout(r, 300));
+        assertEquals(await opensslAsking(ca.url), [], "an openssl child outlived the bot");
+        assertEquals(await Deno.readFile(response(site, "a.test")), stored);
+        const names = [...Deno.readDirSync(path.join(site, "responses"))].map((e) => e.name).sort();
+        assertEquals(names, [
+          ".ocspbot-state.json",
+          ".ocspbot-state.json.lock",
+          "a.test.ocsp-resp",
+          "b.test.ocsp-resp",
+        ]);
+      });
+    }
   });
 });
 
