@@ -24,7 +24,8 @@
  *
  * Permissions: read (config, certificates, responses), write (responses,
  * backups, logs, the state file and its lock), run (openssl, on_change),
- * env (`OCSPBOT_FAKE_NOW`, tests only); net only with `haproxy_socket`,
+ * env (`OCSPBOT_FAKE_NOW`, tests only; `OCSPBOT_DEBUG=1` adds stack traces to
+ * unexpected errors); net only with `haproxy_socket`,
  * because Deno counts HAProxy's Unix socket as network.
  *
  * `--v8-flags=--max-semi-space-size=1` is optional: it keeps V8's young
@@ -34,8 +35,9 @@
  * @module
  */
 
+// Types only: js-yaml itself is imported by loadYamlReader(), where a failure can be caught.
 // @ts-types="npm:@types/js-yaml@4.0.9"
-import yaml from "npm:js-yaml@4.1.0";
+import type * as JsYaml from "npm:js-yaml@4.1.0";
 import { createHash, X509Certificate } from "node:crypto";
 import * as path from "node:path";
 
@@ -371,27 +373,12 @@ Exit status:
   252      bad command line arguments            (Python bot: -4)
   253      configuration could not be interpreted (Python bot: -3)
   254      configuration or log file could not be loaded (Python bot: -2)
-  255      a certificate or on_change failed, or another run holds the lock
-                                                 (Python bot: -1)
+  255      a certificate or on_change failed, another run holds the lock,
+           or a signal stopped the run           (Python bot: -1)
 With --check: 0 all fresh, 1 some due, 2 a response missing, expired, not
 good or not verifying (or any problem of a must-staple certificate),
 3 the check could not run.
 `;
-
-/**
- * PyYAML reads YAML 1.1, where yes/no/on/off are booleans; js-yaml reads
- * 1.2, where they are strings. Configs written for the Python bot must keep
- * their meaning, so the 1.1 booleans replace the 1.2 ones.
- */
-const YAML_1_1_BOOLEAN = new yaml.Type("tag:yaml.org,2002:bool", {
-  kind: "scalar",
-  resolve: (text: string) =>
-    /^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$/
-      .test(text),
-  construct: (text: string) => /^(?:yes|Yes|YES|true|True|TRUE|on|On|ON)$/.test(text),
-  predicate: (value: unknown) => typeof value === "boolean",
-});
-const YAML_SCHEMA = yaml.DEFAULT_SCHEMA.extend({ implicit: [YAML_1_1_BOOLEAN] });
 
 // ------------------------------------------------- pure: command line --
 
@@ -1817,9 +1804,10 @@ function keepAttributes(temporary: string, old: Deno.FileInfo, file: string): st
     }
   }
   if (lost.length === 0) return undefined;
+  const kept = Deno.statSync(temporary);
   return `Cannot keep the ${
     lost.join(" and ")
-  } of "${file}": the new file has uid ${fresh.uid}, gid ${fresh.gid}; run ocspbot as the file's owner, or as a member of its group`;
+  } of "${file}": the new file has uid ${kept.uid}, gid ${kept.gid}; run ocspbot as the file's owner, or as a member of its group`;
 }
 
 /**
@@ -2030,8 +2018,46 @@ function domainTarget(
   };
 }
 
+/** Parses YAML as the Python bot's PyYAML did; `json` lets a repeated key overwrite. */
+export interface YamlReader {
+  load(text: string, json: boolean): unknown;
+}
+
+/**
+ * Imports js-yaml at run time, not at the top of the file: a module Deno
+ * cannot fetch (an offline server whose cache lacks it) then ends the run
+ * with 254 and a message, not with Deno's own status 1, "1 renewed".
+ *
+ * PyYAML reads YAML 1.1, where yes/no/on/off are booleans; js-yaml reads
+ * 1.2, where they are strings. Configs written for the Python bot must keep
+ * their meaning, so the 1.1 booleans replace the 1.2 ones.
+ */
+export async function loadYamlReader(): Promise<YamlReader> {
+  let yaml: typeof JsYaml;
+  try {
+    yaml = (await import("npm:js-yaml@4.1.0")).default as typeof JsYaml;
+  } catch (error) {
+    throw new ExitError(
+      `Cannot load the YAML parser (npm:js-yaml): ${
+        errorText(error).split("\n")[0]
+      }; run "deno cache" on ocspbot.ts once where the npm registry can be reached (see the README's Install)`,
+      EXIT.configUnloadable,
+    );
+  }
+  const boolean = new yaml.Type("tag:yaml.org,2002:bool", {
+    kind: "scalar",
+    resolve: (text: string) =>
+      /^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$/
+        .test(text),
+    construct: (text: string) => /^(?:yes|Yes|YES|true|True|TRUE|on|On|ON)$/.test(text),
+    predicate: (value: unknown) => typeof value === "boolean",
+  });
+  const schema = yaml.DEFAULT_SCHEMA.extend({ implicit: [boolean] });
+  return { load: (text, json) => yaml.load(text, { schema, json }) };
+}
+
 /** Reads a YAML file; ExitError(254) when it cannot be read or parsed. */
-function readYaml(file: string, warnings: string[]): unknown {
+function readYaml(file: string, warnings: string[], yaml: YamlReader): unknown {
   let text: string;
   try {
     text = Deno.readTextFileSync(file);
@@ -2042,7 +2068,7 @@ function readYaml(file: string, warnings: string[]): unknown {
     );
   }
   try {
-    return yaml.load(text, { schema: YAML_SCHEMA });
+    return yaml.load(text, false);
   } catch (error) {
     // PyYAML lets a repeated key overwrite the earlier one; so do we, loudly.
     if (!/duplicated mapping key/.test(errorText(error))) {
@@ -2056,13 +2082,13 @@ function readYaml(file: string, warnings: string[]): unknown {
         errorText(error).split("\n")[0]
       }`,
     );
-    return yaml.load(text, { schema: YAML_SCHEMA, json: true });
+    return yaml.load(text, true);
   }
 }
 
 /** Reads the main config and its includes. */
-export function loadConfig(file: string, warnings: string[]): Config {
-  const config = interpretConfig(readYaml(file, warnings), file, warnings);
+export function loadConfig(file: string, warnings: string[], yaml: YamlReader): Config {
+  const config = interpretConfig(readYaml(file, warnings, yaml), file, warnings);
   for (const folder of config.includes) {
     let names: string[];
     try {
@@ -2088,7 +2114,7 @@ export function loadConfig(file: string, warnings: string[]): Config {
       const included = path.join(folder, name);
       if (!isFile(included)) continue;
       const { domains, scanKeys } = interpretInclude(
-        readYaml(included, warnings),
+        readYaml(included, warnings, yaml),
         included,
         warnings,
       );
@@ -2747,7 +2773,7 @@ export async function main(args: string[]): Promise<number> {
   let config: Config;
   let log: Logger;
   try {
-    config = loadConfig(invocation.configPath, warnings);
+    config = loadConfig(invocation.configPath, warnings, await loadYamlReader());
     log = invocation.check ? Logger.console(options) : Logger.open(config, now, options);
   } catch (error) {
     for (const warning of warnings) terminal.warn(warning);

@@ -18,7 +18,7 @@
 
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { discoverTargets, loadConfig } from "./ocspbot.ts";
+import { discoverTargets, loadConfig, loadYamlReader } from "./ocspbot.ts";
 import { TestCa } from "./testdata/testca.ts";
 
 const BOT = path.join(import.meta.dirname!, "ocspbot.ts");
@@ -125,11 +125,11 @@ async function cloneLeaves(ca: TestCa, site: string, count: number): Promise<voi
 }
 
 /** Times discoverTargets() in-process: the scan alone. */
-function measureScan(site: string): number {
+async function measureScan(site: string): Promise<number> {
   const cwd = Deno.cwd();
   Deno.chdir(site);
   try {
-    const config = loadConfig("ocspbot.yaml", []);
+    const config = loadConfig("ocspbot.yaml", [], await loadYamlReader());
     const started = performance.now();
     discoverTargets(config);
     return (performance.now() - started) / 1000;
@@ -182,7 +182,7 @@ async function benchSize(
         }
       }
     }
-    return { rows, scanSeconds: measureScan(site) };
+    return { rows, scanSeconds: await measureScan(site) };
   } finally {
     await ca.close();
   }

@@ -26,7 +26,18 @@ import {
   summaryLine,
   VERSION,
 } from "./ocspbot.ts";
-import { BOT, BOT_PERMISSIONS, openssl, runBot, TestCa } from "./testdata/testca.ts";
+import {
+  BASE_CONFIG,
+  BOT,
+  BOT_PERMISSIONS,
+  exists,
+  makeSite,
+  openssl,
+  response,
+  runBot,
+  TestCa,
+  withCa,
+} from "./testdata/testca.ts";
 
 const HOUR = 3600_000;
 const decoder = new TextDecoder();
@@ -75,58 +86,12 @@ function wallClockStamp(time: Date, utcOffsetHours = 0): string {
   return local.slice(0, 10).replaceAll("-", "") + "-" + local.slice(11, 19).replaceAll(":", "");
 }
 
-/** A CA with its responder for the length of `fn`. */
-async function withCa(fn: (ca: TestCa) => Promise<void>): Promise<void> {
-  const ca = await TestCa.create();
-  try {
-    await fn(ca);
-  } finally {
-    await ca.close();
-  }
-}
-
-const BASE_CONFIG = `
-minimum_validity: 6h
-ocsp_folder: responses
-scan_keys:
-  - folder: certs
-`;
-
-/**
- * A site folder with leaves in `certs/` and an `ocspbot.yaml` that scans
- * them into `responses/`; responses are valid for 24 h, due 6 h before end.
- */
-async function makeSite(
-  ca: TestCa,
-  names: string[],
-  config = BASE_CONFIG,
-): Promise<string> {
-  const site = path.join(ca.dir, "site");
-  await Deno.mkdir(site, { recursive: true });
-  await Promise.all(names.map((name) => ca.issueLeaf(path.join(site, "certs"), name)));
-  await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config);
-  return site;
-}
-
-function response(site: string, name: string): string {
-  return path.join(site, "responses", `${name}.ocsp-resp`);
-}
-
 /** The openssl processes that name `url` on their command line, as `ps` lists them. */
 async function opensslAsking(url: string): Promise<string[]> {
   const listing = await new Deno.Command("ps", { args: ["-eo", "pid=,args="], stdin: "null" })
     .output();
   return decoder.decode(listing.stdout).split("\n")
     .filter((line) => /^\s*\d+ \S*openssl /.test(line) && line.includes(url));
-}
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await Deno.lstat(file);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 // ---------------------------------------------------- pure: unit tests --
@@ -1286,6 +1251,25 @@ Deno.test("the script runs by URL", async () => {
 });
 
 // --------------------------------------------------- operations (issue 4) --
+
+Deno.test("an offline server without js-yaml cached: 254 and what to do, not Deno's 1", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ocspbot-offline-" });
+  try {
+    await Deno.writeTextFile(path.join(dir, "ocspbot.yaml"), "minimum_validity: 1d\n");
+    // An empty module cache, and a registry on a closed loopback port: nothing leaves the host.
+    const env = { DENO_DIR: path.join(dir, "cache"), NPM_CONFIG_REGISTRY: "http://127.0.0.1:9/" };
+    const run = await runBot(dir, [], env);
+    assertEquals(run.code, 254, run.stdout + run.stderr);
+    assertMatch(
+      run.stderr,
+      /^ERROR: Cannot load the YAML parser \(npm:js-yaml\): .*; run "deno cache" on ocspbot\.ts once/m,
+    );
+    const check = await runBot(dir, ["--check"], env);
+    assertEquals(check.code, 3, check.stdout + check.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
 
 Deno.test("--check reports like a Nagios plugin and changes nothing", async (t) => {
   await withCa(async (ca) => {

@@ -297,3 +297,91 @@ domains:
     await ca.close();
   }
 });
+
+Deno.test("HAProxy's crt <dir> still loads after a rejected answer and with backup_folder", async (t) => {
+  const ca = await TestCa.create();
+  try {
+    const site = path.join(ca.dir, "site");
+    const crtFolder = path.join(site, "crt");
+    const leaf = await ca.issueLeaf(path.join(site, "certs"), "a.test");
+    // The crt folder HAProxy loads whole: a bundle, and its <crt>.ocsp beside it.
+    await Deno.mkdir(crtFolder);
+    const bundle = path.join(crtFolder, "a.test.pem");
+    await Deno.writeTextFile(
+      bundle,
+      await Deno.readTextFile(leaf.cert) + await Deno.readTextFile(ca.chain) +
+        await Deno.readTextFile(path.join(ca.dir, "leaf.key")),
+    );
+    const haproxyConfig = path.join(site, "haproxy.cfg");
+    await Deno.writeTextFile(
+      haproxyConfig,
+      `defaults
+  mode http
+  timeout connect 1s
+  timeout client 5s
+  timeout server 5s
+frontend tls
+  bind 127.0.0.1:${freePort()} ssl crt ${crtFolder}/
+`,
+    );
+    const botConfig = (extra: string) =>
+      `minimum_validity: 6h
+ocsp_folder: crt
+retries: 0
+domains:
+  a.test:
+    cert: ${bundle}
+    chain: ${leaf.chain}
+    rootchain: ${leaf.rootchain}
+    ocsp: a.test.pem.ocsp
+${extra}`;
+    const haproxyCheck = async () => {
+      const { code, stdout, stderr } = await new Deno.Command("haproxy", {
+        args: ["-c", "-f", haproxyConfig],
+        stdin: "null",
+      }).output();
+      return { code, output: decoder.decode(stdout) + decoder.decode(stderr) };
+    };
+    await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), botConfig(""));
+    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await haproxyCheck()).code, 0, "the test's own setup does not load");
+
+    await t.step("after a rejected answer", async () => {
+      ca.mode = { fixed: new Uint8Array([0x30, 0x03, 0x0a, 0x01, 0x03]) }; // tryLater
+      const run = await runBot(site, ["--force"]);
+      assertEquals(run.code, 255, run.stdout + run.stderr);
+      assertMatch(run.stderr, /the answer is in ".*\/crt\/\.a\.test\.pem\.ocsp\.rejected"/);
+      const check = await haproxyCheck();
+      assertEquals(check.code, 0, check.output);
+      ca.mode = "good";
+    });
+
+    await t.step("with backups in backup_folder", async () => {
+      await Deno.writeTextFile(
+        path.join(site, "ocspbot.yaml"),
+        botConfig("make_backups: true\nbackup_folder: backups\n"),
+      );
+      const run = await runBot(site, ["--force"]);
+      assertEquals(run.code, 1, run.stdout + run.stderr);
+      assertEquals([...Deno.readDirSync(path.join(site, "backups"))].length, 1);
+      const check = await haproxyCheck();
+      assertEquals(check.code, 0, check.output);
+    });
+
+    await t.step(
+      "with backups beside the responses, as the Python bot kept them, it fails",
+      async () => {
+        await Deno.writeTextFile(
+          path.join(site, "ocspbot.yaml"),
+          botConfig("make_backups: true\n"),
+        );
+        assertEquals((await runBot(site, ["--force"])).code, 1);
+        const check = await haproxyCheck();
+        assertEquals(check.code !== 0, true, "haproxy -c passes: this test could not fail");
+        assertMatch(check.output, /unable to load .*a\.test\.pem\.ocsp-\d{8}-\d{6}/);
+      },
+    );
+  } finally {
+    await ca.close();
+  }
+});

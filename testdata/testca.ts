@@ -459,3 +459,53 @@ export class TestCa {
     await Deno.remove(this.dir, { recursive: true });
   }
 }
+
+// ------------------------------------------------- sites for the tests --
+
+/** A CA with its responder for the length of `fn`. */
+export async function withCa(fn: (ca: TestCa) => Promise<void>): Promise<void> {
+  const ca = await TestCa.create();
+  try {
+    await fn(ca);
+  } finally {
+    await ca.close();
+  }
+}
+
+export const BASE_CONFIG = `
+minimum_validity: 6h
+ocsp_folder: responses
+scan_keys:
+  - folder: certs
+`;
+
+/**
+ * A site folder with leaves in `certs/` and an `ocspbot.yaml` that scans
+ * them into `responses/`; responses are valid for 24 h, due 6 h before end.
+ */
+export async function makeSite(
+  ca: TestCa,
+  names: string[],
+  config = BASE_CONFIG,
+): Promise<string> {
+  const site = path.join(ca.dir, "site");
+  await Deno.mkdir(site, { recursive: true });
+  await Promise.all(names.map((name) => ca.issueLeaf(path.join(site, "certs"), name)));
+  await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config);
+  return site;
+}
+
+/** Where BASE_CONFIG stores the response of the leaf `name`. */
+export function response(site: string, name: string): string {
+  return path.join(site, "responses", `${name}.ocsp-resp`);
+}
+
+/** Whether anything, even a dangling link, is at `file`. */
+export async function exists(file: string): Promise<boolean> {
+  try {
+    await Deno.lstat(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
