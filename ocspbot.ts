@@ -1444,19 +1444,26 @@ async function runProcess(
   program: string,
   args: string[],
   deadlineSeconds: number,
-  env?: Record<string, string>,
+  options: { env?: Record<string, string>; input?: string } = {},
 ): Promise<{ output: Deno.CommandOutput; timedOut: boolean }> {
   const deadline = AbortSignal.timeout(deadlineSeconds * 1000);
   let output: Deno.CommandOutput;
   try {
-    output = await new Deno.Command(program, {
+    const child = new Deno.Command(program, {
       args,
-      env,
-      stdin: "null",
+      env: options.env,
+      stdin: options.input === undefined ? "null" : "piped",
       stdout: "piped",
       stderr: "piped",
       signal: AbortSignal.any([deadline, interruption.signal]),
-    }).output();
+    }).spawn();
+    if (options.input !== undefined) {
+      const writer = child.stdin.getWriter();
+      // A child that ends without reading its input says why on stderr.
+      await writer.write(encoder.encode(options.input)).catch(() => {});
+      await writer.close().catch(() => {});
+    }
+    output = await child.output();
   } catch (error) {
     if (interruption.signal.aborted) throw new Interrupted();
     throw error;
@@ -1473,11 +1480,12 @@ export async function runOpenssl(
   executable: string,
   args: string[],
   timeoutSeconds: number,
+  input?: string,
 ): Promise<OpensslResult> {
   const deadlineSeconds = timeoutSeconds + KILL_GRACE_SECONDS;
   let run: { output: Deno.CommandOutput; timedOut: boolean };
   try {
-    run = await runProcess(executable, args, deadlineSeconds);
+    run = await runProcess(executable, args, deadlineSeconds, { input });
   } catch (error) {
     if (error instanceof Interrupted) throw error;
     if (error instanceof Deno.errors.NotFound) {
@@ -1508,12 +1516,50 @@ class NoResponse extends Error {}
 /** openssl ran past its deadline and was stopped. */
 class OpensslTimeout extends Error {}
 
+/** How openssl is given a certificate's issuer: the chain file, or the issuer's PEM on stdin. */
+interface IssuerInput {
+  file: string;
+  pem?: string;
+}
+
+const issuerInputs = new WeakMap<Target, IssuerInput>();
+
+/**
+ * The certificate's issuer among the chain file's certificates, whatever
+ * their order. openssl takes the first certificate of `-issuer`'s file; the
+ * wrong one makes it ask about another certificate and fail late with "root
+ * ca not trusted". Throws naming both files, before any request, when no
+ * certificate of the chain issued it.
+ */
+function issuerInput(target: Target): IssuerInput {
+  const known = issuerInputs.get(target);
+  if (known) return known;
+  const chainText = readInput(target.chainPath, "chain", Deno.readTextFileSync);
+  const blocks = pemCertificates(chainText);
+  let input: IssuerInput = { file: target.chainPath };
+  if (blocks.length > 0) {
+    const leaf = readX509(
+      readInput(target.certPath, "certificate", Deno.readFileSync),
+      target.certPath,
+    );
+    const index = findIssuer(leaf, blocks.map((block) => readX509(block, target.chainPath)));
+    if (index < 0) {
+      throw new Error(
+        `Chain "${target.chainPath}" holds no certificate that issued "${target.certPath}" (issuer "${leaf.issuer}"); put the intermediate that signed it in the chain file; no responder was asked`,
+      );
+    }
+    if (index > 0) input = { file: "/dev/stdin", pem: blocks[index] };
+  }
+  issuerInputs.set(target, input);
+  return input;
+}
+
 /** The flags that make `openssl ocsp` verify a response as the Python bot did. */
-function verificationArgs(target: Target): string[] {
+function verificationArgs(target: Target, issuer: IssuerInput): string[] {
   return [
     "-no_nonce",
     "-issuer",
-    target.chainPath,
+    issuer.file,
     "-cert",
     target.certPath,
     "-CAfile",
@@ -1528,12 +1574,18 @@ async function checkStoredResponse(
   target: Target,
   config: Config,
 ): Promise<ResponseReport> {
-  const result = await runOpenssl(config.opensslExecutable, [
-    "ocsp",
-    "-respin",
-    target.responsePath,
-    ...verificationArgs(target),
-  ], config.timeoutSeconds);
+  const issuer = issuerInput(target);
+  const result = await runOpenssl(
+    config.opensslExecutable,
+    [
+      "ocsp",
+      "-respin",
+      target.responsePath,
+      ...verificationArgs(target, issuer),
+    ],
+    config.timeoutSeconds,
+    issuer.pem,
+  );
   return parseOcspOutput(result.stdout, result.stderr, result.code);
 }
 
@@ -1548,21 +1600,27 @@ async function fetchResponse(
   responderUrl: string,
   config: Config,
 ): Promise<{ report: ResponseReport; bytes: Uint8Array }> {
-  const result = await runOpenssl(config.opensslExecutable, [
-    "ocsp",
-    "-url",
-    responderUrl,
-    // Without -proxy, OpenSSL 3 itself honours http_proxy and no_proxy.
-    ...(config.proxy ? ["-proxy", config.proxy] : []),
-    // OpenSSL 1.x sent no Host header, and some responders insist on one.
-    "-header",
-    `Host=${new URL(responderUrl).host}`,
-    "-timeout",
-    String(Math.ceil(config.timeoutSeconds)),
-    "-respout",
-    "-",
-    ...verificationArgs(target),
-  ], config.timeoutSeconds);
+  const issuer = issuerInput(target);
+  const result = await runOpenssl(
+    config.opensslExecutable,
+    [
+      "ocsp",
+      "-url",
+      responderUrl,
+      // Without -proxy, OpenSSL 3 itself honours http_proxy and no_proxy.
+      ...(config.proxy ? ["-proxy", config.proxy] : []),
+      // OpenSSL 1.x sent no Host header, and some responders insist on one.
+      "-header",
+      `Host=${new URL(responderUrl).host}`,
+      "-timeout",
+      String(Math.ceil(config.timeoutSeconds)),
+      "-respout",
+      "-",
+      ...verificationArgs(target, issuer),
+    ],
+    config.timeoutSeconds,
+    issuer.pem,
+  );
   const responseLength = derLength(result.output);
   if (responseLength === undefined) {
     throw new NoResponse(
@@ -1650,14 +1708,33 @@ export function sha256(bytes: Uint8Array | string): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
-/** Reads a certificate's dates and OCSP URLs in-process: no openssl needed. */
-export function parseCertificate(bytes: Uint8Array, file: string): CertificateInfo {
-  let cert: X509Certificate;
+/** The PEM certificate blocks of a file, in order; keys and other blocks are left out. */
+export function pemCertificates(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+}
+
+/**
+ * Which of `candidates` issued `cert`: its issuer name and authority key
+ * identifier match (OpenSSL's X509_check_issued) and the signature verifies.
+ * -1 when none did.
+ */
+export function findIssuer(cert: X509Certificate, candidates: X509Certificate[]): number {
+  return candidates.findIndex((candidate) =>
+    cert.checkIssued(candidate) && cert.verify(candidate.publicKey)
+  );
+}
+
+function readX509(certificate: Uint8Array | string, file: string): X509Certificate {
   try {
-    cert = new X509Certificate(bytes);
+    return new X509Certificate(certificate);
   } catch (error) {
     throw new Error(`Cannot read certificate "${file}": ${errorText(error)}`);
   }
+}
+
+/** Reads a certificate's dates and OCSP URLs in-process: no openssl needed. */
+export function parseCertificate(bytes: Uint8Array, file: string): CertificateInfo {
+  const cert = readX509(bytes, file);
   const ocspUrls = (cert.infoAccess ?? "").split("\n")
     .filter((line) => line.startsWith("OCSP - URI:"))
     .map((line) => line.slice("OCSP - URI:".length).trim());
@@ -2453,7 +2530,7 @@ async function runOnChange(
   let run: { output: Deno.CommandOutput; timedOut: boolean };
   try {
     run = await runProcess(command[0], command.slice(1), timeoutSeconds, {
-      OCSPBOT_RENEWED: renewed.join(" "),
+      env: { OCSPBOT_RENEWED: renewed.join(" ") },
     });
   } catch (error) {
     if (error instanceof Interrupted) throw error;

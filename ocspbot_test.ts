@@ -1702,6 +1702,48 @@ Deno.test("SIGTERM, SIGINT or SIGHUP mid-fetch: children stopped, one line, 255"
   });
 });
 
+Deno.test("the chain's issuer is found whatever the order; without one, no responder is asked", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    const certs = path.join(site, "certs");
+    const chain = path.join(certs, "a.test-chain.pem");
+    const [leaf, intermediate, root] = await Promise.all(
+      [path.join(certs, "a.test.pem"), ca.chain, path.join(ca.dir, "root.pem")]
+        .map((file) => Deno.readTextFile(file)),
+    );
+    const cases: [string, string][] = [
+      ["a fullchain.pem given as chain", leaf + intermediate],
+      ["the root before the intermediate", root + intermediate],
+      [
+        "a key before the intermediate",
+        await Deno.readTextFile(path.join(ca.dir, "leaf.key")) + intermediate,
+      ],
+    ];
+    for (const [name, contents] of cases) {
+      await t.step(name, async () => {
+        await Deno.writeTextFile(chain, contents);
+        const run = await runBot(site, ["--force"]);
+        assertEquals(run.code, 1, run.stdout + run.stderr);
+        assertEquals(
+          await ca.verifiedStatus(response(site, "a.test"), path.join(certs, "a.test.pem")),
+          "good",
+        );
+      });
+    }
+    await t.step("a chain without the issuer: an error naming both files", async () => {
+      await Deno.writeTextFile(chain, root);
+      const asked = ca.hostHeaders.length;
+      const run = await runBot(site, ["--force"]);
+      assertEquals(run.code, 255, run.stdout + run.stderr);
+      assertMatch(
+        run.stderr,
+        /^\[a\.test\] ERROR: Chain ".*a\.test-chain\.pem" holds no certificate that issued ".*a\.test\.pem" \(issuer "CN=ocspbot test intermediate"\); put the intermediate that signed it in the chain file; no responder was asked$/m,
+      );
+      assertEquals(ca.hostHeaders.length, asked, "a responder was asked");
+    });
+  });
+});
+
 Deno.test("proxy, from the config or from http_proxy/no_proxy", async () => {
   await withCa(async (ca) => {
     // 127.0.0.2:9 answers nothing: only the proxy (the CA's listener) gets through.
