@@ -1699,6 +1699,32 @@ Deno.test("SIGTERM, SIGINT or SIGHUP mid-fetch: children stopped, one line, 255"
         ]);
       });
     }
+    await t.step("while waiting for another run's lock", async () => {
+      const spawnBot = () =>
+        new Deno.Command(Deno.execPath(), {
+          args: ["run", "--quiet", ...BOT_PERMISSIONS, BOT, "--force"],
+          cwd: site,
+          env: { NO_COLOR: "1" },
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+      const asked = ca.hostHeaders.length;
+      const holder = spawnBot();
+      try {
+        while (ca.hostHeaders.length === asked) await new Promise((r) => setTimeout(r, 50));
+        const waiting = spawnBot();
+        // Time for Deno to start and reach the lock; a signal before that would be Deno's own.
+        await new Promise((r) => setTimeout(r, 1500));
+        waiting.kill("SIGTERM");
+        const { code, stderr } = await waiting.output();
+        assertEquals(code, 255);
+        assertEquals(decoder.decode(stderr), "ERROR: stopped by SIGTERM; nothing changed\n");
+      } finally {
+        holder.kill("SIGKILL");
+        await holder.output();
+      }
+    });
   });
 });
 
