@@ -192,15 +192,17 @@ export interface ResponseReport {
 /** What the state file remembers of a good response ocspbot verified. */
 export interface VerifiedRecord {
   /**
-   * SHA-256 over the response and the certificate, chain and rootchain it
-   * was verified with: if a byte of any changes, it is verified again.
+   * The response, certificate, chain and rootchain it was verified with, in
+   * that order, each as `<stamp> <sha256>` (FileEntry): a byte changed in any
+   * of them, and it is verified again.
    */
-  fingerprint: string;
-  thisUpdate: string;
-  nextUpdate?: string;
+  files: string[];
+  /** Times in seconds since 1970: a state of 100,000 records stays small. */
+  thisUpdate: number;
+  nextUpdate?: number;
   /** What the certificate says, so that it need not be parsed again. */
-  notBefore: string;
-  notAfter: string;
+  notBefore: number;
+  notAfter: number;
   ocspUrls: string[];
   mustStaple: boolean;
 }
@@ -290,6 +292,13 @@ export const ASSUMED_LIFESPAN_MS = 12 * 3600_000;
  * openssl's own -timeout should fire first, with the better message.
  */
 export const KILL_GRACE_SECONDS = 2;
+/**
+ * Characters of base64url SHA-256 kept to tell files apart: 132 bits, which
+ * no accidental change collides with, at half the size in the state file.
+ */
+export const HASH_CHARS = 22;
+/** A file changed more recently than this gets no stamp: see fileStamp(). */
+export const STAMP_SETTLE_MS = 2000;
 /** Clock skew tolerated in a fresh response's thisUpdate (openssl's own). */
 export const CLOCK_SKEW_MS = 5 * 60_000;
 /** The signals that end a run early, keeping what finished. */
@@ -933,7 +942,8 @@ export function derLength(bytes: Uint8Array): number | undefined {
 
 /** A time as a person reads it in a log: `2026-11-24 01:55:18 UTC`. */
 export function formatTime(time: Date): string {
-  return time.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+  const iso = time.toISOString();
+  return `${iso.slice(0, 10)} ${iso.slice(11, 19)} UTC`;
 }
 
 /**
@@ -1030,18 +1040,51 @@ export function planRenewal(
   };
 }
 
+/**
+ * What stat says of a file, so that an unchanged file need not be read
+ * again, as git's index does: size, mtime, ctime, inode and device. A user
+ * can set mtime back, but ctime moves with every change. Deno gives ctime in
+ * whole seconds only, so a file changed in the last STAMP_SETTLE_MS gets no
+ * stamp (""): it could change again within the same second, unseen.
+ */
+export function fileStamp(info: Deno.FileInfo, realNowMs: number): string {
+  const mtime = info.mtime?.getTime();
+  const ctime = info.ctime?.getTime();
+  if (mtime === undefined || ctime === undefined || info.ino === null || info.dev === null) {
+    return "";
+  }
+  if (realNowMs - Math.max(mtime, ctime) < STAMP_SETTLE_MS) return "";
+  return `${info.size}:${mtime}:${ctime / 1000}:${info.ino}:${info.dev}`;
+}
+
+/** `<stamp> <sha256>`: a file as the state remembers it. */
+export function fileEntry(stamp: string, sha256: string): string {
+  return `${stamp} ${sha256}`;
+}
+
+/** The hash part of a FileEntry. */
+export function entryHash(entry: string | undefined): string | undefined {
+  return entry?.slice(entry.indexOf(" ") + 1);
+}
+
+/** The recorded entry, when its stamp says the file is unchanged. */
+export function unchangedEntry(recorded: string | undefined, stamp: string): string | undefined {
+  return stamp !== "" && recorded?.startsWith(`${stamp} `) ? recorded : undefined;
+}
+
 /** The record to keep of a good response that verified. */
 export function recordOf(
   report: ResponseReport,
   cert: CertificateInfo,
-  fingerprint: string,
+  files: string[],
 ): VerifiedRecord {
+  const seconds = (time: Date) => Math.floor(time.getTime() / 1000);
   return {
-    fingerprint,
-    thisUpdate: report.thisUpdate!.toISOString(),
-    nextUpdate: report.nextUpdate?.toISOString(),
-    notBefore: cert.notBefore.toISOString(),
-    notAfter: cert.notAfter.toISOString(),
+    files,
+    thisUpdate: seconds(report.thisUpdate!),
+    nextUpdate: report.nextUpdate && seconds(report.nextUpdate),
+    notBefore: seconds(cert.notBefore),
+    notAfter: seconds(cert.notAfter),
     ocspUrls: cert.ocspUrls,
     mustStaple: cert.mustStaple,
   };
@@ -1050,19 +1093,28 @@ export function recordOf(
 /**
  * What a record says about a stored response, if it may be trusted without
  * asking openssl: the response, certificate and chains are byte for byte
- * those it was verified with, and it has not expired since.
+ * those it was verified with (`files`, as FileEntry), and it has not expired since.
  */
 export function recallReport(
   record: VerifiedRecord | undefined,
-  fingerprint: string,
+  files: string[],
   now: Date,
 ): { report: ResponseReport; cert: CertificateInfo } | undefined {
-  if (record?.fingerprint !== fingerprint || !Array.isArray(record.ocspUrls)) return undefined;
-  const thisUpdate = new Date(record.thisUpdate);
-  const nextUpdate = record.nextUpdate ? new Date(record.nextUpdate) : undefined;
+  if (
+    !Array.isArray(record?.files) || !Array.isArray(record.ocspUrls) ||
+    record.files.length !== files.length ||
+    files.some((entry, i) =>
+      entry !== record.files[i] && entryHash(entry) !== entryHash(record.files[i])
+    )
+  ) {
+    return undefined;
+  }
+  const time = (seconds: number) => new Date(seconds * 1000);
+  const thisUpdate = time(record.thisUpdate);
+  const nextUpdate = record.nextUpdate ? time(record.nextUpdate) : undefined;
   const cert = {
-    notBefore: new Date(record.notBefore),
-    notAfter: new Date(record.notAfter),
+    notBefore: time(record.notBefore),
+    notAfter: time(record.notAfter),
     ocspUrls: record.ocspUrls,
     mustStaple: record.mustStaple === true,
   };
@@ -1297,10 +1349,40 @@ function writeAll(writer: { writeSync(p: Uint8Array): number }, bytes: Uint8Arra
   }
 }
 
+type Writer = { writeSync(p: Uint8Array): number };
+
+/**
+ * Lines not written yet, in the order logged, whatever their destination.
+ * They go out together when the event loop next turns, so that 10,000
+ * certificates with nothing due cost a few writes rather than 10,000, while
+ * a run that waits on a responder still shows its lines as it goes.
+ */
+const pendingLines: { writer: Writer; text: string }[] = [];
+
+function queueLine(writer: Writer, line: string): void {
+  if (pendingLines.length === 0) setTimeout(flushOutput, 0);
+  pendingLines.push({ writer, text: line + "\n" });
+}
+
+/** Writes every queued line, each run of lines for one destination in one write. */
+function flushOutput(): void {
+  for (let start = 0; start < pendingLines.length;) {
+    const { writer } = pendingLines[start];
+    let end = start;
+    let text = "";
+    while (end < pendingLines.length && pendingLines[end].writer === writer) {
+      text += pendingLines[end++].text;
+    }
+    writeAll(writer, encoder.encode(text));
+    start = end;
+  }
+  pendingLines.length = 0;
+}
+
 function consoleSink(stream: typeof Deno.stdout | typeof Deno.stderr): Sink {
   return {
-    write: (line) => writeAll(stream, encoder.encode(line + "\n")),
-    close: () => {},
+    write: (line) => queueLine(stream, line),
+    close: flushOutput,
   };
 }
 
@@ -1308,8 +1390,11 @@ function consoleSink(stream: typeof Deno.stdout | typeof Deno.stderr): Sink {
 function fileSink(file: string): Sink {
   const handle = Deno.openSync(file, { append: true, create: true });
   return {
-    write: (line) => writeAll(handle, encoder.encode(line + "\n")),
-    close: () => handle.close(),
+    write: (line) => queueLine(handle, line),
+    close: () => {
+      flushOutput();
+      handle.close();
+    },
   };
 }
 
@@ -1650,29 +1735,17 @@ function readInput<T>(file: string, what: string, read: (file: string) => T): T 
 /** One buffer for hashing every file: thousands of small reads, no garbage. */
 const hashBuffer = new Uint8Array(1 << 16);
 
-/** SHA-256 (hex) and size of a file, read through the shared buffer. */
-function hashFile(file: string): { sha256: string; size: number } {
+/** SHA-256 of a file, read through the shared buffer. */
+function hashFile(file: string): string {
   const handle = Deno.openSync(file);
   try {
     const hash = createHash("sha256");
-    let size = 0;
     for (let read; (read = handle.readSync(hashBuffer)) !== null;) {
       hash.update(hashBuffer.subarray(0, read));
-      size += read;
     }
-    return { sha256: hash.digest("hex"), size };
+    return hash.digest("base64url").slice(0, HASH_CHARS);
   } finally {
     handle.close();
-  }
-}
-
-/** The stored response's hash and size, or undefined when there is none yet. */
-function hashStoredResponse(file: string): { sha256: string; size: number } | undefined {
-  try {
-    return hashFile(file);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return undefined;
-    throw new Error(`Cannot read stored response "${file}": ${errorText(error)}`);
   }
 }
 
@@ -1705,7 +1778,7 @@ function containsBytes(haystack: Uint8Array, needle: Uint8Array): boolean {
 }
 
 export function sha256(bytes: Uint8Array | string): string {
-  return createHash("sha256").update(bytes).digest("hex");
+  return createHash("sha256").update(bytes).digest("base64url").slice(0, HASH_CHARS);
 }
 
 /** The PEM certificate blocks of a file, in order; keys and other blocks are left out. */
@@ -1747,44 +1820,77 @@ export function parseCertificate(bytes: Uint8Array, file: string): CertificateIn
 }
 
 /**
- * Reads the state file; a missing one is empty, and a broken one only costs
- * a verification of every stored response.
+ * The state file: the responses ocspbot verified, by path. Read once at the
+ * start, changed in memory as the run learns, and written at the end only
+ * when a record changed.
  */
-function loadState(file: string, log: Logger): Map<string, VerifiedRecord> {
-  let text: string;
-  try {
-    text = Deno.readTextFileSync(file);
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) {
-      log.warn(`Cannot read state file "${file}": ${errorText(error)}; verifying every response`);
-    }
-    return new Map();
-  }
-  try {
-    const parsed = JSON.parse(text);
-    if (parsed?.version !== 1 || typeof parsed.responses !== "object") {
-      throw new Error("not an ocspbot state file of version 1");
-    }
-    return new Map(Object.entries(parsed.responses));
-  } catch (error) {
-    log.warn(`Ignoring state file "${file}": ${errorText(error)}; verifying every response`);
-    return new Map();
-  }
-}
+class State {
+  #changed = false;
 
-/** Writes the state file atomically, keeping only the targets' records. */
-async function saveState(
-  file: string,
-  state: Map<string, VerifiedRecord>,
-  targets: Target[],
-): Promise<void> {
-  const responses: Record<string, VerifiedRecord> = {};
-  for (const target of targets) {
-    const record = state.get(target.responsePath);
-    if (record) responses[target.responsePath] = record;
+  private constructor(
+    readonly file: string,
+    private readonly records: Map<string, VerifiedRecord>,
+  ) {}
+
+  /** A missing state is empty; a broken one only costs a verification of every response. */
+  static load(file: string, log: Logger): State {
+    const empty = new State(file, new Map());
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(file);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) {
+        log.warn(`Cannot read state file "${file}": ${errorText(error)}; verifying every response`);
+      }
+      return empty;
+    }
+    try {
+      const parsed = JSON.parse(text);
+      // Version 1 (ocspbot 1.0) kept no stamps: verifying once more is all it costs.
+      if (parsed?.version === 1) return empty;
+      if (parsed?.version !== 2 || typeof parsed.responses !== "object") {
+        throw new Error("not an ocspbot state file of version 2");
+      }
+      const records = new Map<string, VerifiedRecord>();
+      for (const responsePath in parsed.responses) {
+        records.set(responsePath, parsed.responses[responsePath]);
+      }
+      return new State(file, records);
+    } catch (error) {
+      log.warn(`Ignoring state file "${file}": ${errorText(error)}; verifying every response`);
+      return empty;
+    }
   }
-  // The state is ocspbot's own: whose it is matters to nobody else.
-  await writeFileAtomically(file, encoder.encode(JSON.stringify({ version: 1, responses }) + "\n"));
+
+  get(responsePath: string): VerifiedRecord | undefined {
+    return this.records.get(responsePath);
+  }
+
+  set(responsePath: string, record: VerifiedRecord): void {
+    this.records.set(responsePath, record);
+    this.#changed = true;
+  }
+
+  forget(responsePath: string): void {
+    if (this.records.delete(responsePath)) this.#changed = true;
+  }
+
+  /** Writes the state atomically when it changed, keeping only the targets' records. */
+  async save(targets: Target[]): Promise<void> {
+    const responses: Record<string, VerifiedRecord> = {};
+    let kept = 0;
+    for (const target of targets) {
+      const record = this.records.get(target.responsePath);
+      if (record) responses[target.responsePath] = record, kept++;
+    }
+    if (!this.#changed && kept === this.records.size) return;
+    // The state is ocspbot's own: whose it is matters to nobody else.
+    await writeFileAtomically(
+      this.file,
+      encoder.encode(JSON.stringify({ version: 2, responses }) + "\n"),
+    );
+    this.#changed = false;
+  }
 }
 
 function isFile(file: string): boolean {
@@ -1823,6 +1929,66 @@ function makeFolder(folder: string): void {
     }
     throw error;
   }
+}
+
+/**
+ * What the folders ocspbot reads responses from and writes into hold, each
+ * listed once per run: whether a response exists yet is a lookup, not a
+ * failed stat, which costs an exception apiece on a first run.
+ */
+class FolderListings {
+  #folders = new Map<string, Map<string, Deno.DirEntry>>();
+
+  #listing(folder: string): Map<string, Deno.DirEntry> {
+    let entries = this.#folders.get(folder);
+    if (!entries) {
+      entries = new Map();
+      try {
+        for (const entry of Deno.readDirSync(folder)) entries.set(entry.name, entry);
+      } catch (error) {
+        // A folder not made yet holds nothing; it is made when written to.
+        if (!(error instanceof Deno.errors.NotFound)) {
+          throw new Error(`Cannot list folder "${folder}": ${errorText(error)}`);
+        }
+      }
+      this.#folders.set(folder, entries);
+    }
+    return entries;
+  }
+
+  /** What is at `file`, a dangling link included; undefined when nothing is. */
+  entry(file: string): Deno.DirEntry | undefined {
+    return this.#listing(path.dirname(file)).get(path.basename(file));
+  }
+
+  /** The names in a folder. */
+  names(folder: string): IterableIterator<string> {
+    return this.#listing(folder).keys();
+  }
+
+  added(file: string): void {
+    const name = path.basename(file);
+    this.#listing(path.dirname(file)).set(name, {
+      name,
+      isFile: true,
+      isDirectory: false,
+      isSymlink: false,
+    });
+  }
+
+  removed(file: string): void {
+    this.#listing(path.dirname(file)).delete(path.basename(file));
+  }
+}
+
+/** One run per process: the folders as this run has seen and changed them. */
+const listings = new FolderListings();
+
+/** Removes a file ocspbot left, if the listing has it. */
+function removeListed(file: string): void {
+  if (!listings.entry(file)) return;
+  removeIfPresent(file);
+  listings.removed(file);
 }
 
 /**
@@ -1897,7 +2063,8 @@ function keepAttributes(temporary: string, old: Deno.FileInfo, file: string): st
  * owner, group or mode could not be kept.
  */
 async function writeFileAtomically(file: string, bytes: Uint8Array): Promise<string | undefined> {
-  const destination = resolveLinks(file);
+  const present = listings.entry(file) !== undefined;
+  const destination = present ? resolveLinks(file) : path.resolve(file);
   const folder = path.dirname(destination);
   const temporary = path.join(folder, `.${path.basename(destination)}.${Deno.pid}.tmp`);
   temporaryFiles.add(temporary);
@@ -1905,7 +2072,7 @@ async function writeFileAtomically(file: string, bytes: Uint8Array): Promise<str
     makeFolder(folder);
     let old: Deno.FileInfo | undefined;
     try {
-      old = Deno.statSync(destination);
+      if (present) old = Deno.statSync(destination);
     } catch (error) {
       if (!(error instanceof Deno.errors.NotFound)) throw error;
     }
@@ -1920,6 +2087,7 @@ async function writeFileAtomically(file: string, bytes: Uint8Array): Promise<str
     if (written !== bytes.length) throw new Error(`${written} of ${bytes.length} bytes written`);
     const lost = old && keepAttributes(temporary, old, file);
     Deno.renameSync(temporary, destination);
+    if (!present) listings.added(file);
     return lost;
   } catch (error) {
     try {
@@ -1948,19 +2116,9 @@ async function makeBackup(stem: string, response: Uint8Array, now: Date): Promis
   const base = backupName(stem, now);
   for (let n = 1;; n++) {
     const name = n === 1 ? base : `${base}.${n}`;
-    if (await exists(name)) continue;
+    if (listings.entry(name)) continue;
     await writeFileAtomically(name, response);
     return name;
-  }
-}
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await Deno.lstat(file);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
   }
 }
 
@@ -1969,16 +2127,19 @@ function pruneBackups(stem: string, keep: number): string[] {
   const dir = path.dirname(stem);
   const name = escapeRegExp(path.basename(stem));
   const pattern = new RegExp(`^${name}-\\d{8}-\\d{6}(\\.\\d+)?$`);
-  const backups = [...Deno.readDirSync(dir)]
-    .filter((entry) => entry.isFile && pattern.test(entry.name))
+  const backups = [...listings.names(dir)]
+    .filter((entry) => pattern.test(entry))
     .map((entry) => {
-      const file = path.join(dir, entry.name);
+      const file = path.join(dir, entry);
       return { file, time: Deno.statSync(file).mtime?.getTime() ?? 0 };
     })
     // Newest first by time written: the names are local time, which can repeat an hour.
     .sort((a, b) => b.time - a.time || b.file.localeCompare(a.file));
   const removed = backups.slice(keep).map((backup) => backup.file);
-  for (const file of removed) Deno.removeSync(file);
+  for (const file of removed) {
+    Deno.removeSync(file);
+    listings.removed(file);
+  }
   return removed;
 }
 
@@ -2032,19 +2193,23 @@ function scanForTargets(
     const dir = path.join(root, relative);
     const responseDir = path.resolve(ocspFolder, relative);
     const { files, folders } = listFolder(dir);
-    for (const name of [...files].sort()) {
+    const found: { name: string; domain: string; chain: string; rootchain: string }[] = [];
+    for (const name of files) {
       const domain = certPattern.exec(name)?.[1];
       if (domain === undefined) continue;
-      const fill = (mask: string) => mask.replaceAll("{domain}", domain);
-      const chain = fill(entry.chainMask);
-      const rootchain = fill(entry.rootchainMask);
-      if (!files.has(chain) || !files.has(rootchain)) continue;
+      const chain = entry.chainMask.replaceAll("{domain}", domain);
+      const rootchain = entry.rootchainMask.replaceAll("{domain}", domain);
+      if (files.has(chain) && files.has(rootchain)) found.push({ name, domain, chain, rootchain });
+    }
+    // Sorted by file name, so that runs go in the same order every time.
+    found.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+    for (const { name, domain, chain, rootchain } of found) {
       targets.push({
         id: domain,
         certPath: inFolder(dir, name),
         chainPath: inFolder(dir, chain),
         rootchainPath: inFolder(dir, rootchain),
-        responsePath: inFolder(responseDir, fill(entry.ocspMask)),
+        responsePath: inFolder(responseDir, entry.ocspMask.replaceAll("{domain}", domain)),
         haproxySocket: entry.haproxySocket ?? haproxySocket,
         source: entry.source,
       });
@@ -2074,14 +2239,18 @@ function domainTarget(
   }
   const responsePath = path.resolve(ocspFolder, entry.ocsp);
   try {
-    if (!Deno.statSync(responsePath).isFile) {
+    // Most responses do not exist on a first run: a lookup, not a failing stat.
+    if (listings.entry(responsePath) && !Deno.statSync(responsePath).isFile) {
       throw new ExitError(
         `Config "${entry.file}": "domains.${entry.id}.ocsp" names "${responsePath}", which exists but is not a file`,
         EXIT.configInvalid,
       );
     }
   } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    if (error instanceof ExitError) throw error;
+    if (!(error instanceof Deno.errors.NotFound)) {
+      throw new ExitError(errorText(error), EXIT.failure);
+    }
   }
   return {
     id: entry.id,
@@ -2244,7 +2413,7 @@ interface RunContext {
   now: Date;
   log: Logger;
   /** Verified responses by path, shared by the workers, saved after the run. */
-  state: Map<string, VerifiedRecord>;
+  state: State;
   /** Whether --force asks for this id to be renewed now. */
   forced: (id: string) => boolean;
 }
@@ -2252,48 +2421,80 @@ interface RunContext {
 /** What is known of a target before anything is fetched. */
 interface Inspection {
   cert: CertificateInfo;
-  storedHash?: { sha256: string; size: number };
+  /** The stored response as a FileEntry, when there is one. */
+  storedEntry?: string;
   stored?: ResponseReport;
   decision: Decision;
-  fingerprintOf: (responseHash: string) => string;
+  /** The certificate, chain and rootchain as FileEntry: what a new response is verified with. */
+  inputs: string[];
 }
 
 /**
- * Reads a target's files and stored response and decides. A response whose
- * fingerprint the state remembers costs no openssl process and no parsing.
+ * A file as the state remembers it: the recorded entry while stat says the
+ * file is unchanged, else what it holds now, hashed.
+ */
+function identify(file: string, info: Deno.FileInfo, recorded: string | undefined, what: string) {
+  const stamp = fileStamp(info, Date.now());
+  return unchangedEntry(recorded, stamp) ?? fileEntry(stamp, readInput(file, what, hashFile));
+}
+
+/**
+ * What stat says of the stored response; undefined when there is none yet.
+ * One the state remembers is looked at directly; for others the folder's
+ * listing says whether there is one, without a failing stat.
+ */
+function storedResponseInfo(file: string, remembered: boolean): Deno.FileInfo | undefined {
+  try {
+    return remembered || listings.entry(file) ? Deno.statSync(file) : undefined;
+  } catch (error) {
+    // A link to a response not written yet.
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw new Error(`Cannot read stored response "${file}": ${errorText(error)}`);
+  }
+}
+
+/**
+ * Reads a target's files and stored response and decides. While stat says
+ * none of the four files changed since the state recorded them verified, it
+ * costs four stats: no file is read, no openssl process started. A file whose
+ * stat changed is hashed, and only a changed byte means verifying again.
  */
 async function inspect(target: Target, context: RunContext): Promise<Inspection> {
   const { config, now, state } = context;
-  // What a response is verified with; a change to any means verify again.
-  const hashOf = (file: string, what: string) => readInput(file, what, hashFile).sha256;
-  const inputs = hashOf(target.certPath, "certificate") + ":" +
-    hashOf(target.chainPath, "chain") + ":" +
-    hashOf(target.rootchainPath, "rootchain");
-  const fingerprintOf = (responseHash: string) => sha256(`${responseHash}:${inputs}`);
-
-  const storedHash = hashStoredResponse(target.responsePath);
-  const storedFingerprint = storedHash && fingerprintOf(storedHash.sha256);
-  const recalled = storedFingerprint
-    ? recallReport(state.get(target.responsePath), storedFingerprint, now)
-    : undefined;
+  const record = state.get(target.responsePath);
+  const inputs = ([
+    [target.certPath, "certificate"],
+    [target.chainPath, "chain"],
+    [target.rootchainPath, "rootchain"],
+  ] as const).map(([file, what], i) =>
+    identify(file, readInput(file, what, Deno.statSync), record?.files?.[i + 1], what)
+  );
+  const storedInfo = storedResponseInfo(target.responsePath, record !== undefined);
+  const storedEntry = storedInfo &&
+    identify(target.responsePath, storedInfo, record?.files?.[0], "stored response");
+  const files = storedEntry ? [storedEntry, ...inputs] : [];
+  const recalled = storedEntry ? recallReport(record, files, now) : undefined;
+  if (recalled && files.some((entry, i) => entry !== record!.files[i])) {
+    state.set(target.responsePath, { ...record!, files });
+  }
   const cert = recalled?.cert ??
     parseCertificate(
       readInput(target.certPath, "certificate", Deno.readFileSync),
       target.certPath,
     );
   let stored = recalled?.report;
-  if (storedHash && !stored) {
-    stored = storedHash.size === 0
+  if (storedInfo && !stored) {
+    stored = storedInfo.size === 0
       ? { verified: false, problem: "the file is empty" }
       : await checkStoredResponse(target, config);
     if (stored.verified && stored.status === "good") {
-      state.set(target.responsePath, recordOf(stored, cert, storedFingerprint!));
-    } else state.delete(target.responsePath);
+      state.set(target.responsePath, recordOf(stored, cert, files));
+    } else state.forget(target.responsePath);
   }
   const decision = context.forced(target.id)
     ? { due: true, reason: "renewal forced (--force)" }
     : planRenewal(config.policy, cert, stored, now);
-  return { cert, storedHash, stored, decision, fingerprintOf };
+  return { cert, storedEntry, stored, decision, inputs };
 }
 
 /** The facts of an outcome: what the response says and when it is due. */
@@ -2409,7 +2610,7 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
   const log = context.log.forDomain(target.id);
   let facts = describe(target, undefined, undefined, undefined);
   try {
-    const { cert, storedHash, stored, decision, fingerprintOf } = await inspect(target, context);
+    const { cert, storedEntry, stored, decision, inputs } = await inspect(target, context);
     facts = describe(target, cert, stored, decision.renewAt);
     if (now.getTime() >= cert.notAfter.getTime()) {
       // Renewing it would succeed every hour, and reload the server every hour.
@@ -2434,11 +2635,11 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
     log.info(`Renewing OCSP response from ${urls[0]}: ${decision.reason}`);
 
     // ocspbot 1.0 and the Python bot left answers here; HAProxy's `crt <dir>` chokes on them.
-    removeIfPresent(`${target.responsePath}.new`);
+    removeListed(`${target.responsePath}.new`);
     const fetched = await fetchWithRetries(target, urls, config, log);
     const rejection = rejectFetched(fetched.report, stored, now);
     if (rejection) {
-      const kept = storedHash ? "the stored response stays" : "nothing is stored";
+      const kept = storedEntry ? "the stored response stays" : "nothing is stored";
       throw new Error(
         `${rejection}; ${kept}, ${await keepRejected(target.responsePath, fetched.bytes)}`,
       );
@@ -2447,13 +2648,15 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
       log.info("New response has no nextUpdate; it is treated as living 12 hours");
     }
     const fetchedHash = sha256(fetched.bytes);
-    if (storedHash?.sha256 === fetchedHash) {
+    if (entryHash(storedEntry) === fetchedHash) {
       log.warn("Responder sent the stored response again; nothing changed");
       return { ...facts, action: "unchanged" };
     }
     const backup = await installResponse(target, fetched.bytes, config, now, log);
-    removeIfPresent(rejectedPath(target.responsePath));
-    state.set(target.responsePath, recordOf(fetched.report, cert, fingerprintOf(fetchedHash)));
+    removeListed(rejectedPath(target.responsePath));
+    // Just written, so no stamp yet: the next run reads it once more.
+    const files = [fileEntry("", fetchedHash), ...inputs];
+    state.set(target.responsePath, recordOf(fetched.report, cert, files));
     facts = {
       ...describe(target, cert, fetched.report, renewalTime(config.policy, cert, fetched.report)),
       responderUrl: fetched.url,
@@ -2677,6 +2880,7 @@ function currentTime(): Date {
 
 /** Writes the --json document, the only thing on stdout then. */
 function printJson(document: string): void {
+  flushOutput();
   writeAll(Deno.stdout, encoder.encode(document + "\n"));
 }
 
@@ -2729,7 +2933,7 @@ async function runRenewals(
     (outcome) => interruption.signal.aborted || (config.stopOnError && outcome.action === "failed"),
   );
   try {
-    await saveState(config.stateFile, context.state, targets);
+    await context.state.save(targets);
   } catch (error) {
     log.warn(`${errorText(error)}; the next run verifies every response again`);
   }
@@ -2782,6 +2986,7 @@ function listenForStopSignals(): () => void {
         // Gone already, or never made.
       }
     }
+    flushOutput();
     writeAll(Deno.stderr, encoder.encode(`ERROR: ${why}; exiting at once\n`));
     Deno.exit(EXIT.failure);
   };
@@ -2833,6 +3038,7 @@ export async function main(args: string[]): Promise<number> {
   } catch (error) {
     if (checking) return cannotCheck(error);
     terminal.error(errorText(error));
+    flushOutput();
     writeAll(Deno.stderr, encoder.encode("\n" + HELP));
     return (error as ExitError).status;
   }
@@ -2881,7 +3087,7 @@ export async function main(args: string[]): Promise<number> {
       config,
       now,
       log,
-      state: loadState(config.stateFile, log),
+      state: State.load(config.stateFile, log),
       // --check reports what is; forcing a renewal it will not make would skew that.
       forced: (id) =>
         invocation.force && !invocation.check &&
@@ -2912,10 +3118,13 @@ if (import.meta.main) {
   const crash = (event: ErrorEvent | PromiseRejectionEvent) => {
     event.preventDefault();
     const error = "reason" in event ? event.reason : event.error;
+    flushOutput();
     writeAll(Deno.stderr, encoder.encode(`ERROR: ${unexpected(error)}\n`));
     Deno.exit(EXIT.failure);
   };
   globalThis.addEventListener("error", crash);
   globalThis.addEventListener("unhandledrejection", crash);
-  Deno.exit(await main(Deno.args));
+  const status = await main(Deno.args);
+  flushOutput();
+  Deno.exit(status);
 }

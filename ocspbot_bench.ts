@@ -1,36 +1,43 @@
 // Copyright 2026 the ocspbot authors. MIT license.
 
 /**
- * `deno task bench`: whole-process runs of ocspbot.ts against the local
- * responder, for N certificates (default 100 and 1000), at
- * parallel_threads 1 and 8: the first run (every response fetched) and the
- * second (nothing due). It prints wall time, certificates per second,
- * openssl processes per certificate (counted by a wrapper given as
- * openssl_executable) and peak memory (GNU time's maximum RSS), beside the
- * floor: N bare `openssl version` processes at the same parallelism.
+ * `deno task bench`: whole-process runs of ocspbot.ts, as cron starts it,
+ * with the Install section's flags. It prints figures; it asserts nothing.
  *
- * Options: `--sizes 100,1000` and `--large 10000` (one certificate copied
- * N times: the memory and scan figures at scale, second run at 8 threads).
- * It prints figures; it asserts nothing.
+ * - `--sizes 100,1000`: that many issued certificates, at parallel_threads 1
+ *   and 8 and each `--latency`: the first run (every response fetched) beside
+ *   its floor, the same number of bare `openssl ocsp` fetches with the bot's
+ *   arguments at the same parallelism; and the second run (nothing due).
+ * - `--large 10000,100000`: one certificate copied that many times, its
+ *   response and state record copied too (a first run of 100,000 would fetch
+ *   for half an hour). Then the run that finds every file's stat changed and
+ *   hashes them all (as after a restore from backup), and the hourly run
+ *   with nothing due, alternately with the Install section's flags and with
+ *   `-A`, which skips Deno's permission checks.
+ *
+ * Wall time, openssl processes per certificate (counted by a wrapper given
+ * as openssl_executable) and peak memory (GNU time's maximum RSS).
  *
  * @module
  */
 
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { discoverTargets, loadConfig, loadYamlReader } from "./ocspbot.ts";
-import { TestCa } from "./testdata/testca.ts";
+import { runBot, TestCa } from "./testdata/testca.ts";
 
 const BOT = path.join(import.meta.dirname!, "ocspbot.ts");
 /** The command line the README recommends, memory flag included. */
-const RUN_FLAGS = [
+const README_FLAGS = [
   "--allow-read",
   "--allow-write",
   "--allow-run",
   "--allow-env",
   "--v8-flags=--max-semi-space-size=1",
 ];
+const ALL_FLAGS = ["-A", "--v8-flags=--max-semi-space-size=1"];
 const THREADS = [1, 8];
+/** Runs of each flag set in the paired comparison. */
+const PAIRS = 5;
 
 interface Measurement {
   wallSeconds: number;
@@ -39,22 +46,17 @@ interface Measurement {
   exitCode: number;
 }
 
-interface Row {
-  certificates: number;
-  latencyMs: number;
-  threads: number;
-  run: string;
-  measurement: Measurement;
-  floorSeconds: number;
-}
-
 const hasGnuTime = await Deno.stat("/usr/bin/time").then(() => true, () => false);
 
 /** Runs the bot once in `site` and measures it from the outside. */
-async function measureBot(site: string, countCalls: () => Promise<string[]>): Promise<Measurement> {
+async function measureBot(
+  site: string,
+  countCalls: () => Promise<string[]>,
+  flags = README_FLAGS,
+): Promise<Measurement> {
   const before = (await countCalls()).length;
   const memoryFile = path.join(site, "peak-rss");
-  const command = [Deno.execPath(), "run", "--quiet", ...RUN_FLAGS, BOT];
+  const command = [Deno.execPath(), "run", "--quiet", ...flags, BOT];
   const [program, ...args] = hasGnuTime
     ? ["/usr/bin/time", "-f", "%M", "-o", memoryFile, ...command]
     : command;
@@ -79,14 +81,43 @@ async function measureBot(site: string, countCalls: () => Promise<string[]>): Pr
   };
 }
 
-/** N bare `openssl version` processes, `threads` at a time: the floor. */
-async function measureFloor(count: number, threads: number): Promise<number> {
+/**
+ * The floor of a first run: one bare `openssl ocsp` fetch per certificate,
+ * with the arguments the bot gives it, `threads` at a time.
+ */
+async function measureFloor(site: string, ca: TestCa, names: string[], threads: number) {
   let next = 0;
+  const certs = path.join(site, "certs");
   const started = performance.now();
   await Promise.all(Array.from({ length: threads }, async () => {
-    while (next++ < count) {
-      await new Deno.Command("openssl", { args: ["version"], stdout: "null", stderr: "null" })
-        .output();
+    while (next < names.length) {
+      const name = names[next++];
+      const { success } = await new Deno.Command("openssl", {
+        args: [
+          "ocsp",
+          "-url",
+          ca.url,
+          "-header",
+          `Host=${new URL(ca.url).host}`,
+          "-timeout",
+          "30",
+          "-respout",
+          "-",
+          "-no_nonce",
+          "-issuer",
+          path.join(certs, `${name}-chain.pem`),
+          "-cert",
+          path.join(certs, `${name}.pem`),
+          "-CAfile",
+          path.join(certs, `${name}-rootchain.pem`),
+          "-VAfile",
+          path.join(certs, `${name}-rootchain.pem`),
+        ],
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      if (!success) throw new Error(`the floor's openssl ocsp failed for ${name}`);
     }
   }));
   return (performance.now() - started) / 1000;
@@ -101,106 +132,198 @@ async function writeConfig(site: string, threads: number, opensslExecutable: str
 }
 
 /** Issues `count` leaves into `<site>/certs`, a few openssl processes at a time. */
-async function issueLeaves(ca: TestCa, site: string, count: number): Promise<void> {
+async function issueLeaves(ca: TestCa, site: string, count: number): Promise<string[]> {
+  const names = Array.from({ length: count }, (_, i) => `host${String(i).padStart(6, "0")}.test`);
   let next = 0;
   await Promise.all(Array.from({ length: 4 }, async () => {
-    while (next < count) {
-      const index = next++;
-      await ca.issueLeaf(path.join(site, "certs"), `host${String(index).padStart(5, "0")}.test`);
-    }
+    while (next < count) await ca.issueLeaf(path.join(site, "certs"), names[next++]);
   }));
+  return names;
 }
 
-/** Copies one issued leaf under `count` names: same bytes, many files. */
-async function cloneLeaves(ca: TestCa, site: string, count: number): Promise<void> {
-  const certs = path.join(site, "certs");
-  const original = await ca.issueLeaf(path.join(site, "original"), "original.test");
-  await Deno.mkdir(certs, { recursive: true });
-  for (let index = 0; index < count; index++) {
-    const name = `clone${String(index).padStart(5, "0")}.test`;
-    await Deno.copyFile(original.cert, path.join(certs, `${name}.pem`));
-    await Deno.copyFile(original.chain, path.join(certs, `${name}-chain.pem`));
-    await Deno.copyFile(original.rootchain, path.join(certs, `${name}-rootchain.pem`));
-  }
+interface FirstRunRow {
+  certificates: number;
+  latencyMs: number;
+  threads: number;
+  run: "first" | "second";
+  measurement: Measurement;
+  floorSeconds: number;
 }
 
-/** Times discoverTargets() in-process: the scan alone. */
-async function measureScan(site: string): Promise<number> {
-  const cwd = Deno.cwd();
-  Deno.chdir(site);
-  try {
-    const config = loadConfig("ocspbot.yaml", [], await loadYamlReader());
-    const started = performance.now();
-    discoverTargets(config);
-    return (performance.now() - started) / 1000;
-  } finally {
-    Deno.chdir(cwd);
-  }
-}
-
-async function benchSize(
-  count: number,
-  latencies: number[],
-  large: boolean,
-): Promise<{ rows: Row[]; scanSeconds: number }> {
+/** First and second runs over `count` issued certificates. */
+async function benchIssued(count: number, latencies: number[]): Promise<FirstRunRow[]> {
   const ca = await TestCa.create();
   ca.cacheAnswers = true;
   try {
     const site = path.join(ca.dir, "site");
-    const setupStarted = performance.now();
-    if (large) await cloneLeaves(ca, site, count);
-    else await issueLeaves(ca, site, count);
+    const names = await issueLeaves(ca, site, count);
     const wrapper = path.join(site, "openssl-counting");
     const countCalls = await TestCa.writeCountingOpenssl(wrapper);
     const responses = path.join(site, "responses");
-    const rows: Row[] = [];
-    // Warm the responder's cache, so no run below waits on its openssl;
-    // copies of one certificate all ask the same question, cached at once.
-    if (!large) {
-      await writeConfig(site, 8, wrapper);
-      await measureBot(site, countCalls);
-    }
-    const setup = (performance.now() - setupStarted) / 1000;
-    console.error(`  ${count} certificates set up in ${setup.toFixed(1)} s`);
-
-    for (const threads of large ? [8] : THREADS) {
+    // Warm the responder's cache, so that no run below waits on its openssl.
+    await writeConfig(site, 8, wrapper);
+    await measureBot(site, countCalls);
+    const rows: FirstRunRow[] = [];
+    for (const threads of THREADS) {
       await writeConfig(site, threads, wrapper);
-      await Deno.mkdir(responses, { recursive: true });
-      const floorSeconds = await measureFloor(count, threads);
       for (const latencyMs of latencies) {
         ca.latencyMs = latencyMs;
+        const floorSeconds = await measureFloor(site, ca, names, threads);
         await Deno.remove(responses, { recursive: true });
         // The second run asks no responder: once is enough.
-        for (const run of latencyMs === latencies[0] ? ["first", "second"] : ["first"]) {
+        for (
+          const run of latencyMs === latencies[0]
+            ? ["first", "second"] as const
+            : ["first"] as const
+        ) {
           const measurement = await measureBot(site, countCalls);
           rows.push({ certificates: count, latencyMs, threads, run, measurement, floorSeconds });
           console.error(
-            `  ${count} × ${threads} threads, ${latencyMs} ms latency, ${run} run: ${
+            `  ${count} × ${threads} threads, ${latencyMs} ms, ${run} run: ${
               measurement.wallSeconds.toFixed(2)
-            } s`,
+            } s (floor ${floorSeconds.toFixed(2)} s)`,
           );
         }
       }
     }
-    return { rows, scanSeconds: await measureScan(site) };
+    return rows;
   } finally {
     await ca.close();
   }
 }
 
-function table(rows: Row[]): string {
-  const header =
-    "| certificates | responder latency ms | threads | run | wall s | certs/s | openssl per cert | peak MiB | floor s (N × openssl version) | wall / floor | exit |";
+interface LargeRow {
+  certificates: number;
+  run: string;
+  measurement: Measurement;
+}
+
+/**
+ * `count` copies of one certificate, with copies of its response and of
+ * the state record the bot wrote for it: no responder is needed.
+ */
+async function seedCopies(ca: TestCa, site: string, count: number): Promise<void> {
+  const original = path.join(site, "original");
+  const leaf = await ca.issueLeaf(original, "original.test");
+  await Deno.writeTextFile(
+    path.join(original, "ocspbot.yaml"),
+    "minimum_validity: 6h\nocsp_folder: responses\nscan_keys:\n  - folder: .\n",
+  );
+  const first = await runBot(original, [], {}, README_FLAGS);
+  if (first.code !== 1) throw new Error(`seeding run failed: ${first.stderr}`);
+  const response = await Deno.readFile(path.join(original, "responses", "original.test.ocsp-resp"));
+  const state = JSON.parse(
+    await Deno.readTextFile(path.join(original, "responses", ".ocspbot-state.json")),
+  );
+  const [record] = Object.values(state.responses);
+  const certs = path.join(site, "certs");
+  const responses = path.join(site, "responses");
+  await Deno.mkdir(certs, { recursive: true });
+  await Deno.mkdir(responses, { recursive: true });
+  const records: Record<string, unknown> = {};
+  for (let index = 0; index < count; index++) {
+    const name = `clone${String(index).padStart(6, "0")}.test`;
+    Deno.copyFileSync(leaf.cert, path.join(certs, `${name}.pem`));
+    Deno.copyFileSync(leaf.chain, path.join(certs, `${name}-chain.pem`));
+    Deno.copyFileSync(leaf.rootchain, path.join(certs, `${name}-rootchain.pem`));
+    const responsePath = path.join(responses, `${name}.ocsp-resp`);
+    Deno.writeFileSync(responsePath, response);
+    records[responsePath] = record;
+  }
+  await Deno.writeTextFile(
+    path.join(responses, ".ocspbot-state.json"),
+    JSON.stringify({ ...state, responses: records }),
+  );
+}
+
+/** Nothing due over `count` copies: every file hashed once, then stat alone, paired with -A. */
+async function benchCopies(count: number): Promise<LargeRow[]> {
+  const ca = await TestCa.create();
+  try {
+    const site = path.join(ca.dir, "site");
+    const started = performance.now();
+    await seedCopies(ca, site, count);
+    const wrapper = path.join(site, "openssl-counting");
+    const countCalls = await TestCa.writeCountingOpenssl(wrapper);
+    await writeConfig(site, 8, wrapper);
+    console.error(
+      `  ${count} copies set up in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+    );
+    // Files written in the last 2 s are not stamped (ctime has whole seconds).
+    await new Promise((resolve) => setTimeout(resolve, 2100));
+    const rows: LargeRow[] = [];
+    const record = (run: string, measurement: Measurement) => {
+      rows.push({ certificates: count, run, measurement });
+      console.error(`  ${count} copies, ${run}: ${measurement.wallSeconds.toFixed(2)} s`);
+    };
+    record("nothing due, every file hashed", await measureBot(site, countCalls));
+    for (let pair = 0; pair < PAIRS; pair++) {
+      record("nothing due", await measureBot(site, countCalls));
+      record("nothing due, -A", await measureBot(site, countCalls, ALL_FLAGS));
+    }
+    return rows;
+  } finally {
+    await ca.close();
+  }
+}
+
+const median = (values: number[]) =>
+  values.toSorted((a, b) => a - b)[Math.floor(values.length / 2)];
+
+function firstRunTable(rows: FirstRunRow[]): string {
   const lines = rows.map((
     { certificates, latencyMs, threads, run, measurement: m, floorSeconds },
   ) =>
     `| ${certificates} | ${latencyMs} | ${threads} | ${run} | ${m.wallSeconds.toFixed(2)} | ${
       (certificates / m.wallSeconds).toFixed(0)
     } | ${(m.opensslCalls / certificates).toFixed(2)} | ${m.peakMiB?.toFixed(0) ?? "n/a"} | ${
-      floorSeconds.toFixed(2)
-    } | ${(m.wallSeconds / floorSeconds).toFixed(2)} | ${m.exitCode} |`
+      run === "first" ? floorSeconds.toFixed(2) : ""
+    } | ${run === "first" ? (m.wallSeconds / floorSeconds).toFixed(2) : ""} | ${m.exitCode} |`
   );
-  return [header, "|---|---|---|---|---|---|---|---|---|---|---|", ...lines].join("\n");
+  return [
+    "| certificates | responder latency ms | threads | run | wall s | certs/s | openssl per cert | peak MiB | floor s (bare openssl ocsp) | wall / floor | exit |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+    ...lines,
+  ].join("\n");
+}
+
+function largeTable(rows: LargeRow[]): string {
+  const sizes = [...new Set(rows.map((row) => row.certificates))];
+  const lines = sizes.flatMap((certificates) => {
+    const of = (run: string) =>
+      rows.filter((row) => row.certificates === certificates && row.run === run)
+        .map((row) => row.measurement);
+    return ["nothing due, every file hashed", "nothing due", "nothing due, -A"].map((run) => {
+      const runs = of(run);
+      const wall = median(runs.map((m) => m.wallSeconds));
+      const peak = median(runs.map((m) => m.peakMiB ?? NaN));
+      const calls = median(runs.map((m) => m.opensslCalls));
+      return `| ${certificates} | ${run} | ${runs.length} | ${wall.toFixed(2)} | ${
+        Math.min(...runs.map((m) => m.wallSeconds)).toFixed(2)
+      }–${Math.max(...runs.map((m) => m.wallSeconds)).toFixed(2)} | ${
+        peak.toFixed(0)
+      } | ${calls} | ${runs.map((m) => m.exitCode).join(",")} |`;
+    });
+  });
+  const ratios = sizes.map((certificates) => {
+    const walls = (run: string) =>
+      rows.filter((row) => row.certificates === certificates && row.run === run)
+        .map((row) => row.measurement.wallSeconds);
+    const [readme, all] = [walls("nothing due"), walls("nothing due, -A")];
+    const paired = readme.map((wall, i) => wall / all[i]);
+    return `${certificates} copies, nothing due: Install flags / -A = ${
+      median(paired).toFixed(2)
+    } (median of ${paired.length} pairs, ${Math.min(...paired).toFixed(2)}–${
+      Math.max(...paired).toFixed(2)
+    })`;
+  });
+  return [
+    "| certificates (copies) | run | runs | median wall s | range s | median peak MiB | openssl calls | exit |",
+    "|---|---|---|---|---|---|---|---|",
+    ...lines,
+    "",
+    ...ratios,
+  ].join("\n");
 }
 
 if (import.meta.main) {
@@ -209,49 +332,21 @@ if (import.meta.main) {
     options: {
       sizes: { type: "string", default: "100,1000" },
       latency: { type: "string", default: "0,50" },
-      large: { type: "string" },
+      large: { type: "string", default: "" },
     },
   });
-  const numbers = (text: string) => text.split(",").map(Number).filter((n) => n >= 0);
-  const sizes = numbers(values.sizes).filter((n) => n > 0);
-  const latencies = numbers(values.latency);
-  const rows: Row[] = [];
-  const scans: string[] = [];
-  for (const size of sizes) {
+  const numbers = (text: string) => text.split(",").filter(Boolean).map(Number);
+  const firstRuns: FirstRunRow[] = [];
+  for (const size of numbers(values.sizes)) {
     console.error(`bench: ${size} certificates`);
-    const result = await benchSize(size, latencies, false);
-    rows.push(...result.rows);
-    scans.push(`scan of ${size} certificate files: ${(result.scanSeconds * 1000).toFixed(0)} ms`);
+    firstRuns.push(...await benchIssued(size, numbers(values.latency)));
   }
-  if (values.large) {
-    const size = Number(values.large);
+  const large: LargeRow[] = [];
+  for (const size of numbers(values.large)) {
     console.error(`bench: ${size} copies of one certificate`);
-    const result = await benchSize(size, [0], true);
-    rows.push(...result.rows.map((row) => ({ ...row, run: `${row.run} (copies)` })));
-    scans.push(`scan of ${size} certificate files: ${(result.scanSeconds * 1000).toFixed(0)} ms`);
+    large.push(...await benchCopies(size));
   }
-  const throughput = (size: number, latencyMs: number, threads: number) => {
-    const row = rows.find((r) =>
-      r.certificates === size && r.latencyMs === latencyMs && r.threads === threads &&
-      r.run === "first"
-    );
-    return row ? size / row.measurement.wallSeconds : NaN;
-  };
-  const floor = (size: number, threads: number) =>
-    rows.find((r) => r.certificates === size && r.threads === threads)?.floorSeconds ?? NaN;
   console.log(`ocspbot bench, ${navigator.hardwareConcurrency} cores, ${Deno.build.os}\n`);
-  console.log(table(rows));
-  console.log();
-  for (const size of sizes) {
-    const floorGain = floor(size, 1) / floor(size, 8);
-    for (const latencyMs of latencies) {
-      const gain = throughput(size, latencyMs, 8) / throughput(size, latencyMs, 1);
-      console.log(
-        `${size} certificates, ${latencyMs} ms latency: first run at 8 threads = ${
-          gain.toFixed(2)
-        }x the 1-thread throughput (floor: ${floorGain.toFixed(2)}x)`,
-      );
-    }
-  }
-  for (const scan of scans) console.log(scan);
+  if (firstRuns.length > 0) console.log(firstRunTable(firstRuns) + "\n");
+  if (large.length > 0) console.log(largeTable(large));
 }

@@ -8,6 +8,8 @@ import {
   EXIT,
   ExitError,
   exitStatus,
+  fileEntry,
+  fileStamp,
   formatLogName,
   interpretConfig,
   maskPattern,
@@ -24,6 +26,7 @@ import {
   type ResponseReport,
   runPool,
   summaryLine,
+  unchangedEntry,
   VERSION,
 } from "./ocspbot.ts";
 import {
@@ -443,15 +446,23 @@ Deno.test("derLength() finds where openssl's DER response ends and its report be
 });
 
 Deno.test("recallReport() trusts a record only for the same bytes and before expiry", async (t) => {
-  const record = recordOf(GOOD, CERT, "f1");
-  const cases: [string, string, string, boolean][] = [
-    ["same fingerprint, fresh", "f1", "2026-06-02T00:00:00Z", true],
-    ["another fingerprint", "f2", "2026-06-02T00:00:00Z", false],
-    ["expired since", "f1", "2026-06-08T00:00:00Z", false],
+  const files = ["1:2:3:4:5 r1", "1:2:3:6:5 c1", "1:2:3:7:5 h1", " R1"];
+  const record = recordOf(GOOD, CERT, files);
+  const cases: [string, string[], string, boolean][] = [
+    ["the same bytes, fresh", files, "2026-06-02T00:00:00Z", true],
+    [
+      "the same bytes, other stamps (touched)",
+      ["9:9:9:9:9 r1", ...files.slice(1)],
+      "2026-06-02T00:00:00Z",
+      true,
+    ],
+    ["another response", ["1:2:3:4:5 r2", ...files.slice(1)], "2026-06-02T00:00:00Z", false],
+    ["another rootchain", [...files.slice(0, 3), " R2"], "2026-06-02T00:00:00Z", false],
+    ["expired since", files, "2026-06-08T00:00:00Z", false],
   ];
-  for (const [name, fingerprint, now, trusted] of cases) {
+  for (const [name, filesNow, now, trusted] of cases) {
     await t.step(name, () => {
-      const recalled = recallReport(record, fingerprint, new Date(now));
+      const recalled = recallReport(record, filesNow, new Date(now));
       assertEquals(recalled !== undefined, trusted);
       if (recalled) {
         assertEquals(recalled.report, {
@@ -465,10 +476,32 @@ Deno.test("recallReport() trusts a record only for the same bytes and before exp
     });
   }
   await t.step("a mangled record", () => {
-    assertEquals(
-      recallReport({ ...record, thisUpdate: "yesterday" }, "f1", new Date("2026-06-02T00:00:00Z")),
-      undefined,
-    );
+    const now = new Date("2026-06-02T00:00:00Z");
+    assertEquals(recallReport({ ...record, thisUpdate: NaN }, files, now), undefined);
+    assertEquals(recallReport({ ...record, files: files.slice(1) }, files, now), undefined);
+  });
+});
+
+Deno.test("fileStamp() trusts stat only for a file that has settled", async (t) => {
+  const info = (changedMs: number) =>
+    ({
+      size: 720,
+      mtime: new Date(changedMs),
+      ctime: new Date(changedMs - (changedMs % 1000)),
+      ino: 42,
+      dev: 7,
+    }) as Deno.FileInfo;
+  const changed = Date.UTC(2026, 5, 1, 0, 0, 0, 250);
+  await t.step("changed 3 s ago: stamped", () => {
+    const stamp = fileStamp(info(changed), changed + 3000);
+    assertEquals(stamp, `720:${changed}:${(changed - 250) / 1000}:42:7`);
+    assertEquals(unchangedEntry(fileEntry(stamp, "h"), stamp), `${stamp} h`);
+  });
+  await t.step("changed within the same second as ctime shows: no stamp", () => {
+    assertEquals(fileStamp(info(changed), changed + 1000), "");
+  });
+  await t.step("no stamp never matches", () => {
+    assertEquals(unchangedEntry(" h", ""), undefined);
   });
 });
 
@@ -685,6 +718,59 @@ Deno.test("a verified response is trusted until a byte of it, its cert or chain 
       const run = await runCounting();
       assertEquals([run.code, run.calls], [0, 3], run.stderr);
       assertMatch(run.stderr, /WARNING: Ignoring state file/);
+    });
+  });
+});
+
+Deno.test("a settled file is trusted by its stat; a byte changed under an old mtime is still caught", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    const calls = await TestCa.writeCountingOpenssl(path.join(site, "openssl"));
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      BASE_CONFIG + `openssl_executable: ${path.join(site, "openssl")}\n`,
+    );
+    const stateFile = path.join(site, "responses", ".ocspbot-state.json");
+    const runCounting = async () => {
+      const before = (await calls()).length;
+      const run = await runBot(site);
+      return { ...run, calls: (await calls()).length - before };
+    };
+    assertEquals((await runCounting()).code, 1);
+    // Only a file that has not changed for 2 s is stamped (ctime has whole seconds).
+    await new Promise((resolve) => setTimeout(resolve, 2100));
+
+    await t.step("settled: stamped, then trusted without openssl and without a write", async () => {
+      const stamping = await runCounting();
+      assertEquals([stamping.code, stamping.calls], [0, 0], stamping.stderr);
+      const record = Object.values(JSON.parse(await Deno.readTextFile(stateFile)).responses)[0] as {
+        files: string[];
+      };
+      assert(record.files.every((entry) => !entry.startsWith(" ")), `unstamped: ${record.files}`);
+      const written = await Deno.stat(stateFile);
+      const trusted = await runCounting();
+      assertEquals([trusted.code, trusted.calls], [0, 0], trusted.stderr);
+      const after = await Deno.stat(stateFile);
+      assertEquals(
+        [after.ino, after.mtime],
+        [written.ino, written.mtime],
+        "the state was rewritten",
+      );
+    });
+
+    await t.step("a byte changed, the mtime set back with touch -r: verified again", async () => {
+      const file = response(site, "a.test");
+      const reference = path.join(site, "mtime-reference");
+      await Deno.copyFile(file, reference);
+      await new Deno.Command("touch", { args: ["-r", file, reference] }).output();
+      const bytes = await Deno.readFile(file);
+      bytes[bytes.length - 1] ^= 0xff; // the signature's last byte: same size, no longer valid
+      await Deno.writeFile(file, bytes);
+      await new Deno.Command("touch", { args: ["-r", reference, file] }).output();
+      assertEquals((await Deno.stat(file)).mtime, (await Deno.stat(reference)).mtime);
+      const run = await runCounting();
+      assertEquals([run.code, run.calls], [1, 2], run.stdout + run.stderr);
+      assertMatch(run.stdout, /\[a\.test\] Renewing .*stored response does not verify/);
     });
   });
 });
