@@ -54,9 +54,10 @@ export interface Invocation {
   json: boolean;
   /** Print only warnings and errors. */
   quiet: boolean;
-  /** Renew regardless of timing: all, or the ids in `forceIds`. */
+  /** Renew regardless of timing, every certificate the run covers. */
   force: boolean;
-  forceIds: string[];
+  /** `--only`: the ids the run, --check or --force covers; empty for all. */
+  only: string[];
 }
 
 /** When a good stored response is due; either limit or both. */
@@ -65,6 +66,8 @@ export interface RenewalPolicy {
   minimumValidityMs?: number;
   /** Renew when less than this share (0..100) of its lifespan is left. */
   minimumValidityPercentage?: number;
+  /** `on_revoked: staple`: a signed "revoked" answer is a staple to keep and renew. */
+  stapleRevoked?: boolean;
 }
 
 /** One entry of `domains`, as written in a config file. */
@@ -120,6 +123,8 @@ export interface Config {
   backupFolder?: string;
   /** HAProxy runtime API socket, unless a domain or scan entry names its own. */
   haproxySocket?: string;
+  /** Where to write Prometheus metrics (node_exporter's textfile format). */
+  metricsFile?: string;
   outputLog?: string;
   errorLog?: string;
   domains: DomainEntry[];
@@ -205,6 +210,31 @@ export interface VerifiedRecord {
   notAfter: number;
   ocspUrls: string[];
   mustStaple: boolean;
+  /** Set when the response stapled is a "revoked" answer (`on_revoked: staple`). */
+  revoked?: { time?: number; reason?: string };
+}
+
+/** What came of the last request to a responder about a certificate. */
+export type AttemptOutcome = "renewed" | "same" | "failed" | "revoked";
+
+/** The state's memory of the last time ocspbot asked a responder about a certificate. */
+export interface Attempt {
+  /** Seconds since 1970, as every time in the state. */
+  time: number;
+  outcome: AttemptOutcome;
+  /** What went wrong, for "failed" and "revoked". */
+  message?: string;
+  /** When the attempts that keep failing (or saying revoked) began. */
+  failingSince?: number;
+  revocationTime?: number;
+  revocationReason?: string;
+}
+
+/** What the state file keeps for one response path. */
+export interface StateRecord {
+  /** The good response ocspbot verified, while it is the one stored. */
+  verified?: VerifiedRecord;
+  attempt?: Attempt;
 }
 
 /** Whether a certificate's response is renewed now, and why. */
@@ -217,8 +247,12 @@ export interface Decision {
 /** What a run did with a certificate; "interrupted" when a signal stopped it. */
 export type Action = "renewed" | "unchanged" | "skipped" | "failed" | "interrupted";
 
-/** How a stored response stands, for --check (Nagios OK, WARNING, CRITICAL). */
-export type Health = "fresh" | "due" | "critical";
+/**
+ * How a certificate's staple stands, for --check: fresh is OK; due (not
+ * tried yet) and failing (tried, and the responder failed) are WARNING;
+ * critical is CRITICAL.
+ */
+export type Health = "fresh" | "due" | "failing" | "critical";
 
 /** What happened to one target, and the response it is left with. */
 export interface Outcome {
@@ -233,6 +267,8 @@ export interface Outcome {
   nextUpdate?: Date;
   renewAt?: Date;
   health?: Health;
+  /** The last request to a responder, as the state remembers it after this run. */
+  attempt?: Attempt;
   /** Why it was skipped: it names no OCSP responder, or it has expired. */
   skipReason?: SkipReason;
   error?: string;
@@ -342,6 +378,8 @@ const TOP_LEVEL_KEYS = [
   "on_change",
   "keep_backups",
   "backup_folder",
+  "on_revoked",
+  "metrics_file",
   "haproxy_socket",
   "domains",
   "scan_keys",
@@ -363,16 +401,18 @@ const SCAN_KEYS = [
 
 export const HELP = `ocspbot ${VERSION}: keeps OCSP responses for stapling fresh.
 
-Usage: ocspbot [config] [--check] [--json] [-q] [--force [id ...]]
+Usage: ocspbot [config] [--check] [--json] [-q] [--force] [--only id ...]
        ocspbot -h|-help|--help | -v|-version|--version
+Options and the config may come in any order.
 
   config          YAML configuration (default: ${DEFAULT_CONFIG})
   --check         decide and report, change nothing, ask no responder; one
                   line per certificate and a Nagios plugin verdict
   --json          print one JSON document on stdout (logs go to stderr)
   -q, --quiet     print only warnings and errors (and --check's verdict)
-  --force [id]    renew now regardless of timing: all, or the ids given
-                  (put the config before --force)
+  --force         renew now regardless of timing
+  --only id       cover only this certificate id (repeat for more); with
+                  --force, --check or a plain run
   -h, --help      print this help and exit
   -v, --version   print the version and exit
 
@@ -392,9 +432,9 @@ good or not verifying (or any problem of a must-staple certificate),
 // ------------------------------------------------- pure: command line --
 
 /**
- * Reads argv: `[config] [--check] [--json] [-q] [--force [id ...]]`, and the
- * Python bot's help and version flags, which win wherever they stand.
- * Throws ExitError(252) on anything else.
+ * Reads argv: `[config] [--check] [--json] [-q] [--force] [--only id ...]` in
+ * any order, and the Python bot's help and version flags, which win
+ * wherever they stand. Throws ExitError(252) on anything else.
  */
 export function parseCommandLine(args: string[]): Invocation {
   const invocation: Invocation = {
@@ -405,33 +445,33 @@ export function parseCommandLine(args: string[]): Invocation {
     json: false,
     quiet: false,
     force: false,
-    forceIds: [],
+    only: [],
   };
   const positional: string[] = [];
-  const unknown: string[] = [];
-  let forcing = false;
-  for (const arg of args) {
-    const isOption = arg.startsWith("-") && arg !== "-";
-    if (isOption) forcing = false;
+  const problems: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
     if (["-h", "-help", "--help"].includes(arg)) invocation.help = true;
     else if (["-v", "-version", "--version"].includes(arg)) invocation.version = true;
     else if (arg === "--check") invocation.check = true;
     else if (arg === "--json") invocation.json = true;
     else if (arg === "-q" || arg === "--quiet") invocation.quiet = true;
-    else if (arg === "--force") invocation.force = forcing = true;
-    else if (isOption) unknown.push(arg);
-    else if (forcing) invocation.forceIds.push(arg);
+    else if (arg === "--force") invocation.force = true;
+    else if (arg.startsWith("--only=")) invocation.only.push(arg.slice("--only=".length));
+    else if (arg === "--only") {
+      const id = args[i + 1];
+      if (id === undefined || id.startsWith("-")) problems.push(`--only needs a certificate id`);
+      else invocation.only.push(args[++i]);
+    } else if (arg.startsWith("-") && arg !== "-") problems.push(`Unknown option "${arg}"`);
     else positional.push(arg);
   }
   if (invocation.help || invocation.version) return invocation;
-  if (unknown.length > 0) {
-    throw new ExitError(`Unknown option "${unknown[0]}"`, EXIT.badArguments);
-  }
+  if (problems.length > 0) throw new ExitError(problems[0], EXIT.badArguments);
   if (positional.length > 1) {
     throw new ExitError(
       `Expected at most one config file, got ${positional.length}: ${
         positional.map((arg) => `"${arg}"`).join(", ")
-      } (ids to renew go after --force)`,
+      } (ids go after --only)`,
       EXIT.badArguments,
     );
   }
@@ -687,6 +727,11 @@ export function interpretConfig(
     }
     policy.minimumValidityPercentage = percentage;
   }
+  const onRevoked = reader.string(map, "on_revoked", "on_revoked", "keep");
+  if (onRevoked !== "keep" && onRevoked !== "staple") {
+    reader.fail("on_revoked", `must be "keep" or "staple", not "${onRevoked}"`);
+  }
+  if (onRevoked === "staple") policy.stapleRevoked = true;
   if (
     policy.minimumValidityMs === undefined &&
     policy.minimumValidityPercentage === undefined
@@ -763,6 +808,7 @@ export function interpretConfig(
     keepBackups: wholeNumber("keep_backups", 1),
     backupFolder: reader.string(map, "backup_folder", "backup_folder"),
     haproxySocket: reader.string(map, "haproxy_socket", "haproxy_socket"),
+    metricsFile: reader.string(map, "metrics_file", "metrics_file"),
     outputLog: logTemplate(reader, map, "output_log"),
     errorLog: logTemplate(reader, map, "error_log"),
     domains: reader.domains(map),
@@ -1024,6 +1070,19 @@ export function renewalTime(
   return new Date(Math.min(...candidates));
 }
 
+/** ` since <time> (<reason>)`, as far as a revoked answer says them. */
+export function revocationText(
+  revocation: { revocationTime?: Date; revocationReason?: string },
+): string {
+  const { revocationTime: time, revocationReason: reason } = revocation;
+  return `${time ? ` since ${formatTime(time)}` : ""}${reason ? ` (${reason})` : ""}`;
+}
+
+/** Whether a verified response is one to staple: good, or revoked under `on_revoked: staple`. */
+export function isStaple(report: ResponseReport, policy: RenewalPolicy): boolean {
+  return report.status === "good" || (policy.stapleRevoked === true && report.status === "revoked");
+}
+
 /** Decides whether to renew, from what is stored and the time given. */
 export function planRenewal(
   policy: RenewalPolicy,
@@ -1038,7 +1097,7 @@ export function planRenewal(
       reason: `stored response does not verify: ${stored.problem}`,
     };
   }
-  if (stored.status !== "good" || !stored.thisUpdate) {
+  if (!isStaple(stored, policy) || !stored.thisUpdate) {
     return {
       due: true,
       reason: `stored response says "${stored.status ?? "nothing"}"`,
@@ -1059,8 +1118,8 @@ export function planRenewal(
   const renewAt = renewalTime(policy, cert, stored);
   const due = now.getTime() >= renewAt.getTime();
   const expiry = stored.nextUpdate
-    ? `good until ${formatTime(stored.nextUpdate)}`
-    : "good, without nextUpdate (assumed to live 12 hours)";
+    ? `${stored.status} until ${formatTime(stored.nextUpdate)}`
+    : `${stored.status}, without nextUpdate (assumed to live 12 hours)`;
   return {
     due,
     renewAt,
@@ -1087,6 +1146,11 @@ export function fileStamp(info: Deno.FileInfo, realNowMs: number): string {
   return `${info.size}:${mtime}:${ctime / 1000}:${info.ino}:${info.dev}`;
 }
 
+/** Seconds since 1970: how the state keeps times. */
+export function epochSeconds(time: Date): number {
+  return Math.floor(time.getTime() / 1000);
+}
+
 /** `<stamp> <sha256>`: a file as the state remembers it. */
 export function fileEntry(stamp: string, sha256: string): string {
   return `${stamp} ${sha256}`;
@@ -1108,9 +1172,17 @@ export function recordOf(
   cert: CertificateInfo,
   files: string[],
 ): VerifiedRecord {
-  const seconds = (time: Date) => Math.floor(time.getTime() / 1000);
+  const seconds = epochSeconds;
   return {
     files,
+    ...(report.status === "revoked"
+      ? {
+        revoked: {
+          time: report.revocationTime && seconds(report.revocationTime),
+          reason: report.revocationReason,
+        },
+      }
+      : {}),
     thisUpdate: seconds(report.thisUpdate!),
     nextUpdate: report.nextUpdate && seconds(report.nextUpdate),
     notBefore: seconds(cert.notBefore),
@@ -1118,6 +1190,39 @@ export function recordOf(
     ocspUrls: cert.ocspUrls,
     mustStaple: cert.mustStaple,
   };
+}
+
+/**
+ * The attempt to remember after asking a responder at `now`: failures and
+ * revocations carry the time the failing began, which a success forgets.
+ */
+export function nextAttempt(
+  previous: Attempt | undefined,
+  outcome: AttemptOutcome,
+  now: Date,
+  details: Pick<Attempt, "message" | "revocationTime" | "revocationReason"> = {},
+): Attempt {
+  const time = epochSeconds(now);
+  if (outcome === "renewed" || outcome === "same") return { time, outcome };
+  const failing = previous?.outcome === "failed" || previous?.outcome === "revoked";
+  return {
+    time,
+    outcome,
+    ...details,
+    failingSince: failing ? previous.failingSince ?? previous.time : time,
+  };
+}
+
+/**
+ * Whether a good response has less than half of its renewal window left:
+ * the window runs from the renewal time to expiry, and the first half is
+ * the responder's to produce something newer. Past that, a responder that
+ * keeps failing, or keeps sending the same response, needs a person.
+ */
+export function runsShort(stored: ResponseReport, renewAt: Date | undefined, now: Date): boolean {
+  if (!stored.thisUpdate || !renewAt) return false;
+  const expiry = responseExpiry({ thisUpdate: stored.thisUpdate, nextUpdate: stored.nextUpdate });
+  return expiry - now.getTime() < (expiry - renewAt.getTime()) / 2;
 }
 
 /**
@@ -1151,7 +1256,17 @@ export function recallReport(
   const end = responseExpiry({ thisUpdate, nextUpdate });
   const times = [end, thisUpdate.getTime(), cert.notBefore.getTime(), cert.notAfter.getTime()];
   if (times.some(Number.isNaN) || now.getTime() >= end) return undefined;
-  return { report: { status: "good", verified: true, thisUpdate, nextUpdate }, cert };
+  const report: ResponseReport = record.revoked
+    ? {
+      status: "revoked",
+      verified: true,
+      thisUpdate,
+      nextUpdate,
+      revocationTime: record.revoked.time === undefined ? undefined : time(record.revoked.time),
+      revocationReason: record.revoked.reason,
+    }
+    : { status: "good", verified: true, thisUpdate, nextUpdate };
+  return { report, cert };
 }
 
 /**
@@ -1162,15 +1277,12 @@ export function rejectFetched(
   fetched: ResponseReport,
   stored: ResponseReport | undefined,
   now: Date,
+  policy: RenewalPolicy = {},
 ): string | undefined {
   if (fetched.responderError) return fetched.problem!;
   if (!fetched.verified) return `new response does not verify: ${fetched.problem}`;
-  if (fetched.status !== "good") {
-    const revoked = fetched.status === "revoked"
-      ? ` since ${formatTime(fetched.revocationTime!)}${
-        fetched.revocationReason ? ` (${fetched.revocationReason})` : ""
-      }`
-      : "";
+  if (!isStaple(fetched, policy)) {
+    const revoked = fetched.status === "revoked" ? revocationText(fetched) : "";
     return `responder says the certificate is ${fetched.status}${revoked}`;
   }
   if (!fetched.thisUpdate) return "new response has no thisUpdate";
@@ -1181,7 +1293,7 @@ export function rejectFetched(
     return `new response expired already (nextUpdate ${formatTime(fetched.nextUpdate)})`;
   }
   if (
-    stored?.verified && stored.status === "good" && stored.thisUpdate &&
+    stored?.verified && isStaple(stored, policy) && stored.thisUpdate &&
     fetched.thisUpdate.getTime() < stored.thisUpdate.getTime()
   ) {
     return `new response (thisUpdate ${
@@ -1243,59 +1355,82 @@ export function formatDuration(ms: number): string {
 }
 
 /**
- * --check's verdict on a stored response: critical when missing, expired,
- * not good or not verified; due when renewal is due; a must-staple
- * certificate's problem is always critical, as its handshakes would fail.
+ * --check's verdict on one certificate and the line that says it. CRITICAL:
+ * the certificate expired, the responder said revoked, or the stored response
+ * is missing, expired, not good or not verifying; failing renewals once less
+ * than half the renewal window is left; any problem of a must-staple
+ * certificate, as its handshakes would fail. WARNING: due and not tried yet
+ * (due), or tried and failing (failing).
  */
-export function healthOf(
+export function assess(
   stored: ResponseReport | undefined,
   decision: Decision,
   cert: CertificateInfo,
+  attempt: Attempt | undefined,
   now: Date,
-): Health {
-  if (now.getTime() >= cert.notAfter.getTime()) return "critical";
-  if (!stored?.verified || stored.status !== "good" || !stored.thisUpdate) return "critical";
-  if (
-    now.getTime() >=
-      responseExpiry({ thisUpdate: stored.thisUpdate, nextUpdate: stored.nextUpdate })
-  ) {
-    return "critical";
-  }
-  if (decision.due) return cert.mustStaple ? "critical" : "due";
-  return "fresh";
-}
-
-/** One --check line about one certificate. */
-export function checkLine(
-  stored: ResponseReport | undefined,
-  decision: Decision,
-  health: Health,
-  cert: CertificateInfo,
-  now: Date,
-): string {
-  const verdict = `${health === "critical" ? "CRITICAL" : health}${
-    cert.mustStaple ? ", must-staple" : ""
-  }`;
+): { health: Health; line: string } {
+  const verdict = (health: Health, text: string) => ({
+    health,
+    line: `${text}: ${health === "critical" ? "CRITICAL" : health}${
+      cert.mustStaple ? ", must-staple" : ""
+    }`,
+  });
   if (now.getTime() >= cert.notAfter.getTime()) {
-    return `certificate expired on ${formatTime(cert.notAfter)}; renew it: ${verdict}`;
+    return verdict("critical", `certificate expired on ${formatTime(cert.notAfter)}; renew it`);
   }
-  if (!stored) return `no stored response: ${verdict}`;
-  if (!stored.verified) return `stored response does not verify (${stored.problem}): ${verdict}`;
-  if (stored.status !== "good") return `stored response says "${stored.status}": ${verdict}`;
-  const nextUpdate = stored.nextUpdate
-    ? `nextUpdate ${formatTime(stored.nextUpdate)} (${
-      formatDuration(stored.nextUpdate.getTime() - now.getTime())
+  if (attempt?.outcome === "revoked") {
+    const revoked = revocationText({
+      revocationTime: attempt.revocationTime === undefined
+        ? undefined
+        : new Date(attempt.revocationTime * 1000),
+      revocationReason: attempt.revocationReason,
+    });
+    return verdict(
+      "critical",
+      `the responder said at ${
+        formatTime(new Date(attempt.time * 1000))
+      } that the certificate is revoked${revoked}; replace it`,
+    );
+  }
+  if (!stored) return verdict("critical", "no stored response");
+  if (!stored.verified) {
+    return verdict("critical", `stored response does not verify (${stored.problem})`);
+  }
+  if (stored.status !== "good" || !stored.thisUpdate) {
+    return verdict("critical", `stored response says "${stored.status}"${revocationText(stored)}`);
+  }
+  const expiry = responseExpiry({ thisUpdate: stored.thisUpdate, nextUpdate: stored.nextUpdate });
+  const good = stored.nextUpdate
+    ? `good, nextUpdate ${formatTime(stored.nextUpdate)} (${
+      formatDuration(expiry - now.getTime())
     } left)`
-    : "no nextUpdate";
+    : `good, no nextUpdate (${formatDuration(expiry - now.getTime())} left)`;
+  if (now.getTime() >= expiry) return verdict("critical", `stored response expired`);
   const renewal = decision.renewAt ? `, renewal at ${formatTime(decision.renewAt)}` : "";
-  return `good, ${nextUpdate}${renewal}: ${verdict}`;
+  if (attempt?.outcome === "failed") {
+    const since = formatTime(new Date((attempt.failingSince ?? attempt.time) * 1000));
+    const critical = cert.mustStaple || runsShort(stored, decision.renewAt, now);
+    return verdict(
+      critical ? "critical" : "failing",
+      `${good}; renewals failing since ${since}: ${attempt.message}`,
+    );
+  }
+  if (decision.due) return verdict(cert.mustStaple ? "critical" : "due", good + renewal);
+  return verdict("fresh", good + renewal);
 }
 
 /** The Nagios plugin line and status of a --check run. */
 export function checkSummary(outcomes: Outcome[], now: Date): { line: string; status: number } {
+  if (outcomes.length === 0) {
+    // A config whose certificates all vanished checks nothing: that is no OK.
+    return {
+      line: "OCSP UNKNOWN - no certificates found in the configuration",
+      status: NAGIOS.unknown,
+    };
+  }
   const checked = outcomes.filter((outcome) => outcome.health);
   const ids = (health: Health) => checked.filter((o) => o.health === health).map((o) => o.id);
-  const [critical, due] = [ids("critical"), ids("due")];
+  const [critical, failing, due] = [ids("critical"), ids("failing"), ids("due")];
   const named = (list: string[]) =>
     ` (${list.slice(0, 5).join(", ")}${list.length > 5 ? `, ${list.length - 5} more` : ""})`;
   const expiries = checked.flatMap((o) =>
@@ -1303,11 +1438,10 @@ export function checkSummary(outcomes: Outcome[], now: Date): { line: string; st
   );
   const parts: string[] = [];
   if (critical.length > 0) {
-    parts.push(
-      `${critical.length} of ${checked.length} responses missing, expired, not good or failing verification${
-        named(critical)
-      }`,
-    );
+    parts.push(`${critical.length} of ${checked.length} critical${named(critical)}`);
+  }
+  if (failing.length > 0) {
+    parts.push(`${failing.length} of ${checked.length} renewals failing${named(failing)}`);
   }
   if (due.length > 0) {
     parts.push(`${due.length} of ${checked.length} responses due for renewal${named(due)}`);
@@ -1320,22 +1454,32 @@ export function checkSummary(outcomes: Outcome[], now: Date): { line: string; st
   if (skipped > 0) parts.push(`${skipped} skipped (no OCSP URL)`);
   const [label, status] = critical.length > 0
     ? ["CRITICAL", NAGIOS.critical]
-    : due.length > 0
+    : failing.length + due.length > 0
     ? ["WARNING", NAGIOS.warning]
     : ["OK", NAGIOS.ok];
   return { line: `OCSP ${label} - ${parts.join(", ")}`, status };
 }
 
-/** The --json document: every certificate by id, and the totals. */
+/** A time the state keeps in seconds, as JSON shows times. */
+function isoSeconds(seconds: number | undefined): string | null {
+  return seconds === undefined ? null : new Date(seconds * 1000).toISOString();
+}
+
+/**
+ * The --json document: every certificate by id, and the totals; or, when
+ * the run could not start (a config that cannot be read), the error.
+ */
 export function jsonReport(
   mode: "run" | "check",
   outcomes: Outcome[],
   totals: Record<string, number>,
   status: number,
   now: Date,
+  error?: string,
 ): string {
   const certificates: Record<string, unknown> = {};
   for (const outcome of outcomes) {
+    const attempt = outcome.attempt;
     certificates[outcome.id] = {
       certificate: outcome.certPath,
       response: outcome.responsePath,
@@ -1347,14 +1491,118 @@ export function jsonReport(
       renewalTime: outcome.renewAt?.toISOString() ?? null,
       action: outcome.action,
       ...(outcome.health ? { health: outcome.health } : {}),
+      lastAttempt: attempt
+        ? {
+          time: isoSeconds(attempt.time),
+          outcome: attempt.outcome,
+          message: attempt.message ?? null,
+        }
+        : null,
+      failingSince: isoSeconds(attempt?.failingSince),
+      revoked: attempt?.outcome === "revoked"
+        ? { time: isoSeconds(attempt.revocationTime), reason: attempt.revocationReason ?? null }
+        : null,
       error: outcome.error ?? null,
     };
   }
   return JSON.stringify(
-    { ocspbot: VERSION, mode, time: now.toISOString(), status, totals, certificates },
+    {
+      ocspbot: VERSION,
+      mode,
+      time: now.toISOString(),
+      status,
+      ...(error === undefined ? {} : { error }),
+      totals,
+      certificates,
+    },
     null,
     2,
   );
+}
+
+/** A label value in Prometheus' text format. */
+function labelValue(text: string): string {
+  return text.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
+}
+
+/**
+ * The node_exporter textfile of a run or a --check: per certificate (label
+ * `id`) the stored response's dates, the renewal time, the last attempt and
+ * whether it succeeded, revoked and must-staple; per run (label `mode`) its
+ * time, duration, exit status and counts. `otherRuns` are the previous
+ * file's lines about the other mode's run, kept so that neither hides the other.
+ */
+export function metricsText(
+  mode: "run" | "check",
+  outcomes: Outcome[],
+  totals: Record<string, number>,
+  status: number,
+  now: Date,
+  durationSeconds: number,
+  otherRuns: string[] = [],
+): string {
+  const seconds = (time: Date | undefined) => time && time.getTime() / 1000;
+  const perCertificate: [string, string, (o: Outcome) => number | undefined][] = [
+    [
+      "response_this_update_timestamp_seconds",
+      "thisUpdate of the stored response.",
+      (o) => seconds(o.thisUpdate),
+    ],
+    [
+      "response_next_update_timestamp_seconds",
+      "nextUpdate of the stored response.",
+      (o) => seconds(o.nextUpdate),
+    ],
+    [
+      "response_renewal_timestamp_seconds",
+      "When the stored response is due for renewal.",
+      (o) => seconds(o.renewAt),
+    ],
+    ["last_attempt_timestamp_seconds", "When a responder was last asked.", (o) => o.attempt?.time],
+    [
+      "last_attempt_success",
+      "1 if the last request renewed or confirmed the response.",
+      (o) => o.attempt && (o.attempt.outcome === "renewed" || o.attempt.outcome === "same" ? 1 : 0),
+    ],
+    [
+      "certificate_revoked",
+      "1 if the responder said the certificate is revoked.",
+      (o) => o.attempt ? (o.attempt.outcome === "revoked" ? 1 : 0) : undefined,
+    ],
+    [
+      "certificate_must_staple",
+      "1 if the certificate requires a staple (RFC 7633).",
+      (o) => o.mustStaple === undefined ? undefined : o.mustStaple ? 1 : 0,
+    ],
+  ];
+  const lines: string[] = [];
+  const family = (name: string, help: string) =>
+    lines.push(`# HELP ocspbot_${name} ${help}`, `# TYPE ocspbot_${name} gauge`);
+  for (const [name, help, value] of perCertificate) {
+    family(name, help);
+    for (const outcome of outcomes) {
+      const sample = value(outcome);
+      if (sample !== undefined) {
+        lines.push(`ocspbot_${name}{id="${labelValue(outcome.id)}"} ${sample}`);
+      }
+    }
+  }
+  const run = (name: string, help: string, samples: [string, number][]) => {
+    family(name, help);
+    lines.push(...otherRuns.filter((line) => line.startsWith(`ocspbot_${name}{`)));
+    for (const [labels, sample] of samples) {
+      lines.push(`ocspbot_${name}{mode="${mode}"${labels}} ${sample}`);
+    }
+  };
+  run("run_timestamp_seconds", "When the last run (or --check) started.", [["", seconds(now)!]]);
+  run("run_duration_seconds", "How long the last run (or --check) took.", [["", durationSeconds]]);
+  run("run_exit_status", "The exit status of the last run (or --check).", [["", status]]);
+  run(
+    "run_certificates",
+    "Certificates of the last run (or --check), by result.",
+    Object.entries(totals).map(([result, count]) => [`,result="${labelValue(result)}"`, count]),
+  );
+  return lines.join("\n") + "\n";
 }
 
 export function exitStatus(summary: Summary): number {
@@ -1567,30 +1815,47 @@ async function runProcess(
   deadlineSeconds: number,
   options: { env?: Record<string, string>; input?: string } = {},
 ): Promise<{ output: Deno.CommandOutput; timedOut: boolean }> {
-  const deadline = AbortSignal.timeout(deadlineSeconds * 1000);
+  // One controller per process, let go of when it ends: AbortSignal.any() and
+  // AbortSignal.timeout() keep every process of a run (and its output) alive.
+  const stop = new AbortController();
+  let timedOut = false;
+  const deadline = setTimeout(() => {
+    timedOut = true;
+    stop.abort();
+  }, deadlineSeconds * 1000);
+  const interrupt = () => stop.abort();
+  interruption.signal.addEventListener("abort", interrupt);
   let output: Deno.CommandOutput;
   try {
-    const child = new Deno.Command(program, {
+    const command = new Deno.Command(program, {
       args,
       env: options.env,
       stdin: options.input === undefined ? "null" : "piped",
       stdout: "piped",
       stderr: "piped",
-      signal: AbortSignal.any([deadline, interruption.signal]),
-    }).spawn();
-    if (options.input !== undefined) {
+      signal: stop.signal,
+    });
+    if (options.input === undefined) {
+      // Collected natively at its size; a spawned child's output comes through
+      // 64 KiB stream chunks, which doubled a first run's memory.
+      output = await command.output();
+    } else {
+      const child = command.spawn();
       const writer = child.stdin.getWriter();
       // A child that ends without reading its input says why on stderr.
       await writer.write(encoder.encode(options.input)).catch(() => {});
       await writer.close().catch(() => {});
+      output = await child.output();
     }
-    output = await child.output();
   } catch (error) {
     if (interruption.signal.aborted) throw new Interrupted();
     throw error;
+  } finally {
+    clearTimeout(deadline);
+    interruption.signal.removeEventListener("abort", interrupt);
   }
   if (interruption.signal.aborted) throw new Interrupted();
-  return { output, timedOut: deadline.aborted };
+  return { output, timedOut };
 }
 
 /**
@@ -1856,16 +2121,17 @@ export function parseCertificate(bytes: Uint8Array, file: string): CertificateIn
 }
 
 /**
- * The state file: the responses ocspbot verified, by path. Read once at the
- * start, changed in memory as the run learns, and written at the end only
- * when a record changed.
+ * The state file: by response path, the good response ocspbot verified and
+ * the last request to a responder. Read once at the start, changed in
+ * memory as the run learns, written at the end only when a record changed.
+ * The state is ocspbot's own: this is the only place that reads or writes it.
  */
 class State {
   #changed = false;
 
   private constructor(
     readonly file: string,
-    private readonly records: Map<string, VerifiedRecord>,
+    private readonly records: Map<string, StateRecord>,
   ) {}
 
   /** A missing state is empty; a broken one only costs a verification of every response. */
@@ -1887,7 +2153,7 @@ class State {
       if (parsed?.version !== 2 || typeof parsed.responses !== "object") {
         throw new Error("not an ocspbot state file of version 2");
       }
-      const records = new Map<string, VerifiedRecord>();
+      const records = new Map<string, StateRecord>();
       for (const responsePath in parsed.responses) {
         records.set(responsePath, parsed.responses[responsePath]);
       }
@@ -1898,29 +2164,40 @@ class State {
     }
   }
 
-  get(responsePath: string): VerifiedRecord | undefined {
-    return this.records.get(responsePath);
+  verified(responsePath: string): VerifiedRecord | undefined {
+    return this.records.get(responsePath)?.verified;
   }
 
-  set(responsePath: string, record: VerifiedRecord): void {
-    this.records.set(responsePath, record);
+  attempt(responsePath: string): Attempt | undefined {
+    return this.records.get(responsePath)?.attempt;
+  }
+
+  setVerified(responsePath: string, verified: VerifiedRecord | undefined): void {
+    const record = this.records.get(responsePath);
+    if (verified === undefined && record?.verified === undefined) return;
+    this.records.set(responsePath, { ...record, verified });
     this.#changed = true;
   }
 
-  forget(responsePath: string): void {
-    if (this.records.delete(responsePath)) this.#changed = true;
+  setAttempt(responsePath: string, attempt: Attempt): void {
+    this.records.set(responsePath, { ...this.records.get(responsePath), attempt });
+    this.#changed = true;
   }
 
-  /** Writes the state atomically when it changed, keeping only the targets' records. */
+  /**
+   * Writes the state atomically when it changed. Records of other configs
+   * sharing the folder are kept while their response exists.
+   */
   async save(targets: Target[]): Promise<void> {
-    const responses: Record<string, VerifiedRecord> = {};
-    let kept = 0;
-    for (const target of targets) {
-      const record = this.records.get(target.responsePath);
-      if (record) responses[target.responsePath] = record, kept++;
+    if (!this.#changed) return;
+    const covered = new Set(targets.map((target) => target.responsePath));
+    const responses: Record<string, StateRecord> = {};
+    for (const [responsePath, record] of this.records) {
+      if (!record.verified && !record.attempt) continue;
+      if (covered.has(responsePath) || listings.entry(responsePath)) {
+        responses[responsePath] = record;
+      }
     }
-    if (!this.#changed && kept === this.records.size) return;
-    // The state is ocspbot's own: whose it is matters to nobody else.
     await writeFileAtomically(
       this.file,
       encoder.encode(JSON.stringify({ version: 2, responses }) + "\n"),
@@ -2454,8 +2731,8 @@ interface RunContext {
   log: Logger;
   /** Verified responses by path, shared by the workers, saved after the run. */
   state: State;
-  /** Whether --force asks for this id to be renewed now. */
-  forced: (id: string) => boolean;
+  /** --force: renew every certificate the run covers now. */
+  forced: boolean;
 }
 
 /** What is known of a target before anything is fetched. */
@@ -2501,7 +2778,7 @@ function storedResponseInfo(file: string, remembered: boolean): Deno.FileInfo | 
  */
 async function inspect(target: Target, context: RunContext): Promise<Inspection> {
   const { config, now, state } = context;
-  const record = state.get(target.responsePath);
+  const record = state.verified(target.responsePath);
   const inputs = ([
     [target.certPath, "certificate"],
     [target.chainPath, "chain"],
@@ -2515,7 +2792,7 @@ async function inspect(target: Target, context: RunContext): Promise<Inspection>
   const files = storedEntry ? [storedEntry, ...inputs] : [];
   const recalled = storedEntry ? recallReport(record, files, now) : undefined;
   if (recalled && files.some((entry, i) => entry !== record!.files[i])) {
-    state.set(target.responsePath, { ...record!, files });
+    state.setVerified(target.responsePath, { ...record!, files });
   }
   const cert = recalled?.cert ??
     parseCertificate(
@@ -2527,22 +2804,22 @@ async function inspect(target: Target, context: RunContext): Promise<Inspection>
     stored = storedInfo.size === 0
       ? { verified: false, problem: "the file is empty" }
       : await checkStoredResponse(target, config);
-    if (stored.verified && stored.status === "good") {
-      state.set(target.responsePath, recordOf(stored, cert, files));
-    } else state.forget(target.responsePath);
+    const staple = stored.verified && isStaple(stored, config.policy);
+    state.setVerified(target.responsePath, staple ? recordOf(stored, cert, files) : undefined);
   }
-  const decision = context.forced(target.id)
+  const decision = context.forced
     ? { due: true, reason: "renewal forced (--force)" }
     : planRenewal(config.policy, cert, stored, now);
   return { cert, storedEntry, stored, decision, inputs };
 }
 
-/** The facts of an outcome: what the response says and when it is due. */
+/** The facts of an outcome: what the response says, when it is due, the last attempt. */
 function describe(
   target: Target,
   cert: CertificateInfo | undefined,
   report: ResponseReport | undefined,
   renewAt: Date | undefined,
+  attempt: Attempt | undefined,
 ): Omit<Outcome, "action"> {
   return {
     id: target.id,
@@ -2554,6 +2831,7 @@ function describe(
     thisUpdate: report?.thisUpdate,
     nextUpdate: report?.nextUpdate,
     renewAt,
+    attempt,
   };
 }
 
@@ -2644,118 +2922,216 @@ async function keepRejected(responsePath: string, answer: Uint8Array): Promise<s
   }
 }
 
-/** Checks one certificate and renews its response when due. */
+/**
+ * One certificate of the hourly run: inspect what is stored, decide, and
+ * renew when due.
+ */
 async function processTarget(target: Target, context: RunContext): Promise<Outcome> {
-  const { config, now, state } = context;
   const log = context.log.forDomain(target.id);
-  let facts = describe(target, undefined, undefined, undefined);
+  const attempt = context.state.attempt(target.responsePath);
+  let facts = describe(target, undefined, undefined, undefined, attempt);
   try {
-    const { cert, storedEntry, stored, decision, inputs } = await inspect(target, context);
-    facts = describe(target, cert, stored, decision.renewAt);
-    if (now.getTime() >= cert.notAfter.getTime()) {
-      // Renewing it would succeed every hour, and reload the server every hour.
-      log.warn(
-        `Certificate "${target.certPath}" expired on ${
-          formatTime(cert.notAfter)
-        }; skipped, no responder asked: renew the certificate`,
-      );
-      return { ...facts, action: "skipped", skipReason: "expired" };
-    }
+    const inspection = await inspect(target, context);
+    const { cert, stored, decision } = inspection;
+    facts = describe(target, cert, stored, decision.renewAt, attempt);
+    const skipped = reasonToSkip(target, cert, context.now, log);
+    if (skipped) return { ...facts, action: "skipped", skipReason: skipped };
     if (!decision.due) {
       log.info(`OCSP response is fine: ${decision.reason}`);
       return { ...facts, action: "unchanged" };
     }
-    const urls = target.responderUri ? [target.responderUri] : cert.ocspUrls;
-    if (urls.length === 0) {
-      log.warn(
-        `Certificate "${target.certPath}" names no OCSP responder (no OCSP URL in its AIA); skipped`,
-      );
-      return { ...facts, action: "skipped", skipReason: "no OCSP URL" };
-    }
-    log.info(`Renewing OCSP response from ${urls[0]}: ${decision.reason}`);
+    return await renew(target, inspection, context, log, facts);
+  } catch (error) {
+    // The run says once that it was stopped, not once per certificate.
+    if (error instanceof Interrupted) return { ...facts, action: "interrupted" };
+    log.error(errorText(error));
+    return {
+      ...facts,
+      attempt: context.state.attempt(target.responsePath),
+      action: "failed",
+      error: errorText(error),
+    };
+  }
+}
 
+/**
+ * Why a certificate is left alone: it has expired (renewing it would succeed
+ * every hour, and reload a server every hour), or it names no responder, as
+ * public CAs' certificates no longer do (said without a warning, so that cron
+ * stays quiet).
+ */
+function reasonToSkip(
+  target: Target,
+  cert: CertificateInfo,
+  now: Date,
+  log: Logger,
+): SkipReason | undefined {
+  if (now.getTime() >= cert.notAfter.getTime()) {
+    log.warn(
+      `Certificate "${target.certPath}" expired on ${
+        formatTime(cert.notAfter)
+      }; skipped, no responder asked: renew the certificate`,
+    );
+    return "expired";
+  }
+  if (!target.responderUri && cert.ocspUrls.length === 0) {
+    log.info(`Certificate "${target.certPath}" names no OCSP responder (no OCSP URL); skipped`);
+    return "no OCSP URL";
+  }
+  return undefined;
+}
+
+/**
+ * Fetches a new response, and puts it in place when it is better than the
+ * stored one. However this ends, it is remembered as the certificate's last
+ * attempt, for --check and the metrics.
+ */
+async function renew(
+  target: Target,
+  inspection: Inspection,
+  context: RunContext,
+  log: Logger,
+  facts: Omit<Outcome, "action">,
+): Promise<Outcome> {
+  const { config, now, state } = context;
+  const { cert, storedEntry, stored, decision, inputs } = inspection;
+  let attempt: Attempt | undefined;
+  const remember = (outcome: AttemptOutcome, details?: Parameters<typeof nextAttempt>[3]) => {
+    attempt = nextAttempt(facts.attempt, outcome, now, details);
+    state.setAttempt(target.responsePath, attempt);
+  };
+  try {
+    const urls = target.responderUri ? [target.responderUri] : cert.ocspUrls;
+    log.info(`Renewing OCSP response from ${urls[0]}: ${decision.reason}`);
     // ocspbot 1.0 and the Python bot left answers here; HAProxy's `crt <dir>` chokes on them.
     removeListed(`${target.responsePath}.new`);
     const fetched = await fetchWithRetries(target, urls, config, log);
-    const rejection = rejectFetched(fetched.report, stored, now);
+    const { report } = fetched;
+    const revocation = report.verified && report.status === "revoked"
+      ? {
+        revocationTime: report.revocationTime && epochSeconds(report.revocationTime),
+        revocationReason: report.revocationReason,
+      }
+      : undefined;
+    const rejection = rejectFetched(report, stored, now, config.policy);
     if (rejection) {
+      if (revocation) remember("revoked", { message: rejection, ...revocation });
       const kept = storedEntry ? "the stored response stays" : "nothing is stored";
       throw new Error(
         `${rejection}; ${kept}, ${await keepRejected(target.responsePath, fetched.bytes)}`,
       );
     }
-    if (!fetched.report.nextUpdate) {
-      log.info("New response has no nextUpdate; it is treated as living 12 hours");
-    }
     const fetchedHash = sha256(fetched.bytes);
     if (entryHash(storedEntry) === fetchedHash) {
-      log.warn("Responder sent the stored response again; nothing changed");
-      return { ...facts, action: "unchanged" };
+      remember("same");
+      sameResponseAgain(stored!, decision, now, log);
+      return { ...facts, attempt, action: "unchanged" };
     }
     const backup = await installResponse(target, fetched.bytes, config, now, log);
     removeListed(rejectedPath(target.responsePath));
     // Just written, so no stamp yet: the next run reads it once more.
     const files = [fileEntry("", fetchedHash), ...inputs];
-    state.set(target.responsePath, recordOf(fetched.report, cert, files));
-    facts = {
-      ...describe(target, cert, fetched.report, renewalTime(config.policy, cert, fetched.report)),
+    state.setVerified(target.responsePath, recordOf(report, cert, files));
+    if (revocation) remember("revoked", { message: "revoked", ...revocation });
+    else remember("renewed");
+    announce(report, stored, backup, log);
+    if (target.haproxySocket) await pushOrExplain(target, fetched.bytes, config, log);
+    return {
+      ...describe(target, cert, report, renewalTime(config.policy, cert, report), attempt),
       responderUrl: fetched.url,
+      action: "renewed",
     };
-    const { thisUpdate, nextUpdate } = fetched.report;
-    log.info(
-      `Stored new OCSP response: good, thisUpdate ${formatTime(thisUpdate!)}, nextUpdate ${
-        nextUpdate ? formatTime(nextUpdate) : "none"
-      }${backup}`,
-    );
-    if (
-      stored?.nextUpdate && nextUpdate &&
-      nextUpdate.getTime() <= stored.nextUpdate.getTime()
-    ) {
-      log.warn(
-        `New response's nextUpdate ${formatTime(nextUpdate)} is not later than the old one's (${
-          formatTime(stored.nextUpdate)
-        })`,
-      );
-    }
-    if (target.haproxySocket) {
-      try {
-        await pushToHaproxy(target.haproxySocket, fetched.bytes, config.timeoutSeconds);
-        log.info(`Pushed the new response to HAProxy (socket "${target.haproxySocket}")`);
-      } catch (error) {
-        throw new Error(
-          `${
-            errorText(error)
-          }; the new response is stored in "${target.responsePath}", and HAProxy serves the old one until it reloads or "ocspbot --force ${target.id}" pushes again`,
-        );
-      }
-    }
-    return { ...facts, action: "renewed" };
   } catch (error) {
-    // The run says once that it was stopped, not once per certificate.
-    if (error instanceof Interrupted) return { ...facts, action: "interrupted" };
-    log.error(errorText(error));
-    return { ...facts, action: "failed", error: errorText(error) };
+    if (!(error instanceof Interrupted) && !attempt) {
+      remember("failed", { message: errorText(error) });
+    }
+    throw error;
   }
 }
 
-/** --check: how one certificate's stored response stands; nothing changes. */
+/**
+ * Most CAs pre-sign their responses, and answer with the stored one until
+ * they sign the next: an info line, so cron stays quiet, until the stored
+ * response has less than half of its renewal window left.
+ */
+function sameResponseAgain(
+  stored: ResponseReport,
+  decision: Decision,
+  now: Date,
+  log: Logger,
+): void {
+  const expiry = responseExpiry({ thisUpdate: stored.thisUpdate!, nextUpdate: stored.nextUpdate });
+  const left = formatDuration(expiry - now.getTime());
+  if (runsShort(stored, decision.renewAt, now)) {
+    log.warn(
+      `Responder has had nothing newer since ${formatTime(stored.thisUpdate!)}; ${left} left`,
+    );
+  } else {
+    log.info(`Responder sent the stored response again; asking again next run (${left} left)`);
+  }
+}
+
+/** Says what was stored, and what a stapling server should know of it. */
+function announce(
+  report: ResponseReport,
+  stored: ResponseReport | undefined,
+  backup: string,
+  log: Logger,
+): void {
+  const { thisUpdate, nextUpdate } = report;
+  const dates = `thisUpdate ${formatTime(thisUpdate!)}, nextUpdate ${
+    nextUpdate ? formatTime(nextUpdate) : "none"
+  }${backup}`;
+  if (report.status === "revoked") {
+    log.warn(
+      `Responder says the certificate is revoked${
+        revocationText(report)
+      }; its signed answer is now the staple (on_revoked: staple), ${dates}: replace the certificate`,
+    );
+  } else log.info(`Stored new OCSP response: good, ${dates}`);
+  if (!nextUpdate) log.info("New response has no nextUpdate; it is treated as living 12 hours");
+  if (stored?.nextUpdate && nextUpdate && nextUpdate.getTime() <= stored.nextUpdate.getTime()) {
+    log.warn(
+      `New response's nextUpdate ${formatTime(nextUpdate)} is not later than the old one's (${
+        formatTime(stored.nextUpdate)
+      })`,
+    );
+  }
+}
+
+/** Hands a new response to HAProxy; a refusal says how HAProxy gets it otherwise. */
+async function pushOrExplain(target: Target, response: Uint8Array, config: Config, log: Logger) {
+  try {
+    await pushToHaproxy(target.haproxySocket!, response, config.timeoutSeconds);
+    log.info(`Pushed the new response to HAProxy (socket "${target.haproxySocket}")`);
+  } catch (error) {
+    throw new Error(
+      `${
+        errorText(error)
+      }; the new response is stored in "${target.responsePath}", and HAProxy serves the old one until it reloads or "ocspbot --force --only ${target.id}" pushes again`,
+    );
+  }
+}
+
+/** --check: how one certificate's staple stands; nothing changes, nobody is asked. */
 async function checkTarget(target: Target, context: RunContext): Promise<Outcome> {
   const log = context.log.forDomain(target.id);
+  const attempt = context.state.attempt(target.responsePath);
   try {
     const { cert, stored, decision } = await inspect(target, context);
-    const facts = describe(target, cert, stored, decision.renewAt);
+    const facts = describe(target, cert, stored, decision.renewAt, attempt);
     if (!target.responderUri && cert.ocspUrls.length === 0) {
       log.info("no OCSP URL in the certificate: skipped");
       return { ...facts, action: "skipped", skipReason: "no OCSP URL" };
     }
-    const health = healthOf(stored, decision, cert, context.now);
-    log.info(checkLine(stored, decision, health, cert, context.now));
+    const { health, line } = assess(stored, decision, cert, attempt, context.now);
+    log.info(line);
     return { ...facts, action: "unchanged", health };
   } catch (error) {
     if (error instanceof Interrupted) throw error;
     log.error(errorText(error));
     return {
-      ...describe(target, undefined, undefined, undefined),
+      ...describe(target, undefined, undefined, undefined, attempt),
       action: "failed",
       health: "critical",
       error: errorText(error),
@@ -2924,15 +3300,18 @@ function printJson(document: string): void {
   writeAll(Deno.stdout, encoder.encode(document + "\n"));
 }
 
+/** How a run or a --check ends: its exit status, and what became of each certificate. */
+interface RunReport {
+  status: number;
+  outcomes: Outcome[];
+  totals: Record<string, number>;
+}
+
 /**
- * --check: how every stored response stands, as a Nagios plugin says it;
- * nothing changes and no responder is asked.
+ * --check: how every certificate's staple stands, as a Nagios plugin says
+ * it; nothing changes and no responder is asked.
  */
-async function runChecks(
-  targets: Target[],
-  context: RunContext,
-  json: boolean,
-): Promise<number> {
+async function runChecks(targets: Target[], context: RunContext): Promise<RunReport> {
   const { config, log, now } = context;
   const { results } = await runPool(
     targets,
@@ -2943,29 +3322,23 @@ async function runChecks(
   if (interruption.signal.aborted) throw new Interrupted();
   const { line, status } = checkSummary(results, now);
   log.result(line);
-  if (json) {
-    const count = (health: Health) => results.filter((o) => o.health === health).length;
-    const totals = {
-      fresh: count("fresh"),
-      due: count("due"),
-      critical: count("critical"),
-      skipped: results.filter((o) => o.action === "skipped").length,
-    };
-    printJson(jsonReport("check", results, totals, status, now));
-  }
-  return status;
+  const count = (health: Health) => results.filter((o) => o.health === health).length;
+  const totals = {
+    fresh: count("fresh"),
+    due: count("due"),
+    failing: count("failing"),
+    critical: count("critical"),
+    skipped: results.filter((o) => o.action === "skipped").length,
+  };
+  return { status, outcomes: results, totals };
 }
 
 /**
  * The hourly run: renews what is due, saves what was learned, runs on_change
  * after renewals. A signal stops it early, keeping what finished.
  */
-async function runRenewals(
-  targets: Target[],
-  context: RunContext,
-  json: boolean,
-): Promise<number> {
-  const { config, log, now } = context;
+async function runRenewals(targets: Target[], context: RunContext): Promise<RunReport> {
+  const { config, log } = context;
   const { results, notStarted } = await runPool(
     targets,
     config.parallelThreads,
@@ -2990,6 +3363,9 @@ async function runRenewals(
       }
     }
   }
+  const summary = summarize(results, notStarted, onChangeFailed);
+  const { unchanged, skipped, failed, notProcessed } = summary;
+  const totals = { renewed: summary.renewed, unchanged, skipped, failed, notProcessed };
   if (interruption.signal.aborted) {
     const unfinished = targets.length - results.length +
       results.filter((o) => o.action === "interrupted").length;
@@ -2998,17 +3374,59 @@ async function runRenewals(
         renewed.length > 0 && config.onChange ? " (on_change was not run)" : ""
       }, ${unfinished} certificates were left as they were; state saved`,
     );
-    return EXIT.failure;
+    return { status: EXIT.failure, outcomes: results, totals };
   }
-  const summary = summarize(results, notStarted, onChangeFailed);
   log.info(summaryLine(summary));
-  const status = exitStatus(summary);
-  if (json) {
-    const { renewed, unchanged, skipped, failed, notProcessed } = summary;
-    const totals = { renewed, unchanged, skipped, failed, notProcessed };
-    printJson(jsonReport("run", results, totals, status, now));
+  return { status: exitStatus(summary), outcomes: results, totals };
+}
+
+/** The certificates `--only` asks for, all without it; an id not configured is 252. */
+function selectTargets(targets: Target[], only: string[]): Target[] {
+  if (only.length === 0) return targets;
+  const unknown = only.filter((id) => !targets.some((target) => target.id === id));
+  if (unknown.length > 0) {
+    throw new ExitError(
+      `--only names certificate ids that are not configured: ${
+        unknown.map((id) => `"${id}"`).join(", ")
+      }`,
+      EXIT.badArguments,
+    );
   }
-  return status;
+  return targets.filter((target) => only.includes(target.id));
+}
+
+/**
+ * Writes the Prometheus metrics of a run or a --check, atomically; the
+ * figures of the other kind's last run stay. A failure is only a warning:
+ * the staples matter more than the metrics about them.
+ */
+async function writeMetrics(
+  file: string,
+  mode: "run" | "check",
+  report: RunReport,
+  now: Date,
+  durationSeconds: number,
+  log: Logger,
+): Promise<void> {
+  try {
+    const other = mode === "run" ? 'mode="check"' : 'mode="run"';
+    const previous = listings.entry(file) ? Deno.readTextFileSync(file).split("\n") : [];
+    const otherRuns = previous.filter((line) =>
+      line.startsWith("ocspbot_run_") && line.includes(other)
+    );
+    const text = metricsText(
+      mode,
+      report.outcomes,
+      report.totals,
+      report.status,
+      now,
+      durationSeconds,
+      otherRuns,
+    );
+    await writeFileAtomically(file, encoder.encode(text));
+  } catch (error) {
+    log.warn(`Cannot write metrics_file: ${errorText(error)}`);
+  }
 }
 
 /**
@@ -3061,33 +3479,61 @@ function unexpected(error: unknown): string {
   return `Unexpected failure: ${errorText(error)} (OCSPBOT_DEBUG=1 shows where)`;
 }
 
-/** Runs the bot; returns the exit status. */
+/**
+ * Says why the run could not go on: --check speaks Nagios (UNKNOWN, 3), and
+ * with --json stdout still holds one document. Returns the exit status.
+ */
+function cannotGoOn(
+  log: Logger,
+  invocation: { check: boolean; json: boolean },
+  message: string,
+  status: number,
+  now: Date,
+): number {
+  const exit = invocation.check ? NAGIOS.unknown : status;
+  if (invocation.check) log.result(`OCSP UNKNOWN - ${message}`);
+  else log.error(message);
+  if (invocation.json) {
+    printJson(jsonReport(invocation.check ? "check" : "run", [], {}, exit, now, message));
+  }
+  return exit;
+}
+
+/** The message and exit status of an error that ends the run. */
+function failureOf(error: unknown): { message: string; status: number } {
+  if (error instanceof ExitError) return { message: error.message, status: error.status };
+  if (error instanceof Interrupted) {
+    return { message: `${errorText(error)}; nothing changed`, status: EXIT.failure };
+  }
+  return { message: unexpected(error), status: EXIT.failure };
+}
+
+/**
+ * Runs the bot and returns the exit status: read the command line and the
+ * config, take the lock, find the certificates, then check them or renew
+ * them, and report.
+ */
 export async function main(args: string[]): Promise<number> {
-  const terminal = Logger.console();
-  // --check speaks Nagios: whatever keeps it from checking is UNKNOWN.
-  const checking = args.includes("--check");
-  const cannotCheck = (error: unknown) => {
-    terminal.result(`OCSP UNKNOWN - ${errorText(error)}`);
-    return NAGIOS.unknown;
-  };
+  const started = performance.now();
+  // What the raw arguments say, for reporting a command line that does not parse.
+  const asked = { check: args.includes("--check"), json: args.includes("--json") };
+  const terminal = Logger.console({ quiet: false, json: asked.json });
   let invocation: Invocation;
   let now: Date;
   try {
     invocation = parseCommandLine(args);
     now = currentTime();
   } catch (error) {
-    if (checking) return cannotCheck(error);
-    terminal.error(errorText(error));
-    flushOutput();
-    writeAll(Deno.stderr, encoder.encode("\n" + HELP));
-    return (error as ExitError).status;
+    const { message, status } = failureOf(error);
+    const exit = cannotGoOn(terminal, asked, message, status, new Date());
+    if (!asked.check && !asked.json) {
+      flushOutput();
+      writeAll(Deno.stderr, encoder.encode("\n" + HELP));
+    }
+    return exit;
   }
-  if (invocation.help) {
-    terminal.info(HELP.trimEnd());
-    return 0;
-  }
-  if (invocation.version) {
-    terminal.info(`ocspbot ${VERSION}`);
+  if (invocation.help || invocation.version) {
+    terminal.result(invocation.help ? HELP.trimEnd() : `ocspbot ${VERSION}`);
     return 0;
   }
 
@@ -3100,9 +3546,8 @@ export async function main(args: string[]): Promise<number> {
     log = invocation.check ? Logger.console(options) : Logger.open(config, now, options);
   } catch (error) {
     for (const warning of warnings) terminal.warn(warning);
-    if (checking) return cannotCheck(error);
-    terminal.error(error instanceof ExitError ? error.message : unexpected(error));
-    return error instanceof ExitError ? error.status : EXIT.configUnloadable;
+    const { message, status } = failureOf(error);
+    return cannotGoOn(terminal, invocation, message, status, now);
   }
   const stopListening = listenForStopSignals();
   let lock: Deno.FsFile | undefined;
@@ -3112,40 +3557,31 @@ export async function main(args: string[]): Promise<number> {
     if (!invocation.check) {
       lock = await acquireLock(`${config.stateFile}.lock`, config.lockTimeoutSeconds);
     }
-    const targets = discoverTargets(config);
+    const targets = selectTargets(discoverTargets(config), invocation.only);
     if (targets.length === 0) log.warn("No certificates found in the configuration");
-    const unknownIds = invocation.forceIds.filter((id) => !targets.some((t) => t.id === id));
-    if (unknownIds.length > 0) {
-      throw new ExitError(
-        `--force names certificate ids that are not configured: ${
-          unknownIds.map((id) => `"${id}"`).join(", ")
-        }`,
-        EXIT.badArguments,
-      );
-    }
     const context: RunContext = {
       config,
       now,
       log,
       state: State.load(config.stateFile, log),
       // --check reports what is; forcing a renewal it will not make would skew that.
-      forced: (id) =>
-        invocation.force && !invocation.check &&
-        (invocation.forceIds.length === 0 || invocation.forceIds.includes(id)),
+      forced: invocation.force && !invocation.check,
     };
-    return invocation.check
-      ? await runChecks(targets, context, invocation.json)
-      : await runRenewals(targets, context, invocation.json);
-  } catch (error) {
-    if (invocation.check) return cannotCheck(error);
-    if (error instanceof ExitError) {
-      log.error(error.message);
-      return error.status;
+    const mode = invocation.check ? "check" : "run";
+    const report = invocation.check
+      ? await runChecks(targets, context)
+      : await runRenewals(targets, context);
+    if (config.metricsFile) {
+      const seconds = (performance.now() - started) / 1000;
+      await writeMetrics(config.metricsFile, mode, report, now, seconds, log);
     }
-    log.error(
-      error instanceof Interrupted ? `${errorText(error)}; nothing changed` : unexpected(error),
-    );
-    return EXIT.failure;
+    if (invocation.json) {
+      printJson(jsonReport(mode, report.outcomes, report.totals, report.status, now));
+    }
+    return report.status;
+  } catch (error) {
+    const { message, status } = failureOf(error);
+    return cannotGoOn(log, invocation, message, status, now);
   } finally {
     stopListening();
     lock?.close();

@@ -89,6 +89,12 @@ function wallClockStamp(time: Date, utcOffsetHours = 0): string {
   return local.slice(0, 10).replaceAll("-", "") + "-" + local.slice(11, 19).replaceAll(":", "");
 }
 
+/** A certificate's serial, as the test CA's index names it. */
+async function serialOf(cert: string): Promise<string> {
+  const printed = decoder.decode(await openssl(["x509", "-in", cert, "-noout", "-serial"]));
+  return printed.trim().replace("serial=", "");
+}
+
 /** The openssl processes that name `url` on their command line, as `ps` lists them. */
 async function opensslAsking(url: string): Promise<string[]> {
   const listing = await new Deno.Command("ps", { args: ["-eo", "pid=,args="], stdin: "null" })
@@ -116,6 +122,10 @@ Deno.test("parseCommandLine() reads the Python bot's arguments", async (t) => {
     [["-v"], { version: true }],
     [["-version", "a.yaml"], { version: true }],
     [["a", "b", "--version"], { version: true }],
+    [["--force", "site.yaml"], { configPath: "site.yaml", force: true, only: [] }],
+    [["site.yaml", "--force"], { configPath: "site.yaml", force: true }],
+    [["--only", "www", "--force", "site.yaml"], { configPath: "site.yaml", only: ["www"] }],
+    [["--only=www", "--only", "mail"], { configPath: "ocspbot.yaml", only: ["www", "mail"] }],
   ];
   for (const [args, expected] of cases) {
     await t.step(JSON.stringify(args), () => {
@@ -132,6 +142,12 @@ Deno.test("parseCommandLine() reads the Python bot's arguments", async (t) => {
   await t.step("an unknown option is status 252", () => {
     const error = assertThrows(() => parseCommandLine(["--frobnicate"]), ExitError);
     assertEquals(error.status, 252);
+  });
+  await t.step("--only without an id is status 252", () => {
+    for (const args of [["--only"], ["--only", "--force"]]) {
+      const error = assertThrows(() => parseCommandLine(args), ExitError);
+      assertEquals([error.status, error.message], [252, "--only needs a certificate id"]);
+    }
   });
 });
 
@@ -744,9 +760,10 @@ Deno.test("a settled file is trusted by its stat; a byte changed under an old mt
       const stamping = await runCounting();
       assertEquals([stamping.code, stamping.calls], [0, 0], stamping.stderr);
       const record = Object.values(JSON.parse(await Deno.readTextFile(stateFile)).responses)[0] as {
-        files: string[];
+        verified: { files: string[] };
       };
-      assert(record.files.every((entry) => !entry.startsWith(" ")), `unstamped: ${record.files}`);
+      const { files } = record.verified;
+      assert(files.every((entry) => !entry.startsWith(" ")), `unstamped: ${files}`);
       const written = await Deno.stat(stateFile);
       const trusted = await runCounting();
       assertEquals([trusted.code, trusted.calls], [0, 0], trusted.stderr);
@@ -824,13 +841,8 @@ Deno.test("revoked and unknown answers fail and never replace a good response", 
     const goodR = await Deno.readFile(response(site, "r.test"));
     const goodU = await Deno.readFile(response(site, "u.test"));
     const certs = path.join(site, "certs");
-    const serialOf = async (name: string) =>
-      decoder.decode(
-        await openssl(["x509", "-in", path.join(certs, `${name}.pem`), "-noout", "-serial"]),
-      )
-        .trim().replace("serial=", "");
-    ca.setStatus(await serialOf("r.test"), "revoked");
-    ca.setStatus(await serialOf("u.test"), "unknown");
+    ca.setStatus(await serialOf(path.join(certs, "r.test.pem")), "revoked");
+    ca.setStatus(await serialOf(path.join(certs, "u.test.pem")), "unknown");
 
     const run = await runBot(site, [], fakeNow(19 * HOUR));
     assertEquals(run.code, 255);
@@ -932,7 +944,7 @@ Deno.test("a fetched response that is stale, older or the same is not stored", a
       ca.mode = { fixed: stored };
       const run = await runBot(site, [], fakeNow(19 * HOUR));
       assertEquals(run.code, 0, run.stderr);
-      assertMatch(run.stderr, /WARNING: Responder sent the stored response again/);
+      assertMatch(run.stdout, /\[a\.test\] Responder sent the stored response again/);
       assertMatch(run.stdout, /Success: 1 unchanged/);
       assertEquals(await exists(response(site, "a.test") + ".new"), false);
     });
@@ -984,13 +996,14 @@ Deno.test("the replacement is a rename that keeps the file's mode", async () => 
   });
 });
 
-Deno.test("a certificate without an OCSP URL is skipped, not failed", async () => {
+Deno.test("a certificate without an OCSP URL is skipped quietly, not failed", async () => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"]);
     await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
     const run = await runBot(site);
     assertEquals(run.code, 1, run.stderr);
-    assertMatch(run.stderr, /^\[le\.test\] WARNING: .*no OCSP URL.*skipped$/m);
+    assertMatch(run.stdout, /^\[le\.test\] Certificate ".*" names no OCSP responder .*skipped$/m);
+    assertEquals(run.stderr, "", "cron would mail a warning every hour");
     assertMatch(run.stdout, /1 certificates skipped \(no OCSP URL\)/);
   });
 });
@@ -1110,9 +1123,9 @@ Deno.test("backups copy each new response under a local-time name", async () => 
 Deno.test("logs go to files named by the placeholders, appended, errors in both", async () => {
   await withCa(async (ca) => {
     const config = BASE_CONFIG +
-      "output_log: logs/out-{year}{month}{day}-{hour}{minute}{second}.log\nerror_log: logs/err-{year}.log\n";
+      "output_log: logs/out-{year}{month}{day}-{hour}{minute}{second}.log\nerror_log: logs/err-{year}.log\n" +
+      "make_backup: yes\n";
     const site = await makeSite(ca, ["a.test"], config);
-    await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
     const now = clockAhead(HOUR);
     const env = { TZ: "UTC", OCSPBOT_FAKE_NOW: now.toISOString() };
     const first = await runBot(site, [], env);
@@ -1127,9 +1140,9 @@ Deno.test("logs go to files named by the placeholders, appended, errors in both"
       path.join(site, "logs", `err-${now.getUTCFullYear()}.log`),
     );
     assertEquals(out.match(/^Success:/gm)?.length, 2, "the second run truncated the log");
-    assertEquals(err.match(/^\[le\.test\] WARNING:/gm)?.length, 2);
+    assertEquals(err.match(/^WARNING: Config .*unknown key "make_backup"/gm)?.length, 2);
     assertEquals(
-      out.match(/^\[le\.test\] WARNING:/gm)?.length,
+      out.match(/^WARNING: Config .*unknown key "make_backup"/gm)?.length,
       2,
       "warnings belong in the output log too",
     );
@@ -1392,7 +1405,7 @@ Deno.test("--check reports like a Nagios plugin and changes nothing", async (t) 
       assertEquals(run.code, 2, run.stdout);
       assertMatch(
         run.stdout,
-        /^OCSP CRITICAL - 1 of 2 responses missing, expired, not good or failing verification \(b\.test\)/m,
+        /^OCSP CRITICAL - 1 of 2 critical \(b\.test\)/m,
       );
       await Deno.rename(response(site, "b.test") + ".moved", response(site, "b.test"));
     });
@@ -1465,7 +1478,7 @@ Deno.test("--json prints one parseable document; logs stay off stdout", async (t
       const report = JSON.parse(run.stdout);
       assertEquals(report.mode, "check");
       assertEquals(report.certificates["a.test"].health, "fresh");
-      assertEquals(report.totals, { fresh: 1, due: 0, critical: 0, skipped: 1 });
+      assertEquals(report.totals, { fresh: 1, due: 0, failing: 0, critical: 0, skipped: 1 });
       assertMatch(run.stderr, /^OCSP OK/m);
     });
   });
@@ -1475,26 +1488,54 @@ Deno.test("-q prints nothing on a quiet hour, and still every warning", async ()
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"]);
     assertEquals((await runBot(site)).code, 1);
+    // Public CAs' certificates name no responder any more: skipped, quietly.
+    await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
     const quiet = await runBot(site, ["-q"]);
     assertEquals([quiet.code, quiet.stdout, quiet.stderr], [0, "", ""]);
-    await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
+    await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), BASE_CONFIG + "make_backup: yes\n");
     const warned = await runBot(site, ["--quiet"]);
     assertEquals(warned.stdout, "");
-    assertMatch(warned.stderr, /^\[le\.test\] WARNING: /m);
+    assertMatch(warned.stderr, /^WARNING: Config "ocspbot\.yaml": unknown key "make_backup"/m);
   });
 });
 
-Deno.test("--force renews now, all or the named ids", async () => {
+Deno.test("--force renews everything the run covers; --only narrows it, in any order", async (t) => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test", "b.test"]);
     assertEquals((await runBot(site)).code, 2);
-    assertEquals((await runBot(site, ["--force", "b.test"])).code, 1);
-    const all = await runBot(site, ["ocspbot.yaml", "--force"]);
-    assertEquals(all.code, 2, all.stderr);
-    assertMatch(all.stdout, /renewal forced \(--force\)/);
-    const unknown = await runBot(site, ["--force", "c.test"]);
-    assertEquals(unknown.code, 252);
-    assertMatch(unknown.stderr, /--force names certificate ids that are not configured: "c\.test"/);
+    const cases: [string[], number][] = [
+      [["--force", "ocspbot.yaml"], 2],
+      [["ocspbot.yaml", "--force"], 2],
+      [["--only", "b.test", "--force", "ocspbot.yaml"], 1],
+      [["--force", "--only=a.test", "--only", "b.test"], 2],
+      [["--only", "b.test"], 0],
+    ];
+    for (const [args, renewed] of cases) {
+      await t.step(args.join(" "), async () => {
+        const run = await runBot(site, args);
+        assertEquals(run.code, renewed, run.stdout + run.stderr);
+        if (renewed > 0) assertMatch(run.stdout, /renewal forced \(--force\)/);
+        if (!args.some((arg) => arg.includes("a.test")) && args.includes("b.test")) {
+          assert(!/\[a\.test\]/.test(run.stdout), run.stdout);
+        }
+      });
+    }
+    await t.step("an unknown id is 252, for a run and for --check", async () => {
+      const unknown = await runBot(site, ["--force", "--only", "c.test"]);
+      assertEquals(unknown.code, 252);
+      assertMatch(
+        unknown.stderr,
+        /--only names certificate ids that are not configured: "c\.test"/,
+      );
+      const check = await runBot(site, ["--check", "--only", "c.test"]);
+      assertEquals(check.code, 3, check.stdout);
+      assertMatch(check.stdout, /^OCSP UNKNOWN - --only names certificate ids/m);
+    });
+    await t.step("the old form reads the id as a config file", async () => {
+      const old = await runBot(site, ["--force", "b.test"]);
+      assertEquals(old.code, 254, old.stderr);
+      assertMatch(old.stderr, /Cannot read config "b\.test"/);
+    });
   });
 });
 
@@ -1552,7 +1593,7 @@ Deno.test("on_change runs once after renewals, with the ids; its failure is an e
       path.join(site, "ocspbot.yaml"),
       BASE_CONFIG + "on_change: [sh, -c, 'echo nope >&2; exit 3']\n",
     );
-    const failed = await runBot(site, ["--force", "a.test"]);
+    const failed = await runBot(site, ["--force", "--only", "a.test"]);
     assertEquals(failed.code, 255);
     assertMatch(
       failed.stderr,
@@ -1853,6 +1894,218 @@ Deno.test("the chain's issuer is found whatever the order; without one, no respo
       );
       assertEquals(ca.hostHeaders.length, asked, "a responder was asked");
     });
+  });
+});
+
+Deno.test("a revocation the run saw is CRITICAL in --check, while the good response stays", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["r.test"]);
+    assertEquals((await runBot(site)).code, 1);
+    ca.setStatus(await serialOf(path.join(site, "certs", "r.test.pem")), "revoked");
+    const due = fakeNow(19 * HOUR);
+    assertEquals((await runBot(site, [], due)).code, 255);
+    const check = await runBot(site, ["--check"], due);
+    assertEquals(check.code, 2, check.stdout);
+    assertMatch(
+      check.stdout,
+      /^\[r\.test\] the responder said at .* UTC that the certificate is revoked since .* UTC \(keyCompromise\); replace it: CRITICAL$/m,
+    );
+    const report = JSON.parse((await runBot(site, ["--check", "--json"], due)).stdout);
+    const r = report.certificates["r.test"];
+    assertEquals([r.status, r.health, r.lastAttempt.outcome], ["good", "critical", "revoked"]);
+    assertEquals(r.revoked.reason, "keyCompromise");
+    assert(r.failingSince !== null);
+  });
+});
+
+Deno.test("failing renewals are WARNING with their first time and last message, then CRITICAL", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "retries: 0\n");
+    assertEquals((await runBot(site)).code, 1);
+    ca.mode = "http500";
+    const at = (hours: number) => fakeNow(hours * HOUR);
+    const checkAt = async (hours: number) => {
+      const run = await runBot(site, ["--check", "--json"], at(hours));
+      return { code: run.code, report: JSON.parse(run.stdout), log: run.stderr };
+    };
+    await t.step("first failure: WARNING", async () => {
+      assertEquals((await runBot(site, [], at(19))).code, 255);
+      const { code, report, log } = await checkAt(19);
+      assertEquals(code, 1, log);
+      assertMatch(
+        log,
+        /^\[a\.test\] good, .*; renewals failing since .* UTC: No usable response .*: failing$/m,
+      );
+      assertMatch(log, /^OCSP WARNING - 1 of 1 renewals failing \(a\.test\)/m);
+      assertEquals(report.certificates["a.test"].health, "failing");
+    });
+    await t.step("still failing an hour later: the first failure's time stays", async () => {
+      const first = (await checkAt(19)).report.certificates["a.test"].failingSince;
+      assertEquals((await runBot(site, [], at(20))).code, 255);
+      const { report } = await checkAt(20);
+      assertEquals(report.certificates["a.test"].failingSince, first);
+      assertNotEquals(report.certificates["a.test"].lastAttempt.time, first);
+    });
+    await t.step("less than half the renewal window left: CRITICAL", async () => {
+      const { code, report } = await checkAt(22);
+      assertEquals([code, report.certificates["a.test"].health], [2, "critical"]);
+    });
+    await t.step("a renewal clears it", async () => {
+      ca.mode = "good";
+      assertEquals((await runBot(site, [], at(22))).code, 1);
+      // The responder signs on the real clock: at +22 h its new answer is due already.
+      const { code, report } = await checkAt(22);
+      assertEquals([code, report.certificates["a.test"].health], [1, "due"]);
+      assertEquals(report.certificates["a.test"].failingSince, null);
+      assertEquals(report.certificates["a.test"].lastAttempt.outcome, "renewed");
+    });
+  });
+});
+
+Deno.test("a pre-signing responder's same answer is quiet until the stored response runs short", async () => {
+  await withCa(async (ca) => {
+    ca.cacheAnswers = true;
+    const site = await makeSite(ca, ["a.test"]);
+    assertEquals((await runBot(site)).code, 1);
+    const early = await runBot(site, ["-q"], fakeNow(19 * HOUR));
+    assertEquals([early.code, early.stdout, early.stderr], [0, "", ""]);
+    const told = await runBot(site, [], fakeNow(19 * HOUR));
+    assertMatch(
+      told.stdout,
+      /^\[a\.test\] Responder sent the stored response again; asking again next run \(4h \d+m left\)$/m,
+    );
+    const late = await runBot(site, ["-q"], fakeNow(22 * HOUR));
+    assertEquals(late.code, 0);
+    assertMatch(
+      late.stderr,
+      /^\[a\.test\] WARNING: Responder has had nothing newer since .* UTC; 1h \d+m left$/m,
+    );
+  });
+});
+
+Deno.test("on_revoked: staple installs the signed revoked answer once, and --check says CRITICAL", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["r.test"], BASE_CONFIG + "on_revoked: staple\n");
+    const cert = path.join(site, "certs", "r.test.pem");
+    assertEquals((await runBot(site)).code, 1);
+    ca.setStatus(await serialOf(cert), "revoked");
+    // The responder signs on the real clock: a week's answer is not due again at +19 h.
+    ca.validityMinutes = 7 * 24 * 60;
+    const due = fakeNow(19 * HOUR);
+    const stapled = await runBot(site, [], due);
+    assertEquals(stapled.code, 1, stapled.stdout + stapled.stderr);
+    assertMatch(
+      stapled.stderr,
+      /^\[r\.test\] WARNING: Responder says the certificate is revoked since .* \(keyCompromise\); its signed answer is now the staple \(on_revoked: staple\)/m,
+    );
+    assertEquals(await ca.verifiedStatus(response(site, "r.test"), cert), "revoked");
+    const again = await runBot(site, [], due);
+    assertEquals(again.code, 0, "a stapled revocation was fetched again: a reload every hour");
+    const check = await runBot(site, ["--check"], due);
+    assertEquals(check.code, 2, check.stdout);
+    assertMatch(check.stdout, /that the certificate is revoked since .*: CRITICAL$/m);
+  });
+});
+
+Deno.test("two configs sharing a response folder keep each other's records", async () => {
+  await withCa(async (ca) => {
+    const site = path.join(ca.dir, "site");
+    const calls = await TestCa.writeCountingOpenssl(path.join(ca.dir, "openssl"));
+    for (const name of ["a", "b"]) {
+      await ca.issueLeaf(path.join(site, name), `${name}.test`);
+      await Deno.writeTextFile(
+        path.join(site, `${name}.yaml`),
+        `minimum_validity: 6h\nocsp_folder: responses\nopenssl_executable: ${
+          path.join(ca.dir, "openssl")
+        }\nscan_keys:\n  - folder: ${name}\n`,
+      );
+    }
+    const runCounting = async (config: string) => {
+      const before = (await calls()).length;
+      const run = await runBot(site, [config]);
+      return [run.code, (await calls()).length - before];
+    };
+    assertEquals(await runCounting("a.yaml"), [1, 1]);
+    assertEquals(await runCounting("b.yaml"), [1, 1]);
+    assertEquals(await runCounting("a.yaml"), [0, 0]);
+    assertEquals(await runCounting("b.yaml"), [0, 0], "a.yaml's run dropped b.yaml's record");
+  });
+});
+
+Deno.test("--check with nothing to check is UNKNOWN; --json stays one document whatever fails", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "ocspbot-json-" });
+  try {
+    await Deno.mkdir(path.join(dir, "empty"));
+    const write = (config: string) => Deno.writeTextFile(path.join(dir, "ocspbot.yaml"), config);
+    await t.step("no certificate found: UNKNOWN, 3", async () => {
+      await write("minimum_validity: 1d\nscan_keys:\n  - folder: empty\n");
+      const check = await runBot(dir, ["--check"]);
+      assertEquals(check.code, 3, check.stdout);
+      assertMatch(check.stdout, /^OCSP UNKNOWN - no certificates found in the configuration$/m);
+    });
+    const cases: [string, string, string[], number, RegExp][] = [
+      [
+        "--check, a config that does not parse",
+        "a: [1, 2\n",
+        ["--check", "--json"],
+        3,
+        /Cannot parse config/,
+      ],
+      ["a run, a config that does not parse", "a: [1, 2\n", ["--json"], 254, /Cannot parse config/],
+      ["a run, a bad interval", "minimum_validity: soon\n", ["--json"], 253, /minimum_validity/],
+      [
+        "--check, an unknown option",
+        "minimum_validity: 1d\n",
+        ["--check", "--json", "--nope"],
+        3,
+        /Unknown option/,
+      ],
+    ];
+    for (const [name, config, args, status, error] of cases) {
+      await t.step(name, async () => {
+        await write(config);
+        const run = await runBot(dir, args);
+        assertEquals(run.code, status, run.stdout + run.stderr);
+        const report = JSON.parse(run.stdout);
+        assertEquals(report.status, status);
+        assertMatch(report.error, error);
+        assertEquals(report.certificates, {});
+      });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("metrics_file: the textfile a node_exporter reads, after a run and after --check", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(
+      ca,
+      ["a.test"],
+      BASE_CONFIG + "metrics_file: metrics/ocspbot.prom\n",
+    );
+    const file = path.join(site, "metrics", "ocspbot.prom");
+    const run = await runBot(site, ["--json"]);
+    assertEquals(run.code, 1, run.stderr);
+    const nextUpdate = Date.parse(JSON.parse(run.stdout).certificates["a.test"].nextUpdate) / 1000;
+    const metrics = await Deno.readTextFile(file);
+    assertMatch(metrics, /^# TYPE ocspbot_response_next_update_timestamp_seconds gauge$/m);
+    assert(
+      metrics.includes(
+        `ocspbot_response_next_update_timestamp_seconds{id="a.test"} ${nextUpdate}\n`,
+      ),
+      metrics,
+    );
+    assertMatch(metrics, /^ocspbot_last_attempt_success\{id="a\.test"\} 1$/m);
+    assertMatch(metrics, /^ocspbot_certificate_revoked\{id="a\.test"\} 0$/m);
+    assertMatch(metrics, /^ocspbot_run_exit_status\{mode="run"\} 1$/m);
+    assertMatch(metrics, /^ocspbot_run_certificates\{mode="run",result="renewed"\} 1$/m);
+
+    assertEquals((await runBot(site, ["--check"])).code, 0);
+    const both = await Deno.readTextFile(file);
+    assertMatch(both, /^ocspbot_run_exit_status\{mode="run"\} 1$/m);
+    assertMatch(both, /^ocspbot_run_exit_status\{mode="check"\} 0$/m);
+    assertMatch(both, /^ocspbot_run_certificates\{mode="check",result="fresh"\} 1$/m);
   });
 });
 

@@ -4,8 +4,9 @@
  * Real servers staple what ocspbot writes: nginx (ssl_stapling_file) and
  * HAProxy (`<crt>.ocsp`, and `set ssl ocsp-response` on its runtime API),
  * started on 127.0.0.1 from Debian's packages, checked with a real TLS
- * client, `openssl s_client -status`. Needs `nginx` and `haproxy` on PATH
- * (`apt-get install nginx haproxy`); run with `deno task test:servers`.
+ * client, `openssl s_client -status`; and Prometheus' own promtool accepts
+ * the metrics file. Needs `nginx`, `haproxy` and `promtool` on PATH
+ * (`apt-get install nginx haproxy prometheus`); run with `deno task test:servers`.
  *
  * @module
  */
@@ -262,7 +263,7 @@ domains:
         );
         const before = await stapled(port, ca);
         await nextSecond();
-        const run = await runBot(site, ["--force", "a.test"], {}, HAPROXY_PERMISSIONS);
+        const run = await runBot(site, ["--force", "--only", "a.test"], {}, HAPROXY_PERMISSIONS);
         assertEquals(run.code, 1, run.stdout + run.stderr);
         assertMatch(run.stdout, /\[a\.test\] Pushed the new response to HAProxy/);
         const renewed = await responseText(response);
@@ -272,7 +273,7 @@ domains:
       await t.step(
         "a push HAProxy refuses is an error; the file keeps the new response",
         async () => {
-          const run = await runBot(site, ["--force", "b.test"], {}, HAPROXY_PERMISSIONS);
+          const run = await runBot(site, ["--force", "--only", "b.test"], {}, HAPROXY_PERMISSIONS);
           assertEquals(run.code, 255, run.stdout + run.stderr);
           assertMatch(
             run.stderr,
@@ -288,7 +289,7 @@ domains:
           path.join(site, "ocspbot.yaml"),
           config({ top: nowhere, b: socket }),
         );
-        const run = await runBot(site, ["--force", "a.test"], {}, HAPROXY_PERMISSIONS);
+        const run = await runBot(site, ["--force", "--only", "a.test"], {}, HAPROXY_PERMISSIONS);
         assertEquals(run.code, 255);
         assertMatch(run.stderr, /Cannot reach HAProxy's socket ".*nowhere\.sock"/);
       });
@@ -380,6 +381,44 @@ ${extra}`;
         assertEquals(check.code !== 0, true, "haproxy -c passes: this test could not fail");
         assertMatch(check.output, /unable to load .*a\.test\.pem\.ocsp-\d{8}-\d{6}/);
       },
+    );
+  } finally {
+    await ca.close();
+  }
+});
+
+Deno.test("promtool accepts the metrics_file of a run and of --check", async () => {
+  const ca = await TestCa.create();
+  try {
+    const site = path.join(ca.dir, "site");
+    await ca.issueLeaf(path.join(site, "certs"), "a.test");
+    await ca.issueLeaf(path.join(site, "certs"), 'quote"and\\slash.test');
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      "minimum_validity: 6h\nocsp_folder: responses\nmetrics_file: ocspbot.prom\nscan_keys:\n  - folder: certs\n",
+    );
+    const promtool = async () => {
+      const child = new Deno.Command("promtool", {
+        args: ["check", "metrics"],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const writer = child.stdin.getWriter();
+      await writer.write(await Deno.readFile(path.join(site, "ocspbot.prom")));
+      await writer.close();
+      const { code, stdout, stderr } = await child.output();
+      return { code, output: decoder.decode(stdout) + decoder.decode(stderr) };
+    };
+    assertEquals((await runBot(site)).code, 2);
+    const afterRun = await promtool();
+    assertEquals([afterRun.code, afterRun.output], [0, ""]);
+    assertEquals((await runBot(site, ["--check"])).code, 0);
+    const afterCheck = await promtool();
+    assertEquals([afterCheck.code, afterCheck.output], [0, ""]);
+    assertMatch(
+      await Deno.readTextFile(path.join(site, "ocspbot.prom")),
+      /^ocspbot_last_attempt_success\{id="quote\\"and\\\\slash\.test"\} 1$/m,
     );
   } finally {
     await ca.close();
