@@ -73,9 +73,12 @@ export interface RenewalPolicy {
 /** One entry of `domains`, as written in a config file. */
 export interface DomainEntry {
   id: string;
+  /** The leaf alone, or a bundle: leaf, intermediates and even the key, in any order. */
   cert: string;
-  chain: string;
-  rootchain: string;
+  /** Left out: the intermediates come from the cert file. */
+  chain?: string;
+  /** Left out: verified against openssl's default trust store (the system's CA bundle). */
+  rootchain?: string;
   ocsp: string;
   /** `ocsp_responder_uri`, unless it says `certificate`. */
   responderUri?: string;
@@ -89,9 +92,11 @@ export interface DomainEntry {
 export interface ScanEntry {
   folder: string;
   recursive: boolean;
+  /** May put `{domain}` in a folder part: `{domain}/cert.pem` (certbot's live/). */
   certMask: string;
-  chainMask: string;
-  rootchainMask: string;
+  /** undefined (`null` or "" in the config): no chain file, as for DomainEntry. */
+  chainMask?: string;
+  rootchainMask?: string;
   ocspMask: string;
   haproxySocket?: string;
   source: string;
@@ -136,8 +141,8 @@ export interface Config {
 export interface Target {
   id: string;
   certPath: string;
-  chainPath: string;
-  rootchainPath: string;
+  chainPath?: string;
+  rootchainPath?: string;
   responsePath: string;
   responderUri?: string;
   /** Where to push a renewed response into a running HAProxy. */
@@ -648,8 +653,8 @@ class ConfigReader {
       return {
         id,
         cert: required("cert"),
-        chain: required("chain"),
-        rootchain: required("rootchain"),
+        chain: this.string(entry, "chain", `${name}.chain`),
+        rootchain: this.string(entry, "rootchain", `${name}.rootchain`),
         ocsp: required("ocsp"),
         responderUri: responderUri === "certificate" ? undefined : responderUri,
         haproxySocket: this.string(entry, "haproxy_socket", `${name}.haproxy_socket`),
@@ -663,21 +668,36 @@ class ConfigReader {
       const name = `scan_keys[${index}]`;
       const entry = this.mapping(value, name);
       this.warnUnknownKeys(entry, SCAN_KEYS, `${name}.`);
-      const mask = (key: string, fallback: string, needsDomain: boolean) => {
+      const mask = (key: string, fallback: string) => {
         const text = this.string(entry, key, `${name}.${key}`, fallback);
-        if (needsDomain && !text.includes("{domain}")) {
+        if (!text.includes("{domain}")) {
           this.fail(`${name}.${key}`, `must contain "{domain}", got "${text}"`);
         }
         return text;
       };
+      const certMask = () => {
+        const text = mask("cert_mask", "{domain}.pem");
+        if (text.includes("/") && !text.split("/")[0].includes("{domain}")) {
+          this.fail(
+            `${name}.cert_mask`,
+            `has a folder without "{domain}" ("${text}"): put the folder in "folder", or {domain} in the first folder, as "{domain}/cert.pem"`,
+          );
+        }
+        return text;
+      };
+      // Left out: the Python bot's default. null or "": no such file.
+      const optionalMask = (key: string, fallback: string) =>
+        key in entry && (entry[key] === null || entry[key] === "")
+          ? undefined
+          : this.string(entry, key, `${name}.${key}`, fallback);
       const folder = this.string(entry, "folder", `${name}.folder`, "");
       return {
         folder,
         recursive: this.boolean(entry, "recursive", `${name}.recursive`, true),
-        certMask: mask("cert_mask", "{domain}.pem", true),
-        chainMask: mask("chain_mask", "{domain}-chain.pem", false),
-        rootchainMask: mask("rootchain_mask", "{domain}-rootchain.pem", false),
-        ocspMask: mask("ocsp_mask", "{domain}.ocsp-resp", true),
+        certMask: certMask(),
+        chainMask: optionalMask("chain_mask", "{domain}-chain.pem"),
+        rootchainMask: optionalMask("rootchain_mask", "{domain}-rootchain.pem"),
+        ocspMask: mask("ocsp_mask", "{domain}.ocsp-resp"),
         haproxySocket: this.string(entry, "haproxy_socket", `${name}.haproxy_socket`),
         source: `scan_keys folder "${folder}" of config "${this.file}"`,
       };
@@ -1902,57 +1922,62 @@ class NoResponse extends Error {}
 /** openssl ran past its deadline and was stopped. */
 class OpensslTimeout extends Error {}
 
-/** How openssl is given a certificate's issuer: the chain file, or the issuer's PEM on stdin. */
-interface IssuerInput {
-  file: string;
-  pem?: string;
+/**
+ * What openssl is told about a certificate: its issuer (the chain file when
+ * its first certificate is the one, else the issuer's PEM on stdin) and the
+ * leaf's serial. With -serial, openssl needs no file holding the leaf alone.
+ */
+interface RequestInput {
+  issuerFile: string;
+  issuerPem?: string;
+  serial: string;
 }
 
-const issuerInputs = new WeakMap<Target, IssuerInput>();
+const requestInputs = new WeakMap<Target, RequestInput>();
 
 /**
- * The certificate's issuer among the chain file's certificates, whatever
- * their order. openssl takes the first certificate of `-issuer`'s file; the
- * wrong one makes it ask about another certificate and fail late with "root
- * ca not trusted". Throws naming both files, before any request, when no
- * certificate of the chain issued it.
+ * The leaf of the cert file and its issuer among every intermediate the cert
+ * and chain files hold, whatever their order: openssl takes the first
+ * certificate of `-issuer`'s file, and the wrong one makes it ask about
+ * another certificate and fail late with "root ca not trusted". Throws
+ * naming the files, before any request, when none issued the leaf.
  */
-function issuerInput(target: Target): IssuerInput {
-  const known = issuerInputs.get(target);
+function requestInput(target: Target): RequestInput {
+  const known = requestInputs.get(target);
   if (known) return known;
-  const chainText = readInput(target.chainPath, "chain", Deno.readTextFileSync);
-  const blocks = pemCertificates(chainText);
-  let input: IssuerInput = { file: target.chainPath };
-  if (blocks.length > 0) {
-    const leaf = readX509(
-      readInput(target.certPath, "certificate", Deno.readFileSync),
-      target.certPath,
+  const bundle = readBundle(target.certPath, "certificate");
+  const chain = target.chainPath ? readBundle(target.chainPath, "chain").certificates : [];
+  const candidates = [...chain, ...bundle.certificates.filter((c) => c !== bundle.leaf)];
+  const index = findIssuer(bundle.leaf.x509, candidates.map((c) => c.x509));
+  if (index < 0) {
+    const where = target.chainPath
+      ? `Chain "${target.chainPath}" and certificate "${target.certPath}" hold`
+      : `Certificate "${target.certPath}" holds`;
+    throw new Error(
+      `${where} no certificate that issued "${target.certPath}" (issuer "${bundle.leaf.x509.issuer}"); put the intermediate that signed it in ${
+        target.chainPath ? "the chain file" : "the certificate file, or give a chain"
+      }; no responder was asked`,
     );
-    const index = findIssuer(leaf, blocks.map((block) => readX509(block, target.chainPath)));
-    if (index < 0) {
-      throw new Error(
-        `Chain "${target.chainPath}" holds no certificate that issued "${target.certPath}" (issuer "${leaf.issuer}"); put the intermediate that signed it in the chain file; no responder was asked`,
-      );
-    }
-    if (index > 0) input = { file: "/dev/stdin", pem: blocks[index] };
   }
-  issuerInputs.set(target, input);
+  const serial = bundle.leaf.x509.serialNumber;
+  const input: RequestInput = index === 0 && target.chainPath
+    ? { issuerFile: target.chainPath, serial }
+    : { issuerFile: "/dev/stdin", issuerPem: candidates[index].pem, serial };
+  requestInputs.set(target, input);
   return input;
 }
 
-/** The flags that make `openssl ocsp` verify a response as the Python bot did. */
-function verificationArgs(target: Target, issuer: IssuerInput): string[] {
-  return [
-    "-no_nonce",
-    "-issuer",
-    issuer.file,
-    "-cert",
-    target.certPath,
-    "-CAfile",
-    target.rootchainPath,
-    "-VAfile",
-    target.rootchainPath,
-  ];
+/**
+ * The flags that make `openssl ocsp` verify a response: against the
+ * rootchain as the Python bot did (`-CAfile`, `-VAfile`), or without one
+ * against openssl's default trust store, with the intermediates given as
+ * untrusted certificates.
+ */
+function verificationArgs(target: Target, input: RequestInput): string[] {
+  const trust = target.rootchainPath
+    ? ["-CAfile", target.rootchainPath, "-VAfile", target.rootchainPath]
+    : ["-verify_other", target.chainPath ?? target.certPath];
+  return ["-no_nonce", "-issuer", input.issuerFile, "-serial", `0x${input.serial}`, ...trust];
 }
 
 /** Verifies a stored response and reads its status and dates. */
@@ -1960,17 +1985,17 @@ async function checkStoredResponse(
   target: Target,
   config: Config,
 ): Promise<ResponseReport> {
-  const issuer = issuerInput(target);
+  const input = requestInput(target);
   const result = await runOpenssl(
     config.opensslExecutable,
     [
       "ocsp",
       "-respin",
       target.responsePath,
-      ...verificationArgs(target, issuer),
+      ...verificationArgs(target, input),
     ],
     config.timeoutSeconds,
-    issuer.pem,
+    input.issuerPem,
   );
   return parseOcspOutput(result.stdout, result.stderr, result.code);
 }
@@ -1986,7 +2011,7 @@ async function fetchResponse(
   responderUrl: string,
   config: Config,
 ): Promise<{ report: ResponseReport; bytes: Uint8Array }> {
-  const issuer = issuerInput(target);
+  const input = requestInput(target);
   const result = await runOpenssl(
     config.opensslExecutable,
     [
@@ -2002,10 +2027,10 @@ async function fetchResponse(
       String(Math.ceil(config.timeoutSeconds)),
       "-respout",
       "-",
-      ...verificationArgs(target, issuer),
+      ...verificationArgs(target, input),
     ],
     config.timeoutSeconds,
-    issuer.pem,
+    input.issuerPem,
   );
   const responseLength = derLength(result.output);
   if (responseLength === undefined) {
@@ -2106,9 +2131,44 @@ function readX509(certificate: Uint8Array | string, file: string): X509Certifica
   }
 }
 
+/** A certificate of a file, parsed, with its PEM text. */
+interface FileCertificate {
+  x509: X509Certificate;
+  pem: string;
+}
+
+/**
+ * The certificates of a PEM file a server uses, in order, and its leaf: the
+ * one that issued no other (HAProxy's crt bundles hold the key, the leaf and
+ * the intermediates in any order; nginx's fullchain the leaf first). Blocks
+ * that are not certificates, a private key among them, are skipped and not
+ * kept. A DER file is one certificate.
+ */
+export function parseBundle(bytes: Uint8Array, file: string): {
+  certificates: FileCertificate[];
+  leaf: FileCertificate;
+} {
+  const pems = pemCertificates(new TextDecoder().decode(bytes));
+  if (pems.length === 0) {
+    const x509 = readX509(bytes, file);
+    const only = { x509, pem: x509.toString() };
+    return { certificates: [only], leaf: only };
+  }
+  const certificates = pems.map((pem) => ({ x509: readX509(pem, file), pem }));
+  const leaf =
+    certificates.find((candidate) =>
+      !certificates.some((other) => other !== candidate && other.x509.checkIssued(candidate.x509))
+    ) ?? certificates[0];
+  return { certificates, leaf };
+}
+
+function readBundle(file: string, what: string) {
+  return parseBundle(readInput(file, what, Deno.readFileSync), file);
+}
+
 /** Reads a certificate's dates and OCSP URLs in-process: no openssl needed. */
 export function parseCertificate(bytes: Uint8Array, file: string): CertificateInfo {
-  const cert = readX509(bytes, file);
+  const cert = parseBundle(bytes, file).leaf.x509;
   const ocspUrls = (cert.infoAccess ?? "").split("\n")
     .filter((line) => line.startsWith("OCSP - URI:"))
     .map((line) => line.slice("OCSP - URI:".length).trim());
@@ -2484,7 +2544,12 @@ function inFolder(dir: string, name: string): string {
   return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
 }
 
-/** Finds the (cert, chain, rootchain) triples of one scan_keys entry. */
+/**
+ * Finds the certificates of one scan_keys entry: a file matching cert_mask
+ * whose chain and rootchain (where masks name them) exist. A cert_mask with
+ * `{domain}` in its first folder, as certbot's `{domain}/cert.pem`, takes
+ * the domain from a subfolder's name; links are followed.
+ */
 function scanForTargets(
   entry: ScanEntry,
   ocspFolder: string,
@@ -2500,29 +2565,34 @@ function scanForTargets(
       EXIT.configInvalid,
     );
   }
-  const [certMask, chainMask, rootchainMask, ocspMask] = [
-    entry.certMask,
-    entry.chainMask,
-    entry.rootchainMask,
-    entry.ocspMask,
-  ].map((mask) => new Mask(mask));
+  const certMask = new Mask(entry.certMask);
+  const ocspMask = new Mask(entry.ocspMask);
+  const [chainMask, rootchainMask] = [entry.chainMask, entry.rootchainMask]
+    .map((mask) => mask === undefined ? undefined : new Mask(mask));
+  const slash = entry.certMask.indexOf("/");
+  // `{domain}/cert.pem`: the domain is a folder's name, the file is inside it.
+  const folderMask = slash < 0 ? undefined : new Mask(entry.certMask.slice(0, slash));
   const targets: Target[] = [];
   const walk = (relative: string) => {
     const dir = path.join(root, relative);
     const responseDir = path.resolve(ocspFolder, relative);
     const { files, folders } = listFolder(dir);
+    const exists = (name: string) =>
+      name.includes("/") ? isFile(path.join(dir, name)) : files.has(name);
     const found: Target[] = [];
-    for (const name of files) {
-      const domain = certMask.match(name);
+    for (const name of folderMask ? folders : files) {
+      const domain = (folderMask ?? certMask).match(name);
       if (domain === undefined) continue;
-      const chain = chainMask.fill(domain);
-      const rootchain = rootchainMask.fill(domain);
-      if (!files.has(chain) || !files.has(rootchain)) continue;
+      const cert = certMask.fill(domain);
+      const chain = chainMask?.fill(domain);
+      const rootchain = rootchainMask?.fill(domain);
+      if (folderMask && !exists(cert)) continue;
+      if ((chain && !exists(chain)) || (rootchain && !exists(rootchain))) continue;
       found.push({
         id: domain,
-        certPath: inFolder(dir, name),
-        chainPath: inFolder(dir, chain),
-        rootchainPath: inFolder(dir, rootchain),
+        certPath: inFolder(dir, cert),
+        chainPath: chain && inFolder(dir, chain),
+        rootchainPath: rootchain && inFolder(dir, rootchain),
         responsePath: inFolder(responseDir, ocspMask.fill(domain)),
         haproxySocket: entry.haproxySocket ?? haproxySocket,
         source: entry.source,
@@ -2545,7 +2615,7 @@ function domainTarget(
   haproxySocket: string | undefined,
 ): Target {
   for (const key of ["cert", "chain", "rootchain"] as const) {
-    if (!isFile(entry[key])) {
+    if (entry[key] !== undefined && !isFile(entry[key])) {
       throw new ExitError(
         `Config "${entry.file}": "domains.${entry.id}.${key}" names "${
           entry[key]
@@ -2784,7 +2854,10 @@ async function inspect(target: Target, context: RunContext): Promise<Inspection>
     [target.chainPath, "chain"],
     [target.rootchainPath, "rootchain"],
   ] as const).map(([file, what], i) =>
-    identify(file, readInput(file, what, Deno.statSync), record?.files?.[i + 1], what)
+    // A chain or rootchain left out is "" in the record: nothing to compare.
+    file === undefined
+      ? ""
+      : identify(file, readInput(file, what, Deno.statSync), record?.files?.[i + 1], what)
   );
   const storedInfo = storedResponseInfo(target.responsePath, record !== undefined);
   const storedEntry = storedInfo &&

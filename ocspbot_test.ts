@@ -197,9 +197,14 @@ Deno.test("interpretConfig() names the file and key of every error", async (t) =
     ["timeout 0", { minimum_validity: "1d", timeout: 0 }, /"timeout"/],
     ["domains a list", { minimum_validity: "1d", domains: [] }, /"domains" must be a mapping/],
     [
-      "domain without rootchain",
-      { minimum_validity: "1d", domains: { "a.test": { cert: "a", chain: "b", ocsp: "d" } } },
-      /"domains.a.test.rootchain" is missing/,
+      "domain without ocsp",
+      { minimum_validity: "1d", domains: { "a.test": { cert: "a", chain: "b" } } },
+      /"domains.a.test.ocsp" is missing/,
+    ],
+    [
+      "cert_mask with a folder but no {domain} in it",
+      { minimum_validity: "1d", scan_keys: [{ cert_mask: "live/{domain}.pem" }] },
+      /"scan_keys\[0\].cert_mask" has a folder without "\{domain\}"/,
     ],
     [
       "domain with bad responder URI",
@@ -1894,7 +1899,7 @@ Deno.test("the chain's issuer is found whatever the order; without one, no respo
       assertEquals(run.code, 255, run.stdout + run.stderr);
       assertMatch(
         run.stderr,
-        /^\[a\.test\] ERROR: Chain ".*a\.test-chain\.pem" holds no certificate that issued ".*a\.test\.pem" \(issuer "CN=ocspbot test intermediate"\); put the intermediate that signed it in the chain file; no responder was asked$/m,
+        /^\[a\.test\] ERROR: Chain ".*a\.test-chain\.pem" and certificate ".*a\.test\.pem" hold no certificate that issued ".*a\.test\.pem" \(issuer "CN=ocspbot test intermediate"\); put the intermediate that signed it in the chain file; no responder was asked$/m,
       );
       assertEquals(ca.hostHeaders.length, asked, "a responder was asked");
     });
@@ -2110,6 +2115,148 @@ Deno.test("metrics_file: the textfile a node_exporter reads, after a run and aft
     assertMatch(both, /^ocspbot_run_exit_status\{mode="run"\} 1$/m);
     assertMatch(both, /^ocspbot_run_exit_status\{mode="check"\} 0$/m);
     assertMatch(both, /^ocspbot_run_certificates\{mode="check",result="fresh"\} 1$/m);
+  });
+});
+
+Deno.test("the files a server already has: bundles, fullchain, certbot and acme.sh folders", async (t) => {
+  await withCa(async (ca) => {
+    const site = path.join(ca.dir, "site");
+    const key = await Deno.readTextFile(path.join(ca.dir, "leaf.key"));
+    const intermediate = await Deno.readTextFile(ca.chain);
+    // The test root as the system's CA bundle: openssl's default store reads SSL_CERT_FILE.
+    const systemStore = { SSL_CERT_FILE: path.join(ca.dir, "root.pem") };
+    /** Issues a leaf for `name`, somewhere out of the way; returns its PEM and file. */
+    const issue = async (name: string) => {
+      const files = await ca.issueLeaf(path.join(ca.dir, "issued", crypto.randomUUID()), name);
+      return { pem: await Deno.readTextFile(files.cert), file: files.cert };
+    };
+    const layout = async (name: string, files: Record<string, string>, config: string) => {
+      const dir = path.join(site, name);
+      for (const [file, text] of Object.entries(files)) {
+        await Deno.mkdir(path.dirname(path.join(dir, file)), { recursive: true });
+        await Deno.writeTextFile(path.join(dir, file), text);
+      }
+      await Deno.writeTextFile(
+        path.join(dir, "ocspbot.yaml"),
+        "minimum_validity: 6h\nocsp_folder: responses\n" + config,
+      );
+      return dir;
+    };
+    const renewsGood = async (dir: string, response: string, leaf: string, env = {}) => {
+      const run = await runBot(dir, [], env);
+      assertEquals(run.code, 1, run.stdout + run.stderr);
+      assertEquals(await ca.verifiedStatus(path.join(dir, "responses", response), leaf), "good");
+    };
+
+    await t.step("nginx's fullchain.pem as cert, no chain", async () => {
+      const leaf = await issue("www.test");
+      const dir = await layout(
+        "nginx",
+        { "fullchain.pem": leaf.pem + intermediate },
+        `domains:
+  www.test:
+    cert: fullchain.pem
+    rootchain: ${ca.rootchain}
+    ocsp: www.der
+`,
+      );
+      await renewsGood(dir, "www.der", leaf.file);
+    });
+    for (
+      const [where, order] of [["first", [0, 1, 2]], ["in the middle", [1, 0, 2]], ["last", [
+        1,
+        2,
+        0,
+      ]]] as const
+    ) {
+      await t.step(`an HAProxy crt bundle with the key ${where}`, async () => {
+        const leaf = await issue("hap.test");
+        const parts = [key, leaf.pem, intermediate];
+        const dir = await layout(
+          `haproxy-${order.join("")}`,
+          {
+            "hap.test.pem": order.map((i) => parts[i]).join(""),
+          },
+          `domains:
+  hap.test:
+    cert: hap.test.pem
+    rootchain: ${ca.rootchain}
+    ocsp: hap.test.pem.ocsp
+`,
+        );
+        await renewsGood(dir, "hap.test.pem.ocsp", leaf.file);
+      });
+    }
+    await t.step("no rootchain: the system's trust store, which must hold the root", async () => {
+      const leaf = await issue("sys.test");
+      const config =
+        "domains:\n  sys.test:\n    cert: cert.pem\n    chain: chain.pem\n    ocsp: sys.der\n";
+      const dir = await layout(
+        "system-store",
+        { "cert.pem": leaf.pem, "chain.pem": intermediate },
+        config,
+      );
+      const elsewhere = await runBot(dir, [], { SSL_CERT_FILE: ca.chain });
+      assertEquals(elsewhere.code, 255, "verified without the root in the trust store");
+      await renewsGood(dir, "sys.der", leaf.file, systemStore);
+    });
+    await t.step(
+      "certbot's live/ links into archive/, and a renewal that re-points them",
+      async () => {
+        const first = await issue("bot.test");
+        const archive = {
+          "archive/bot.test/cert1.pem": first.pem,
+          "archive/bot.test/chain1.pem": intermediate,
+        };
+        const dir = await layout(
+          "certbot",
+          archive,
+          `scan_keys:
+  - folder: live
+    cert_mask: "{domain}/cert.pem"
+    chain_mask: "{domain}/chain.pem"
+    rootchain_mask: null
+    ocsp_mask: "{domain}.der"
+`,
+        );
+        const link = async (generation: number) => {
+          await Deno.mkdir(path.join(dir, "live", "bot.test"), { recursive: true });
+          for (const name of ["cert", "chain"]) {
+            const at = path.join(dir, "live", "bot.test", `${name}.pem`);
+            await Deno.remove(at).catch(() => {});
+            await Deno.symlink(`../../archive/bot.test/${name}${generation}.pem`, at);
+          }
+        };
+        await link(1);
+        await renewsGood(dir, "bot.test.der", first.file, systemStore);
+        const second = await issue("bot.test");
+        await Deno.writeTextFile(path.join(dir, "archive", "bot.test", "cert2.pem"), second.pem);
+        await Deno.writeTextFile(path.join(dir, "archive", "bot.test", "chain2.pem"), intermediate);
+        await link(2);
+        // No --force: the certificate changed, so the stored response is for another one.
+        await renewsGood(dir, "bot.test.der", second.file, systemStore);
+      },
+    );
+    await t.step("an acme.sh folder", async () => {
+      const leaf = await issue("acme.test");
+      const dir = await layout(
+        "acme",
+        {
+          "acme.sh/acme.test/acme.test.cer": leaf.pem,
+          "acme.sh/acme.test/ca.cer": intermediate,
+          "acme.sh/acme.test/fullchain.cer": leaf.pem + intermediate,
+          "acme.sh/ca/README": "not a certificate folder",
+        },
+        `scan_keys:
+  - folder: acme.sh
+    cert_mask: "{domain}/{domain}.cer"
+    chain_mask: "{domain}/ca.cer"
+    rootchain_mask: ""
+    ocsp_mask: "{domain}.der"
+`,
+      );
+      await renewsGood(dir, "acme.test.der", leaf.file, systemStore);
+    });
   });
 });
 

@@ -358,6 +358,8 @@ export class TestCa {
   #writeIndex(): void {
     const lines = [...this.#index.values()].map((line) => line + "\n");
     Deno.writeTextFileSync(this.#file("index.txt"), lines.join(""));
+    // A name issued twice (a renewed certificate) is two valid entries of one subject.
+    Deno.writeTextFileSync(this.#file("index.txt.attr"), "unique_subject = no\n");
   }
 
   /**
