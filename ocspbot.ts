@@ -29,8 +29,8 @@
  * because Deno counts HAProxy's Unix socket as network.
  *
  * `--v8-flags=--max-semi-space-size=1` is optional: it keeps V8's young
- * generation small, which with thousands of certificates saves a third of
- * the memory and some time (see the README's Performance section).
+ * generation small, which with thousands of certificates saves a fifth of
+ * the memory (see the README's Performance section).
  *
  * @module
  */
