@@ -429,9 +429,10 @@ Exit status:
   254      configuration or log file could not be loaded (Python bot: -2)
   255      a certificate or on_change failed, another run holds the lock,
            or a signal stopped the run           (Python bot: -1)
-With --check: 0 all fresh, 1 some due, 2 a response missing, expired, not
-good or not verifying (or any problem of a must-staple certificate),
-3 the check could not run.
+With --check: 0 all fresh, 1 some due or renewals failing, 2 revoked, a
+response missing, expired, not good or not verifying, renewals failing with
+under half the renewal window left (or any problem of a must-staple
+certificate), 3 the check could not run or found no certificate.
 `;
 
 // ------------------------------------------------- pure: command line --
