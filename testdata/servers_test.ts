@@ -1,12 +1,14 @@
 // Copyright 2026 the ocspbot authors. MIT license.
 
 /**
- * Real servers staple what ocspbot writes: nginx (ssl_stapling_file) and
- * HAProxy (`<crt>.ocsp`, and `set ssl ocsp-response` on its runtime API),
+ * Real servers staple what ocspbot writes: nginx (ssl_stapling_file),
+ * HAProxy (`<crt>.ocsp`, and `set ssl ocsp-response` on its runtime API) and
+ * lighttpd (ssl.stapling-file),
  * started on 127.0.0.1 from Debian's packages, checked with a real TLS
  * client, `openssl s_client -status`; and Prometheus' own promtool accepts
- * the metrics file. Needs `nginx`, `haproxy` and `promtool` on PATH
- * (`apt-get install nginx haproxy prometheus`); run with `deno task test:servers`.
+ * the metrics file. Needs `nginx`, `haproxy`, `lighttpd` (with mod_openssl) and
+ * `promtool` on PATH (`apt-get install nginx haproxy lighttpd lighttpd-mod-openssl
+ * prometheus`); run with `deno task test:servers`.
  *
  * @module
  */
@@ -420,6 +422,139 @@ Deno.test("promtool accepts the metrics_file of a run and of --check", async () 
       await Deno.readTextFile(path.join(site, "ocspbot.prom")),
       /^ocspbot_last_attempt_success\{id="quote\\"and\\\\slash\.test"\} 1$/m,
     );
+  } finally {
+    await ca.close();
+  }
+});
+
+Deno.test("HAProxy's crt folder of key-first bundles is its own ocsp_folder, and staples what ocspbot writes", async () => {
+  const ca = await TestCa.create();
+  try {
+    const site = path.join(ca.dir, "site");
+    const crt = path.join(site, "crt");
+    await Deno.mkdir(crt, { recursive: true });
+    const key = await Deno.readTextFile(path.join(ca.dir, "leaf.key"));
+    for (const name of ["a.test", "b.test"]) {
+      const leaf = await ca.issueLeaf(path.join(site, "issued"), name);
+      // HAProxy's own order: the key first, then the certificate and its intermediate.
+      await Deno.writeTextFile(
+        path.join(crt, `${name}.pem`),
+        key + await Deno.readTextFile(leaf.cert) + await Deno.readTextFile(ca.chain),
+      );
+    }
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      `minimum_validity: 6h
+ocsp_folder: crt
+scan_keys:
+  - folder: crt
+    cert_mask: "{domain}.pem"
+    chain_mask: null
+    rootchain_mask: null
+    ocsp_mask: "{domain}.pem.ocsp"
+`,
+    );
+    const port = freePort();
+    const config = path.join(site, "haproxy.cfg");
+    await Deno.writeTextFile(
+      config,
+      `defaults
+  mode http
+  timeout connect 1s
+  timeout client 5s
+  timeout server 5s
+frontend tls
+  bind 127.0.0.1:${port} ssl crt ${crt}/
+  http-request return status 200 content-type text/plain string ok
+`,
+    );
+    // The test root stands for the system's CA bundle.
+    const systemStore = { SSL_CERT_FILE: path.join(ca.dir, "root.pem") };
+    const first = await runBot(site, [], systemStore);
+    assertEquals(first.code, 2, first.stdout + first.stderr);
+    const second = await runBot(site, [], systemStore);
+    assertEquals(second.code, 0, second.stdout + second.stderr);
+    const check = await new Deno.Command("haproxy", { args: ["-c", "-f", config], stdin: "null" })
+      .output();
+    assertEquals(check.code, 0, decoder.decode(check.stdout) + decoder.decode(check.stderr));
+    await withServer("haproxy", ["-f", config, "-db"], port, async () => {
+      const served = await stapled(port, ca);
+      assertMatch(served, /Cert Status: good/);
+      assertEquals(served, await responseText(path.join(crt, "a.test.pem.ocsp")));
+    });
+  } finally {
+    await ca.close();
+  }
+});
+
+Deno.test("lighttpd staples ocspbot's file, and a renewal only once on_change reloads it", async (t) => {
+  const ca = await TestCa.create();
+  try {
+    const site = path.join(ca.dir, "site");
+    const leaf = await ca.issueLeaf(path.join(site, "certs"), "a.test");
+    const fullchain = path.join(site, "fullchain.pem");
+    await Deno.writeTextFile(
+      fullchain,
+      await Deno.readTextFile(leaf.cert) + await Deno.readTextFile(ca.chain),
+    );
+    await Deno.mkdir(path.join(site, "www"));
+    const response = path.join(site, "responses", "a.test.ocsp-resp");
+    const port = freePort();
+    const config = path.join(site, "lighttpd.conf");
+    await Deno.writeTextFile(
+      config,
+      `server.document-root = "${site}/www"
+server.bind = "127.0.0.1"
+server.port = ${port}
+server.modules = ("mod_openssl")
+server.errorlog = "${site}/error.log"
+ssl.engine = "enable"
+ssl.pemfile = "${fullchain}"
+ssl.privkey = "${path.join(ca.dir, "leaf.key")}"
+ssl.stapling-file = "${response}"
+`,
+    );
+    const botConfig = (onChange: string) =>
+      Deno.writeTextFile(
+        path.join(site, "ocspbot.yaml"),
+        `minimum_validity: 6h\nocsp_folder: responses\n${onChange}scan_keys:\n  - folder: certs\n`,
+      );
+    await botConfig("");
+    assertEquals((await runBot(site)).code, 1);
+    const server = new Deno.Command("lighttpd", {
+      args: ["-D", "-f", config],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      const first = await waitFor(10, () => stapled(port, ca), (text) => text !== "");
+      await t.step("the file it started with is stapled", async () => {
+        assertMatch(first, /Cert Status: good/);
+        assertEquals(first, await responseText(response));
+      });
+      await t.step("a renewed file alone is not served", async () => {
+        await nextSecond();
+        assertEquals((await runBot(site, ["--force"])).code, 1);
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+        assertEquals(await stapled(port, ca), first, "lighttpd reloads the file by itself now");
+      });
+      await t.step(
+        "after on_change reloads lighttpd (SIGUSR1), the renewal is served",
+        async () => {
+          await botConfig(`on_change: [kill, "-USR1", "${server.pid}"]\n`);
+          await nextSecond();
+          const run = await runBot(site, ["--force"]);
+          assertEquals(run.code, 1, run.stdout + run.stderr);
+          const renewed = await responseText(response);
+          const served = await waitFor(10, () => stapled(port, ca), (text) => text === renewed);
+          assertEquals(thisUpdate(served), thisUpdate(renewed));
+        },
+      );
+    } finally {
+      server.kill("SIGTERM");
+      await server.status;
+    }
   } finally {
     await ca.close();
   }
