@@ -2260,6 +2260,49 @@ Deno.test("the files a server already has: bundles, fullchain, certbot and acme.
   });
 });
 
+Deno.test("two intermediates, in either order, in the chain or in a fullchain bundle", async (t) => {
+  const ca = await TestCa.create({ upper: true });
+  try {
+    const site = path.join(ca.dir, "site");
+    const leaf = await ca.issueLeaf(path.join(site, "issued"), "deep.test");
+    const cert = await Deno.readTextFile(leaf.cert);
+    const [intermediate, upper] = await Promise.all(
+      ["intermediate.pem", "upper.pem"].map((name) => Deno.readTextFile(path.join(ca.dir, name))),
+    );
+    const cases: [string, Record<string, string>, string][] = [
+      [
+        "chain: issuer first",
+        { "cert.pem": cert, "chain.pem": intermediate + upper },
+        "    chain: chain.pem\n",
+      ],
+      [
+        "chain: issuer last",
+        { "cert.pem": cert, "chain.pem": upper + intermediate },
+        "    chain: chain.pem\n",
+      ],
+      ["fullchain, upper first", { "cert.pem": cert + upper + intermediate }, ""],
+    ];
+    for (const [name, files, chainKey] of cases) {
+      await t.step(name, async () => {
+        const dir = path.join(site, crypto.randomUUID());
+        await Deno.mkdir(dir, { recursive: true });
+        for (const [file, text] of Object.entries(files)) {
+          await Deno.writeTextFile(path.join(dir, file), text);
+        }
+        await Deno.writeTextFile(
+          path.join(dir, "ocspbot.yaml"),
+          `minimum_validity: 6h\ndomains:\n  deep.test:\n    cert: cert.pem\n${chainKey}    rootchain: ${ca.rootchain}\n    ocsp: deep.der\n`,
+        );
+        const run = await runBot(dir);
+        assertEquals(run.code, 1, run.stdout + run.stderr);
+        assertEquals(await ca.verifiedStatus(path.join(dir, "deep.der"), leaf.cert), "good");
+      });
+    }
+  } finally {
+    await ca.close();
+  }
+});
+
 Deno.test("proxy, from the config or from http_proxy/no_proxy", async () => {
   await withCa(async (ca) => {
     // 127.0.0.2:9 answers nothing: only the proxy (the CA's listener) gets through.

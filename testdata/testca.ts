@@ -51,6 +51,11 @@ distinguished_name = dn
 basicConstraints = critical,CA:true
 keyUsage = critical,keyCertSign,cRLSign
 subjectKeyIdentifier = hash
+[ upper ]
+basicConstraints = critical,CA:true
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 [ intermediate ]
 basicConstraints = critical,CA:true,pathlen:0
 keyUsage = critical,keyCertSign,cRLSign
@@ -162,16 +167,24 @@ export class TestCa {
   #index = new Map<string, string>();
   #releaseHangs = Promise.withResolvers<void>();
 
-  private constructor(dir: string, server: Deno.HttpServer, port: number) {
+  /** With an upper intermediate: root, upper, intermediate, leaves. */
+  readonly #upper: boolean;
+
+  private constructor(dir: string, server: Deno.HttpServer, port: number, upper: boolean) {
     this.dir = dir;
     this.#server = server;
     this.url = `http://127.0.0.1:${port}/`;
-    this.chain = path.join(dir, "intermediate.pem");
+    this.#upper = upper;
+    this.chain = path.join(dir, upper ? "chain.pem" : "intermediate.pem");
     this.rootchain = path.join(dir, "rootchain.pem");
   }
 
-  /** Makes the CA keys and certificates and starts the responder. */
-  static async create(): Promise<TestCa> {
+  /**
+   * Makes the CA keys and certificates and starts the responder. `upper`
+   * puts a second intermediate between the root and the one that issues
+   * leaves; `chain` then holds both, the issuing one first.
+   */
+  static async create(options: { upper?: boolean } = {}): Promise<TestCa> {
     const dir = await Deno.makeTempDir({ prefix: "ocspbot-ca-" });
     const listening = Promise.withResolvers<number>();
     const server: Deno.HttpServer = Deno.serve({
@@ -179,7 +192,7 @@ export class TestCa {
       port: 0,
       onListen: ({ port }) => listening.resolve(port),
     }, (request): Promise<Response> => ca.#answer(request));
-    const ca: TestCa = new TestCa(dir, server, await listening.promise);
+    const ca: TestCa = new TestCa(dir, server, await listening.promise, options.upper ?? false);
     try {
       await ca.#makeAuthority();
     } catch (error) {
@@ -196,7 +209,9 @@ export class TestCa {
   async #makeAuthority(): Promise<void> {
     await Deno.writeTextFile(this.#file("ext.cnf"), EXTENSIONS);
     await Promise.all(
-      ["root", "intermediate", "signer", "leaf", "rogue"].map((name) =>
+      ["root", ...(this.#upper ? ["upper"] : []), "intermediate", "signer", "leaf", "rogue"].map((
+        name,
+      ) =>
         openssl([
           "genpkey",
           "-algorithm",
@@ -209,10 +224,13 @@ export class TestCa {
       ),
     );
     await this.#certify({ name: "root", subject: "/CN=ocspbot test root" });
+    if (this.#upper) {
+      await this.#certify({ name: "upper", subject: "/CN=ocspbot test upper", issuer: "root" });
+    }
     await this.#certify({
       name: "intermediate",
       subject: "/CN=ocspbot test intermediate",
-      issuer: "root",
+      issuer: this.#upper ? "upper" : "root",
     });
     await Promise.all([
       this.#certify({
@@ -228,8 +246,12 @@ export class TestCa {
       }),
     ]);
     const root = await Deno.readTextFile(this.#file("root.pem"));
-    const intermediate = await Deno.readTextFile(this.chain);
-    await Deno.writeTextFile(this.rootchain, intermediate + root);
+    let intermediates = await Deno.readTextFile(this.#file("intermediate.pem"));
+    if (this.#upper) {
+      intermediates += await Deno.readTextFile(this.#file("upper.pem"));
+      await Deno.writeTextFile(this.chain, intermediates);
+    }
+    await Deno.writeTextFile(this.rootchain, intermediates + root);
     this.#writeIndex();
   }
 
