@@ -917,7 +917,7 @@ export class Mask {
   readonly #parts: string[];
   readonly #pattern: RegExp;
 
-  constructor(readonly text: string) {
+  constructor(text: string) {
     this.#parts = text.split("{domain}");
     this.#pattern = maskPattern(text);
   }
@@ -1193,21 +1193,20 @@ export function recordOf(
   cert: CertificateInfo,
   files: string[],
 ): VerifiedRecord {
-  const seconds = epochSeconds;
   return {
     files,
     ...(report.status === "revoked"
       ? {
         revoked: {
-          time: report.revocationTime && seconds(report.revocationTime),
+          time: report.revocationTime && epochSeconds(report.revocationTime),
           reason: report.revocationReason,
         },
       }
       : {}),
-    thisUpdate: seconds(report.thisUpdate!),
-    nextUpdate: report.nextUpdate && seconds(report.nextUpdate),
-    notBefore: seconds(cert.notBefore),
-    notAfter: seconds(cert.notAfter),
+    thisUpdate: epochSeconds(report.thisUpdate!),
+    nextUpdate: report.nextUpdate && epochSeconds(report.nextUpdate),
+    notBefore: epochSeconds(cert.notBefore),
+    notAfter: epochSeconds(cert.notAfter),
     ocspUrls: cert.ocspUrls,
     mustStaple: cert.mustStaple,
   };
@@ -1946,7 +1945,7 @@ const requestInputs = new WeakMap<Target, RequestInput>();
 function requestInput(target: Target): RequestInput {
   const known = requestInputs.get(target);
   if (known) return known;
-  const bundle = readBundle(target.certPath, "certificate");
+  const bundle = certificateBundle(target);
   const chain = target.chainPath ? readBundle(target.chainPath, "chain").certificates : [];
   const candidates = [...chain, ...bundle.certificates.filter((c) => c !== bundle.leaf)];
   const index = findIssuer(bundle.leaf.x509, candidates.map((c) => c.x509));
@@ -2167,9 +2166,27 @@ function readBundle(file: string, what: string) {
   return parseBundle(readInput(file, what, Deno.readFileSync), file);
 }
 
+const certificateBundles = new WeakMap<Target, ReturnType<typeof parseBundle>>();
+
+/**
+ * A target's cert file, read and parsed once a run: deciding and asking
+ * openssl both need it, but only when the state cannot answer.
+ */
+function certificateBundle(target: Target): ReturnType<typeof parseBundle> {
+  let bundle = certificateBundles.get(target);
+  if (!bundle) {
+    bundle = readBundle(target.certPath, "certificate");
+    certificateBundles.set(target, bundle);
+  }
+  return bundle;
+}
+
 /** Reads a certificate's dates and OCSP URLs in-process: no openssl needed. */
 export function parseCertificate(bytes: Uint8Array, file: string): CertificateInfo {
-  const cert = parseBundle(bytes, file).leaf.x509;
+  return certificateInfo(parseBundle(bytes, file).leaf.x509);
+}
+
+function certificateInfo(cert: X509Certificate): CertificateInfo {
   const ocspUrls = (cert.infoAccess ?? "").split("\n")
     .filter((line) => line.startsWith("OCSP - URI:"))
     .map((line) => line.slice("OCSP - URI:".length).trim());
@@ -2869,10 +2886,7 @@ async function inspect(target: Target, context: RunContext): Promise<Inspection>
     state.setVerified(target.responsePath, { ...record!, files });
   }
   const cert = recalled?.cert ??
-    parseCertificate(
-      readInput(target.certPath, "certificate", Deno.readFileSync),
-      target.certPath,
-    );
+    certificateInfo(certificateBundle(target).leaf.x509);
   let stored = recalled?.report;
   if (storedInfo && !stored) {
     stored = storedInfo.size === 0
