@@ -35,6 +35,40 @@ function freePort(): number {
   return port;
 }
 
+/**
+ * Writes an HAProxy config serving `crt` (a bundle, or a folder ending in
+ * "/") on 127.0.0.1:`port`, with `global` lines if any; returns its path.
+ */
+async function writeHaproxyConfig(
+  file: string,
+  port: number,
+  crt: string,
+  global: string[] = [],
+): Promise<string> {
+  await Deno.writeTextFile(
+    file,
+    `${global.length > 0 ? `global\n${global.map((line) => `  ${line}\n`).join("")}` : ""}defaults
+  mode http
+  timeout connect 1s
+  timeout client 5s
+  timeout server 5s
+frontend tls
+  bind 127.0.0.1:${port} ssl crt ${crt}
+  http-request return status 200 content-type text/plain string ok
+`,
+  );
+  return file;
+}
+
+/** `haproxy -c`: whether HAProxy would load the config, and what it says. */
+async function haproxyCheck(config: string): Promise<{ code: number; output: string }> {
+  const { code, stdout, stderr } = await new Deno.Command("haproxy", {
+    args: ["-c", "-f", config],
+    stdin: "null",
+  }).output();
+  return { code, output: decoder.decode(stdout) + decoder.decode(stderr) };
+}
+
 /** openssl's text dump of a stored response: every byte shows in it. */
 async function responseText(file: string): Promise<string> {
   const { stdout } = await new Deno.Command("openssl", {
@@ -214,20 +248,9 @@ Deno.test("HAProxy staples the .ocsp file ocspbot wrote, and takes new ones on i
     const other = await ca.issueLeaf(path.join(site, "other"), "b.test");
     const socket = path.join(site, "haproxy.sock");
     const port = freePort();
-    await Deno.writeTextFile(
-      path.join(site, "haproxy.cfg"),
-      `global
-  stats socket ${socket} level admin
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 5s
-  timeout server 5s
-frontend tls
-  bind 127.0.0.1:${port} ssl crt ${leaf.cert}
-  http-request return status 200 content-type text/plain string ok
-`,
-    );
+    await writeHaproxyConfig(path.join(site, "haproxy.cfg"), port, leaf.cert, [
+      `stats socket ${socket} level admin`,
+    ]);
     const nowhere = path.join(site, "nowhere.sock");
     /** The top level names no socket HAProxy listens on; entries may name the real one. */
     const config = (sockets: { top?: string; scan?: string; b?: string }) =>
@@ -315,17 +338,10 @@ Deno.test("HAProxy's crt <dir> still loads after a rejected answer and with back
       await Deno.readTextFile(leaf.cert) + await Deno.readTextFile(ca.chain) +
         await Deno.readTextFile(path.join(ca.dir, "leaf.key")),
     );
-    const haproxyConfig = path.join(site, "haproxy.cfg");
-    await Deno.writeTextFile(
-      haproxyConfig,
-      `defaults
-  mode http
-  timeout connect 1s
-  timeout client 5s
-  timeout server 5s
-frontend tls
-  bind 127.0.0.1:${freePort()} ssl crt ${crtFolder}/
-`,
+    const haproxyConfig = await writeHaproxyConfig(
+      path.join(site, "haproxy.cfg"),
+      freePort(),
+      `${crtFolder}/`,
     );
     const botConfig = (extra: string) =>
       `minimum_validity: 6h
@@ -338,23 +354,16 @@ domains:
     rootchain: ${leaf.rootchain}
     ocsp: a.test.pem.ocsp
 ${extra}`;
-    const haproxyCheck = async () => {
-      const { code, stdout, stderr } = await new Deno.Command("haproxy", {
-        args: ["-c", "-f", haproxyConfig],
-        stdin: "null",
-      }).output();
-      return { code, output: decoder.decode(stdout) + decoder.decode(stderr) };
-    };
     await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), botConfig(""));
     assertEquals((await runBot(site)).code, 1);
-    assertEquals((await haproxyCheck()).code, 0, "the test's own setup does not load");
+    assertEquals((await haproxyCheck(haproxyConfig)).code, 0, "the test's own setup does not load");
 
     await t.step("after a rejected answer", async () => {
       ca.mode = { fixed: new Uint8Array([0x30, 0x03, 0x0a, 0x01, 0x03]) }; // tryLater
       const run = await runBot(site, ["--force"]);
       assertEquals(run.code, 255, run.stdout + run.stderr);
       assertMatch(run.stderr, /the answer is in ".*\/crt\/\.a\.test\.pem\.ocsp\.rejected"/);
-      const check = await haproxyCheck();
+      const check = await haproxyCheck(haproxyConfig);
       assertEquals(check.code, 0, check.output);
       ca.mode = "good";
     });
@@ -367,7 +376,7 @@ ${extra}`;
       const run = await runBot(site, ["--force"]);
       assertEquals(run.code, 1, run.stdout + run.stderr);
       assertEquals([...Deno.readDirSync(path.join(site, "backups"))].length, 1);
-      const check = await haproxyCheck();
+      const check = await haproxyCheck(haproxyConfig);
       assertEquals(check.code, 0, check.output);
     });
 
@@ -379,7 +388,7 @@ ${extra}`;
           botConfig("make_backups: true\n"),
         );
         assertEquals((await runBot(site, ["--force"])).code, 1);
-        const check = await haproxyCheck();
+        const check = await haproxyCheck(haproxyConfig);
         assertEquals(check.code !== 0, true, "haproxy -c passes: this test could not fail");
         assertMatch(check.output, /unable to load .*a\.test\.pem\.ocsp-\d{8}-\d{6}/);
       },
@@ -455,28 +464,15 @@ scan_keys:
 `,
     );
     const port = freePort();
-    const config = path.join(site, "haproxy.cfg");
-    await Deno.writeTextFile(
-      config,
-      `defaults
-  mode http
-  timeout connect 1s
-  timeout client 5s
-  timeout server 5s
-frontend tls
-  bind 127.0.0.1:${port} ssl crt ${crt}/
-  http-request return status 200 content-type text/plain string ok
-`,
-    );
+    const config = await writeHaproxyConfig(path.join(site, "haproxy.cfg"), port, `${crt}/`);
     // The test root stands for the system's CA bundle.
     const systemStore = { SSL_CERT_FILE: path.join(ca.dir, "root.pem") };
     const first = await runBot(site, [], systemStore);
     assertEquals(first.code, 2, first.stdout + first.stderr);
     const second = await runBot(site, [], systemStore);
     assertEquals(second.code, 0, second.stdout + second.stderr);
-    const check = await new Deno.Command("haproxy", { args: ["-c", "-f", config], stdin: "null" })
-      .output();
-    assertEquals(check.code, 0, decoder.decode(check.stdout) + decoder.decode(check.stderr));
+    const check = await haproxyCheck(config);
+    assertEquals(check.code, 0, check.output);
     await withServer("haproxy", ["-f", config, "-db"], port, async () => {
       const served = await stapled(port, ca);
       assertMatch(served, /Cert Status: good/);
