@@ -15,7 +15,7 @@
 
 import nodeAssert from "node:assert/strict";
 import * as path from "node:path";
-import { BOT_PERMISSIONS, runBot, TestCa } from "./testca.ts";
+import { BOT_PERMISSIONS, runBot, type TestCa, withCa } from "./testca.ts";
 
 /** HAProxy's runtime API is a Unix socket, which Deno counts as network. */
 const HAPROXY_PERMISSIONS = [...BOT_PERMISSIONS, "--allow-net"];
@@ -154,16 +154,21 @@ function nextSecond(): Promise<void> {
 
 const thisUpdate = (text: string) => /This Update: (.*)/.exec(text)?.[1];
 
+/** A leaf for a.test in `<site>/certs`, and the fullchain.pem a web server loads for it. */
+async function issueWithFullchain(ca: TestCa, site: string) {
+  const leaf = await ca.issueLeaf(path.join(site, "certs"), "a.test");
+  const fullchain = path.join(site, "fullchain.pem");
+  await Deno.writeTextFile(
+    fullchain,
+    await Deno.readTextFile(leaf.cert) + await Deno.readTextFile(ca.chain),
+  );
+  return { leaf, fullchain };
+}
+
 Deno.test("nginx staples the response ocspbot wrote, and the renewed one after on_change", async () => {
-  const ca = await TestCa.create();
-  try {
+  await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");
-    const leaf = await ca.issueLeaf(path.join(site, "certs"), "a.test");
-    const fullchain = path.join(site, "fullchain.pem");
-    await Deno.writeTextFile(
-      fullchain,
-      await Deno.readTextFile(leaf.cert) + await Deno.readTextFile(ca.chain),
-    );
+    const { leaf, fullchain } = await issueWithFullchain(ca, site);
     const response = path.join(site, "responses", "a.test.ocsp-resp");
     const port = freePort();
     const nginx = [
@@ -227,14 +232,11 @@ http {
       const served = await waitFor(10, () => stapled(port, ca), (text) => text === renewed);
       assertEquals(served, renewed, "nginx still staples the old response after the reload");
     });
-  } finally {
-    await ca.close();
-  }
+  });
 });
 
 Deno.test("HAProxy staples the .ocsp file ocspbot wrote, and takes new ones on its socket", async (t) => {
-  const ca = await TestCa.create();
-  try {
+  await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");
     const certs = path.join(site, "certs");
     const leaf = await ca.issueLeaf(certs, "a.test");
@@ -319,14 +321,11 @@ domains:
         assertMatch(run.stderr, /Cannot reach HAProxy's socket ".*nowhere\.sock"/);
       });
     });
-  } finally {
-    await ca.close();
-  }
+  });
 });
 
 Deno.test("HAProxy's crt <dir> still loads after a rejected answer and with backup_folder", async (t) => {
-  const ca = await TestCa.create();
-  try {
+  await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");
     const crtFolder = path.join(site, "crt");
     const leaf = await ca.issueLeaf(path.join(site, "certs"), "a.test");
@@ -393,14 +392,11 @@ ${extra}`;
         assertMatch(check.output, /unable to load .*a\.test\.pem\.ocsp-\d{8}-\d{6}/);
       },
     );
-  } finally {
-    await ca.close();
-  }
+  });
 });
 
 Deno.test("promtool accepts the metrics_file of a run and of --check", async () => {
-  const ca = await TestCa.create();
-  try {
+  await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");
     await ca.issueLeaf(path.join(site, "certs"), "a.test");
     await ca.issueLeaf(path.join(site, "certs"), 'quote"and\\slash.test');
@@ -431,14 +427,11 @@ Deno.test("promtool accepts the metrics_file of a run and of --check", async () 
       await Deno.readTextFile(path.join(site, "ocspbot.prom")),
       /^ocspbot_last_attempt_success\{id="quote\\"and\\\\slash\.test"\} 1$/m,
     );
-  } finally {
-    await ca.close();
-  }
+  });
 });
 
 Deno.test("HAProxy's crt folder of key-first bundles is its own ocsp_folder, and staples what ocspbot writes", async () => {
-  const ca = await TestCa.create();
-  try {
+  await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");
     const crt = path.join(site, "crt");
     await Deno.mkdir(crt, { recursive: true });
@@ -478,21 +471,13 @@ scan_keys:
       assertMatch(served, /Cert Status: good/);
       assertEquals(served, await responseText(path.join(crt, "a.test.pem.ocsp")));
     });
-  } finally {
-    await ca.close();
-  }
+  });
 });
 
 Deno.test("lighttpd staples ocspbot's file, and a renewal only once on_change reloads it", async (t) => {
-  const ca = await TestCa.create();
-  try {
+  await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");
-    const leaf = await ca.issueLeaf(path.join(site, "certs"), "a.test");
-    const fullchain = path.join(site, "fullchain.pem");
-    await Deno.writeTextFile(
-      fullchain,
-      await Deno.readTextFile(leaf.cert) + await Deno.readTextFile(ca.chain),
-    );
+    const { leaf, fullchain } = await issueWithFullchain(ca, site);
     await Deno.mkdir(path.join(site, "www"));
     const response = path.join(site, "responses", "a.test.ocsp-resp");
     const port = freePort();
@@ -551,7 +536,5 @@ ssl.stapling-file = "${response}"
       server.kill("SIGTERM");
       await server.status;
     }
-  } finally {
-    await ca.close();
-  }
+  });
 });
