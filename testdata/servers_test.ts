@@ -477,7 +477,7 @@ scan_keys:
 Deno.test("lighttpd staples ocspbot's file, and a renewal only once on_change reloads it", async (t) => {
   await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");
-    const { leaf, fullchain } = await issueWithFullchain(ca, site);
+    const { fullchain } = await issueWithFullchain(ca, site);
     await Deno.mkdir(path.join(site, "www"));
     const response = path.join(site, "responses", "a.test.ocsp-resp");
     const port = freePort();
