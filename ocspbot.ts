@@ -2594,7 +2594,19 @@ function scanForTargets(
   const walk = (relative: string) => {
     const dir = path.join(root, relative);
     const responseDir = path.resolve(ocspFolder, relative);
-    const { files, folders } = listFolder(dir);
+    let listed: ReturnType<typeof listFolder>;
+    try {
+      listed = listFolder(dir);
+    } catch (error) {
+      // Skipped quietly, its certificates' responses would expire unnoticed.
+      throw new ExitError(
+        `Cannot scan ${entry.source}: cannot list "${dir}": ${
+          errorText(error)
+        }; let the user running ocspbot read it`,
+        EXIT.configInvalid,
+      );
+    }
+    const { files, folders } = listed;
     const exists = (name: string) =>
       name.includes("/") ? isFile(path.join(dir, name)) : files.has(name);
     const found: Target[] = [];

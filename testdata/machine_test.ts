@@ -278,3 +278,27 @@ Deno.test("a response folder the user may not write: one line naming it, no stac
     }
   });
 });
+
+Deno.test("a scan folder the user may not read: one line naming it, status 253", async () => {
+  await withCa(async (ca) => {
+    const user = await OtherUser.create();
+    try {
+      const site = await openSite(ca, ["a.test"], BASE_CONFIG);
+      const certs = path.join(site, "certs");
+      await Deno.chmod(certs, 0o700);
+      await Deno.mkdir(path.join(site, "responses"));
+      await Deno.chmod(path.join(site, "responses"), 0o777);
+      const run = await user.runBot(site, [], []);
+      assertEquals(run.code, 253, run.stdout + run.stderr);
+      assertMatch(
+        run.stderr,
+        new RegExp(
+          `^ERROR: Cannot scan scan_keys folder "certs" of config ".*": cannot list "${certs}": Permission denied; let the user running ocspbot read it$`,
+          "m",
+        ),
+      );
+    } finally {
+      await user.close();
+    }
+  });
+});
