@@ -36,6 +36,7 @@ import {
   exists,
   makeSite,
   openssl,
+  readmeRecipe,
   response,
   runBot,
   TestCa,
@@ -2118,9 +2119,8 @@ Deno.test("metrics_file: the textfile a node_exporter reads, after a run and aft
   });
 });
 
-Deno.test("the files a server already has: bundles, fullchain, certbot and acme.sh folders", async (t) => {
+Deno.test("the README's recipes, as pasted: fullchain, certbot, acme.sh, HAProxy, lighttpd, three files", async (t) => {
   await withCa(async (ca) => {
-    const site = path.join(ca.dir, "site");
     const key = await Deno.readTextFile(path.join(ca.dir, "leaf.key"));
     const intermediate = await Deno.readTextFile(ca.chain);
     // The test root as the system's CA bundle: openssl's default store reads SSL_CERT_FILE.
@@ -2130,132 +2130,127 @@ Deno.test("the files a server already has: bundles, fullchain, certbot and acme.
       const files = await ca.issueLeaf(path.join(ca.dir, "issued", crypto.randomUUID()), name);
       return { pem: await Deno.readTextFile(files.cert), file: files.cert };
     };
-    const layout = async (name: string, files: Record<string, string>, config: string) => {
-      const dir = path.join(site, name);
+    /** A machine's root under the CA's folder, with `files` at their absolute paths in it. */
+    const machine = async (files: Record<string, string>) => {
+      const root = path.join(ca.dir, "machines", crypto.randomUUID());
       for (const [file, text] of Object.entries(files)) {
-        await Deno.mkdir(path.dirname(path.join(dir, file)), { recursive: true });
-        await Deno.writeTextFile(path.join(dir, file), text);
+        await Deno.mkdir(path.dirname(path.join(root, file)), { recursive: true });
+        await Deno.writeTextFile(path.join(root, file), text);
       }
-      await Deno.writeTextFile(
-        path.join(dir, "ocspbot.yaml"),
-        "minimum_validity: 6h\nocsp_folder: responses\n" + config,
-      );
-      return dir;
+      return root;
     };
-    const renewsGood = async (dir: string, response: string, leaf: string, env = {}) => {
-      const run = await runBot(dir, [], env);
-      assertEquals(run.code, 1, run.stdout + run.stderr);
-      assertEquals(await ca.verifiedStatus(path.join(dir, "responses", response), leaf), "good");
+    /** Runs `recipe` from the README on `root`: `renewed` responses, each good for its leaf. */
+    const runRecipe = async (
+      recipe: string,
+      root: string,
+      responses: Record<string, string>,
+      env = {},
+    ) => {
+      await Deno.writeTextFile(path.join(root, "ocspbot.yaml"), await readmeRecipe(recipe, root));
+      const run = await runBot(root, [], env);
+      assertEquals(run.code, Object.keys(responses).length, run.stdout + run.stderr);
+      for (const [file, leaf] of Object.entries(responses)) {
+        assertEquals(await ca.verifiedStatus(path.join(root, file), leaf), "good", file);
+      }
+      return run;
     };
 
-    await t.step("nginx's fullchain.pem as cert, no chain", async () => {
-      const leaf = await issue("www.test");
-      const dir = await layout(
-        "nginx",
-        { "fullchain.pem": leaf.pem + intermediate },
-        `domains:
-  www.test:
-    cert: fullchain.pem
-    rootchain: ${ca.rootchain}
-    ocsp: www.der
-`,
-      );
-      await renewsGood(dir, "www.der", leaf.file);
-    });
-    for (
-      const [where, order] of [["first", [0, 1, 2]], ["in the middle", [1, 0, 2]], ["last", [
-        1,
-        2,
-        0,
-      ]]] as const
-    ) {
-      await t.step(`an HAProxy crt bundle with the key ${where}`, async () => {
-        const leaf = await issue("hap.test");
-        const parts = [key, leaf.pem, intermediate];
-        const dir = await layout(
-          `haproxy-${order.join("")}`,
-          {
-            "hap.test.pem": order.map((i) => parts[i]).join(""),
-          },
-          `domains:
-  hap.test:
-    cert: hap.test.pem
-    rootchain: ${ca.rootchain}
-    ocsp: hap.test.pem.ocsp
-`,
-        );
-        await renewsGood(dir, "hap.test.pem.ocsp", leaf.file);
+    await t.step("nginx's fullchain.pem with a private CA's root", async () => {
+      const leaf = await issue("www.example.com");
+      const root = await machine({
+        "etc/nginx/tls/www.example.com-fullchain.pem": leaf.pem + intermediate,
+        "etc/ssl/private-ca/rootchain.pem": await Deno.readTextFile(ca.rootchain),
       });
-    }
-    await t.step("no rootchain: the system's trust store, which must hold the root", async () => {
-      const leaf = await issue("sys.test");
-      const config =
-        "domains:\n  sys.test:\n    cert: cert.pem\n    chain: chain.pem\n    ocsp: sys.der\n";
-      const dir = await layout(
-        "system-store",
-        { "cert.pem": leaf.pem, "chain.pem": intermediate },
-        config,
+      await runRecipe("nginx", root, { "var/lib/ocspbot/www.example.com.der": leaf.file });
+      assert(await exists(path.join(root, "reloaded-nginx")), "on_change did not run");
+    });
+    await t.step("HAProxy crt bundles with the key first, in the middle and last", async () => {
+      const bundles: Record<string, string> = {};
+      const responses: Record<string, string> = {};
+      const orders = { first: [0, 1, 2], middle: [1, 0, 2], last: [1, 2, 0] };
+      for (const [where, order] of Object.entries(orders)) {
+        const leaf = await issue(`${where}.example.com`);
+        const parts = [key, leaf.pem, intermediate];
+        bundles[`etc/haproxy/certs/${where}.example.com.pem`] = order.map((i) => parts[i]).join("");
+        responses[`etc/haproxy/certs/${where}.example.com.pem.ocsp`] = leaf.file;
+      }
+      const root = await machine(bundles);
+      await runRecipe("haproxy", root, responses, systemStore);
+      const backups = [...Deno.readDirSync(path.join(root, "var/backups/ocspbot"))];
+      assertEquals(backups.length, 3, "the recipe's backups are not in backup_folder");
+    });
+    await t.step("no root anywhere near: the system's trust store must hold it", async () => {
+      const leaf = await issue("www.example.com");
+      const root = await machine({
+        "etc/lighttpd/tls/www.example.com.pem": leaf.pem + intermediate,
+      });
+      await Deno.writeTextFile(
+        path.join(root, "ocspbot.yaml"),
+        await readmeRecipe("lighttpd", root),
       );
-      const elsewhere = await runBot(dir, [], { SSL_CERT_FILE: ca.chain });
+      const elsewhere = await runBot(root, [], { SSL_CERT_FILE: ca.chain });
       assertEquals(elsewhere.code, 255, "verified without the root in the trust store");
-      await renewsGood(dir, "sys.der", leaf.file, systemStore);
+      await runRecipe(
+        "lighttpd",
+        root,
+        { "var/lib/ocspbot/www.example.com.der": leaf.file },
+        systemStore,
+      );
+      assert(await exists(path.join(root, "reloaded-lighttpd")), "on_change did not run");
     });
     await t.step(
       "certbot's live/ links into archive/, and a renewal that re-points them",
       async () => {
-        const first = await issue("bot.test");
-        const archive = {
-          "archive/bot.test/cert1.pem": first.pem,
-          "archive/bot.test/chain1.pem": intermediate,
-        };
-        const dir = await layout(
-          "certbot",
-          archive,
-          `scan_keys:
-  - folder: live
-    cert_mask: "{domain}/cert.pem"
-    chain_mask: "{domain}/chain.pem"
-    rootchain_mask: null
-    ocsp_mask: "{domain}.der"
-`,
-        );
+        const first = await issue("bot.example.com");
+        const archive = "etc/letsencrypt/archive/bot.example.com";
+        const root = await machine({
+          [`${archive}/cert1.pem`]: first.pem,
+          [`${archive}/chain1.pem`]: intermediate,
+          "etc/letsencrypt/live/README": "certbot's own note, not a domain",
+        });
         const link = async (generation: number) => {
-          await Deno.mkdir(path.join(dir, "live", "bot.test"), { recursive: true });
+          const live = path.join(root, "etc/letsencrypt/live/bot.example.com");
+          await Deno.mkdir(live, { recursive: true });
           for (const name of ["cert", "chain"]) {
-            const at = path.join(dir, "live", "bot.test", `${name}.pem`);
-            await Deno.remove(at).catch(() => {});
-            await Deno.symlink(`../../archive/bot.test/${name}${generation}.pem`, at);
+            await Deno.remove(path.join(live, `${name}.pem`)).catch(() => {});
+            await Deno.symlink(
+              `../../archive/bot.example.com/${name}${generation}.pem`,
+              path.join(live, `${name}.pem`),
+            );
           }
         };
         await link(1);
-        await renewsGood(dir, "bot.test.der", first.file, systemStore);
-        const second = await issue("bot.test");
-        await Deno.writeTextFile(path.join(dir, "archive", "bot.test", "cert2.pem"), second.pem);
-        await Deno.writeTextFile(path.join(dir, "archive", "bot.test", "chain2.pem"), intermediate);
+        const der = "var/lib/ocspbot/bot.example.com.der";
+        await runRecipe("certbot", root, { [der]: first.file }, systemStore);
+        const second = await issue("bot.example.com");
+        await Deno.writeTextFile(path.join(root, archive, "cert2.pem"), second.pem);
+        await Deno.writeTextFile(path.join(root, archive, "chain2.pem"), intermediate);
         await link(2);
         // No --force: the certificate changed, so the stored response is for another one.
-        await renewsGood(dir, "bot.test.der", second.file, systemStore);
+        await runRecipe("certbot", root, { [der]: second.file }, systemStore);
       },
     );
     await t.step("an acme.sh folder", async () => {
-      const leaf = await issue("acme.test");
-      const dir = await layout(
-        "acme",
-        {
-          "acme.sh/acme.test/acme.test.cer": leaf.pem,
-          "acme.sh/acme.test/ca.cer": intermediate,
-          "acme.sh/acme.test/fullchain.cer": leaf.pem + intermediate,
-          "acme.sh/ca/README": "not a certificate folder",
-        },
-        `scan_keys:
-  - folder: acme.sh
-    cert_mask: "{domain}/{domain}.cer"
-    chain_mask: "{domain}/ca.cer"
-    rootchain_mask: ""
-    ocsp_mask: "{domain}.der"
-`,
-      );
-      await renewsGood(dir, "acme.test.der", leaf.file, systemStore);
+      const leaf = await issue("acme.example.com");
+      const root = await machine({
+        "root/.acme.sh/acme.example.com/acme.example.com.cer": leaf.pem,
+        "root/.acme.sh/acme.example.com/ca.cer": intermediate,
+        "root/.acme.sh/acme.example.com/fullchain.cer": leaf.pem + intermediate,
+        "root/.acme.sh/ca/README": "not a certificate folder",
+      });
+      const der = "var/lib/ocspbot/acme.example.com.der";
+      await runRecipe("acme.sh", root, { [der]: leaf.file }, systemStore);
+    });
+    await t.step("the Python bot's three files", async () => {
+      const files = await ca.issueLeaf(path.join(ca.dir, "issued", "three"), "three.example.com");
+      const certs = "etc/ocspbot/certs";
+      const root = await machine({
+        [`${certs}/three.example.com.pem`]: await Deno.readTextFile(files.cert),
+        [`${certs}/three.example.com-chain.pem`]: await Deno.readTextFile(files.chain),
+        [`${certs}/three.example.com-rootchain.pem`]: await Deno.readTextFile(files.rootchain),
+      });
+      const der = "var/lib/ocspbot/three.example.com.ocsp-resp";
+      await runRecipe("three files", root, { [der]: files.cert });
     });
   });
 });

@@ -533,3 +533,33 @@ export async function exists(file: string): Promise<boolean> {
     return false;
   }
 }
+
+// ------------------------------------------------- the README, as tested --
+
+/**
+ * The README's fenced blocks that tests use as they stand, by name: a block
+ * after a `<!-- test: name -->` line, or after the line naming the unit file
+ * it is (`/etc/systemd/system/<name>`). What a user pastes is what is tested.
+ */
+export async function readmeBlocks(): Promise<Map<string, string>> {
+  const text = await Deno.readTextFile(path.join(import.meta.dirname!, "..", "README.md"));
+  const named =
+    /(?:<!-- test: ([^>]+?) -->|^`\/etc\/systemd\/system\/([^`]+)`[^\n]*:)\n\n```\w*\n([\s\S]*?)```/gm;
+  return new Map([...text.matchAll(named)].map((match) => [match[1] ?? match[2], match[3]]));
+}
+
+/**
+ * A README recipe moved under `root`: every absolute path in it starts at
+ * `root` instead, and `on_change: [systemctl, reload, <server>]` touches
+ * `<root>/reloaded-<server>` instead of reloading a server of this machine.
+ */
+export async function readmeRecipe(name: string, root: string): Promise<string> {
+  const recipe = (await readmeBlocks()).get(`recipe ${name}`);
+  if (recipe === undefined) throw new Error(`README.md has no <!-- test: recipe ${name} -->`);
+  return recipe
+    .replace(/(^|[\s[,:])\/(?=[\w.])/gm, `$1${root}/`)
+    .replace(
+      /^on_change: \[systemctl, reload, ([\w.-]+)\]$/m,
+      `on_change: [touch, ${root}/reloaded-$1]`,
+    );
+}
