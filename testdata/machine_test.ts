@@ -2,17 +2,29 @@
 
 /**
  * ocspbot on a real machine: a full filesystem (a 64 KiB tmpfs), another
- * user (setpriv), a folder it may not write, a lock file left by root. The
- * promise under test: the response a server staples is never replaced by
- * anything worse, and every failure is one line naming the path. Needs root,
- * to mount and to become `nobody`, as CI has; `deno task test:machine`.
+ * user (setpriv), a folder it may not write or read, a lock file left by
+ * root, and the README's systemd units run by a systemd of the test's own.
+ * The promise under test: the response a server staples is never replaced
+ * by anything worse, and every failure is one line naming the path. Needs
+ * root, to mount, to become `nobody` and to make namespaces, as CI has;
+ * `deno task test:machine`.
  *
  * @module
  */
 
 import nodeAssert from "node:assert/strict";
 import * as path from "node:path";
-import { BASE_CONFIG, BOT, makeSite, response, runBot, type TestCa, withCa } from "./testca.ts";
+import {
+  BASE_CONFIG,
+  BOT,
+  makeSite,
+  readmeBlocks,
+  readmeRecipe,
+  response,
+  runBot,
+  type TestCa,
+  withCa,
+} from "./testca.ts";
 
 const assert: (condition: unknown, message?: string) => asserts condition = nodeAssert.ok;
 const assertEquals = (actual: unknown, expected: unknown, message?: string) =>
@@ -301,4 +313,300 @@ Deno.test("a scan folder the user may not read: one line naming it, status 253",
       await user.close();
     }
   });
+});
+
+/**
+ * A systemd of the test's own: PID 1 in new PID, mount, UTS, IPC and cgroup
+ * namespaces, on the host's network. `/etc`, `/var` and `/usr/local` are
+ * overlays of the host's whose changes land in `dir` (the README's setup adds
+ * a user and installs the bot there) and vanish with it; `/run` is empty.
+ * It knows only the units given and empty targets: no generator runs, and
+ * nothing of the host's boot (tmpfiles would empty the host's /tmp, which is
+ * not private; the host's own services) can be started.
+ */
+class PrivateSystemd {
+  private constructor(
+    readonly dir: string,
+    private readonly unshare: Deno.ChildProcess,
+    private readonly pid: number,
+  ) {}
+
+  static readonly LAYERS = ["etc", "var", "usr/local"];
+  static readonly TARGETS = [
+    "basic",
+    "local-fs",
+    "multi-user",
+    "network",
+    "network-online",
+    "paths",
+    "shutdown",
+    "sockets",
+    "sysinit",
+    "time-set",
+    "time-sync",
+    "timers",
+  ];
+
+  /** Where the file at `file` inside is kept, to be written before boot or read after. */
+  static upper(dir: string, file: string): string {
+    return path.join(dir, "upper", file);
+  }
+
+  /** Boots with `units` (name → text; "x.service.d/y.conf" for drop-ins) as all it knows. */
+  static async boot(dir: string, units: Record<string, string>): Promise<PrivateSystemd> {
+    for (const layer of PrivateSystemd.LAYERS) {
+      await Deno.mkdir(path.join(dir, "upper", layer), { recursive: true });
+      await Deno.mkdir(path.join(dir, "work", layer), { recursive: true });
+    }
+    for (const target of PrivateSystemd.TARGETS.concat("ocspbot-test")) {
+      await write(
+        path.join(dir, "targets", `${target}.target`),
+        "[Unit]\nDefaultDependencies=no\n",
+      );
+    }
+    for (const [name, text] of Object.entries(units)) {
+      await write(path.join(dir, "units", name), text);
+    }
+    // Under faketime the services run on the test's clock, as the responder does.
+    const faked = Object.entries(Deno.env.toObject())
+      .filter(([name]) => name === "LD_PRELOAD" || name.startsWith("FAKETIME"));
+    if (faked.length > 0) {
+      await write(
+        PrivateSystemd.upper(dir, "etc/systemd/system.conf.d/faketime.conf"),
+        `[Manager]\nDefaultEnvironment=${faked.map(([n, v]) => `"${n}=${v}"`).join(" ")}\n`,
+      );
+    }
+    const script = [
+      "set -e",
+      ...PrivateSystemd.LAYERS.map((layer) =>
+        `mount -t overlay overlay -o lowerdir=/${layer},upperdir=${dir}/upper/${layer},workdir=${dir}/work/${layer} /${layer}`
+      ),
+      "mount -t tmpfs tmpfs /run",
+      "for folder in /usr/lib/systemd/system /usr/lib/systemd/system-generators /etc/systemd/system; do",
+      '  mount -t tmpfs tmpfs "$folder"',
+      "done",
+      `cp -r ${dir}/targets/. /usr/lib/systemd/system/`,
+      `cp -r ${dir}/units/. /etc/systemd/system/`,
+      // The README's deno is on PATH; the test runner's may sit under root's home.
+      "touch /usr/local/bin/deno",
+      `mount --bind '${Deno.execPath()}' /usr/local/bin/deno`,
+      "exec env -i container=ocspbot-test /lib/systemd/systemd --system --unit=ocspbot-test.target",
+    ].join("\n");
+    const unshare = new Deno.Command("unshare", {
+      args: ["--fork", "--pid", "--mount", "--mount-proc", "--uts", "--ipc", "--cgroup"].concat(
+        ["sh", "-c", script],
+      ),
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    let pid = 0;
+    for (let waited = 0; pid === 0 && waited < 100; waited++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const children = await new Deno.Command("pgrep", { args: ["-P", String(unshare.pid)] })
+        .output();
+      pid = Number(decoder.decode(children.stdout).trim()) || 0;
+    }
+    const systemd = new PrivateSystemd(dir, unshare, pid);
+    for (let waited = 0; waited < 100; waited++) {
+      if (
+        pid !== 0 &&
+        (await systemd.run(["systemctl", "is-active", "ocspbot-test.target"])).code === 0
+      ) {
+        return systemd;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await systemd.shutdown();
+    throw new Error("systemd did not come up in 10 s");
+  }
+
+  /** Runs a command inside, from `cwd`, with `stdin`; never throws. */
+  async run(args: string[], options: { cwd?: string; stdin?: string } = {}) {
+    const child = new Deno.Command("nsenter", {
+      args: [
+        `--target=${this.pid}`,
+        "--mount",
+        "--pid",
+        "--uts",
+        "--ipc",
+        "--cgroup",
+        `--wd=${options.cwd ?? "/"}`,
+        "--",
+        ...args,
+      ],
+      env: { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" },
+      stdin: options.stdin === undefined ? "null" : "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    if (options.stdin !== undefined) {
+      const writer = child.stdin.getWriter();
+      await writer.write(new TextEncoder().encode(options.stdin));
+      await writer.close();
+    }
+    const output = await child.output();
+    return {
+      code: output.code,
+      stdout: decoder.decode(output.stdout),
+      stderr: decoder.decode(output.stderr),
+    };
+  }
+
+  /** Ends PID 1, and with it every process and mount of the namespaces. */
+  async shutdown(): Promise<void> {
+    if (this.pid !== 0) Deno.kill(this.pid, "SIGKILL");
+    await this.unshare.output();
+  }
+}
+
+/** Writes `text` to `file`, making its folders. */
+async function write(file: string, text: string): Promise<void> {
+  await Deno.mkdir(path.dirname(file), { recursive: true });
+  await Deno.writeTextFile(file, text);
+}
+
+Deno.test("the README's systemd units: verified, scored, and run by a real systemd", async (t) => {
+  const blocks = await readmeBlocks();
+  const block = (name: string) => {
+    const text = blocks.get(name);
+    assert(text !== undefined, `README.md has no block "${name}"`);
+    return text;
+  };
+  const unitNames = [
+    "ocspbot.service",
+    "ocspbot.timer",
+    "ocspbot-reload.path",
+    "ocspbot-reload.service",
+  ];
+  const units = Object.fromEntries(unitNames.map((name) => [name, block(name)]));
+  const dir = await Deno.makeTempDir({ prefix: "ocspbot-systemd-" });
+  try {
+    const unitFolder = path.join(dir, "units");
+    for (const name of unitNames) await write(path.join(unitFolder, name), units[name]);
+
+    await t.step("systemd-analyze verify finds nothing to say", async () => {
+      const verify = await new Deno.Command("systemd-analyze", {
+        args: ["verify", ...unitNames.map((name) => path.join(unitFolder, name))],
+      }).output();
+      const said = decoder.decode(verify.stdout) + decoder.decode(verify.stderr);
+      assertEquals([verify.code, said], [0, ""]);
+    });
+
+    await t.step("the exposure score is 2.5 or lower, and the one the README states", async () => {
+      const security = decoder.decode(
+        (await new Deno.Command("systemd-analyze", {
+          args: ["security", "--offline=true", path.join(unitFolder, "ocspbot.service")],
+        }).output()).stdout,
+      );
+      const score = security.match(/Overall exposure level for ocspbot\.service: ([\d.]+) (\w+)/);
+      assert(score, security);
+      assert(Number(score[1]) <= 2.5, security);
+      const readme = await Deno.readTextFile(path.join(import.meta.dirname!, "..", "README.md"));
+      assert(
+        readme.includes(`rates it **${score[1]} ${score[2]}**`),
+        `README does not state ${score[1]}`,
+      );
+    });
+
+    // The setup runs with no network but its own loopback, where the URL install finds its mirror.
+    const mirror = "http://127.0.0.1:8000/ocspbot.ts";
+    const serveMirror = [
+      "ip link set lo up",
+      `deno eval "Deno.serve({ hostname: '127.0.0.1', port: 8000, onListen() {} }, () => new Response(Deno.readFileSync('ocspbot.ts')))" >/dev/null 2>&1 &`,
+      "mirror=$!",
+      `for try in $(seq 100); do deno eval "await fetch('${mirror}')" 2>/dev/null && break; sleep 0.1; done`,
+    ].join("\n");
+    const installs: Record<string, string> = {
+      "as a command": block("systemd install command"),
+      "by URL": serveMirror + "\n" +
+        block("systemd install url").replace("https://your.mirror.example/ocspbot.ts", mirror) +
+        "kill $mirror\n",
+      "as a script": block("systemd install script"),
+    };
+    for (const [install, commands] of Object.entries(installs)) {
+      await t.step(`installed ${install}: a run renews, one reload, then nothing`, async () => {
+        await withCa(async (ca) => {
+          const root = path.join(dir, install.replaceAll(" ", "-"));
+          const upper = (file: string) => PrivateSystemd.upper(root, file);
+          // The certbot recipe, with the systemd section's lines for the bot's folder and marker.
+          const recipe = (await readmeRecipe("certbot", "/")).split("\n")
+            .filter((line) => !/^(ocsp_folder|on_change):/.test(line)).join("\n");
+          await write(upper("etc/ocspbot/ocspbot.yaml"), recipe + block("systemd config"));
+          // certbot's tree as certbot leaves it: live/ and archive/ for root only.
+          const leaf = await ca.issueLeaf(path.join(ca.dir, "issued"), "bot.example.com");
+          const archive = upper("etc/letsencrypt/archive/bot.example.com");
+          await write(path.join(archive, "cert1.pem"), await Deno.readTextFile(leaf.cert));
+          await write(path.join(archive, "chain1.pem"), await Deno.readTextFile(ca.chain));
+          const live = upper("etc/letsencrypt/live/bot.example.com");
+          await Deno.mkdir(live, { recursive: true });
+          for (const name of ["cert", "chain"]) {
+            const target = `../../archive/bot.example.com/${name}1.pem`;
+            await Deno.symlink(target, path.join(live, `${name}.pem`));
+          }
+          for (const folder of ["live", "archive"]) {
+            await Deno.chmod(upper(`etc/letsencrypt/${folder}`), 0o700);
+          }
+          // The test root joins the system's CA bundle, which the recipe verifies against.
+          await write(
+            upper("etc/ssl/certs/ca-certificates.crt"),
+            await Deno.readTextFile("/etc/ssl/certs/ca-certificates.crt") +
+              await Deno.readTextFile(path.join(ca.dir, "root.pem")),
+          );
+          // js-yaml is in the bot's cache already: the setup has no network to fetch it.
+          const info = JSON.parse(await run(Deno.execPath(), ["info", "--json"]));
+          await Deno.mkdir(upper("var/cache/ocspbot"), { recursive: true });
+          await run("cp", ["-r", path.join(info.denoDir, "npm"), upper("var/cache/ocspbot/npm")]);
+
+          const systemd = await PrivateSystemd.boot(root, {
+            ...units,
+            // Where the bot's output goes, to show when something fails.
+            "ocspbot.service.d/test-output.conf":
+              "[Service]\nStandardOutput=append:/run/ocspbot.out\nStandardError=append:/run/ocspbot.out\n",
+            "nginx.service":
+              "[Unit]\nDescription=A stand-in for nginx that counts its reloads\n\n" +
+              "[Service]\nExecStart=/bin/sleep infinity\n" +
+              "ExecReload=/bin/sh -c 'echo reloaded >> /run/nginx-reloads'\n",
+          });
+          try {
+            const show = async (unit: string) => {
+              const out = await systemd.run(["cat", "/run/ocspbot.out"]);
+              const status = await systemd.run(["systemctl", "status", "--no-pager", unit]);
+              return `${out.stdout}\n${status.stdout}`;
+            };
+            assertEquals((await systemd.run(["systemctl", "start", "nginx.service"])).code, 0);
+            const setup = await systemd.run(["unshare", "--net", "sh", "-ex"], {
+              cwd: path.join(import.meta.dirname!, ".."),
+              stdin: block("systemd user") + commands + block("systemd enable"),
+            });
+            assertEquals(setup.code, 0, setup.stdout + setup.stderr);
+
+            const first = await systemd.run(["systemctl", "start", "ocspbot.service"]);
+            assertEquals(first.code, 0, first.stderr + (await show("ocspbot.service")));
+            const der = upper("var/lib/ocspbot/bot.example.com.der");
+            assertEquals(await ca.verifiedStatus(der, leaf.cert), "good");
+            const passwd = await Deno.readTextFile(upper("etc/passwd"));
+            const uid = Number(passwd.match(/^ocspbot:x:(\d+):/m)?.[1]);
+            assertEquals((await Deno.stat(der)).uid, uid, "the response is not the bot's own");
+            const reloads = async () => (await systemd.run(["cat", "/run/nginx-reloads"])).stdout;
+            for (let waited = 0; waited < 100 && (await reloads()) === ""; waited++) {
+              await new Promise((resolve) => setTimeout(resolve, 100));
+            }
+            assertEquals(await reloads(), "reloaded\n", await show("ocspbot-reload.service"));
+
+            const stored = (await Deno.stat(der)).mtime;
+            const second = await systemd.run(["systemctl", "start", "ocspbot.service"]);
+            assertEquals(second.code, 0, second.stderr + (await show("ocspbot.service")));
+            assertEquals((await Deno.stat(der)).mtime, stored, "a run with nothing due wrote");
+            await new Promise((resolve) => setTimeout(resolve, 1000));
+            assertEquals(await reloads(), "reloaded\n", "reloaded with nothing renewed");
+          } finally {
+            await systemd.shutdown();
+          }
+        });
+      });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
