@@ -242,6 +242,22 @@ export interface StateRecord {
   attempt?: Attempt;
 }
 
+/**
+ * What a scan found in one folder, kept while the folder's stamp stays the
+ * same: its entries cannot have changed, so the next run need not list it.
+ */
+export interface ScanRecord {
+  /** The masks it was scanned with: other masks find other files. */
+  masks: string;
+  stamp: string;
+  /** The domains whose certificate, chain and rootchain were there, in order. */
+  domains: string[];
+  folders: string[];
+}
+
+/** Where scans are remembered from one run to the next: the State. */
+type ScanMemo = Pick<State, "scanned" | "setScanned">;
+
 /** Whether a certificate's response is renewed now, and why. */
 export interface Decision {
   due: boolean;
@@ -2219,6 +2235,7 @@ class State {
   private constructor(
     readonly file: string,
     private readonly records: Map<string, StateRecord>,
+    private readonly scans: Map<string, ScanRecord> = new Map(),
   ) {}
 
   /** A missing state is empty; a broken one only costs a verification of every response. */
@@ -2244,7 +2261,7 @@ class State {
       for (const responsePath in parsed.responses) {
         records.set(responsePath, parsed.responses[responsePath]);
       }
-      return new State(file, records);
+      return new State(file, records, new Map(Object.entries(parsed.scans ?? {})));
     } catch (error) {
       log.warn(`Ignoring state file "${file}": ${errorText(error)}; verifying every response`);
       return empty;
@@ -2263,6 +2280,17 @@ class State {
     const record = this.records.get(responsePath);
     if (verified === undefined && record?.verified === undefined) return;
     this.records.set(responsePath, { ...record, verified });
+    this.#changed = true;
+  }
+
+  /** What the last scan of `folder` with `masks` found, while its stamp is `stamp`. */
+  scanned(folder: string, masks: string, stamp: string): ScanRecord | undefined {
+    const scan = this.scans.get(folder);
+    return scan?.masks === masks && scan.stamp === stamp ? scan : undefined;
+  }
+
+  setScanned(folder: string, scan: ScanRecord): void {
+    this.scans.set(folder, scan);
     this.#changed = true;
   }
 
@@ -2287,7 +2315,9 @@ class State {
     }
     await writeFileAtomically(
       this.file,
-      encoder.encode(JSON.stringify({ version: 2, responses }) + "\n"),
+      encoder.encode(
+        JSON.stringify({ version: 2, responses, scans: Object.fromEntries(this.scans) }) + "\n",
+      ),
     );
     this.#changed = false;
   }
@@ -2551,18 +2581,24 @@ export function rejectedPath(responsePath: string): string {
   return path.join(path.dirname(responsePath), `.${path.basename(responsePath)}.rejected`);
 }
 
-/** Lists a folder's files and subfolders, following links as os.walk does. */
-function listFolder(dir: string): { files: Set<string>; folders: string[] } {
+/**
+ * Lists a folder's files and subfolders, following links as os.walk does.
+ * `links`: whether any entry is a link, whose target may change while the
+ * folder does not.
+ */
+function listFolder(dir: string): { files: Set<string>; folders: string[]; links: boolean } {
   const files = new Set<string>();
   const folders: string[] = [];
+  let links = false;
   for (const entry of Deno.readDirSync(dir)) {
     if (entry.isFile) files.add(entry.name);
     else if (entry.isDirectory) folders.push(entry.name);
-    else if (entry.isSymlink && isFile(path.join(dir, entry.name))) {
-      files.add(entry.name);
+    else if (entry.isSymlink) {
+      links = true;
+      if (isFile(path.join(dir, entry.name))) files.add(entry.name);
     }
   }
-  return { files, folders: folders.sort() };
+  return { files, folders: folders.sort(), links };
 }
 
 /** `path.join` for a normalized folder, without its cost when `name` is plain. */
@@ -2581,6 +2617,8 @@ function scanForTargets(
   entry: ScanEntry,
   ocspFolder: string,
   haproxySocket: string | undefined,
+  memo: ScanMemo | undefined,
+  stateFolder: string,
 ): Target[] {
   const root = path.resolve(entry.folder);
   try {
@@ -2599,10 +2637,26 @@ function scanForTargets(
   const slash = entry.certMask.indexOf("/");
   // `{domain}/cert.pem`: the domain is a folder's name, the file is inside it.
   const folderMask = slash < 0 ? undefined : new Mask(entry.certMask.slice(0, slash));
-  const targets: Target[] = [];
-  const walk = (relative: string) => {
-    const dir = path.join(root, relative);
-    const responseDir = path.resolve(ocspFolder, relative);
+  const masks = [entry.certMask, entry.chainMask ?? "", entry.rootchainMask ?? ""].join("\n");
+  const exists = (dir: string, files: Set<string>, name: string) =>
+    name.includes("/") ? isFile(path.join(dir, name)) : files.has(name);
+  /**
+   * The domains of the certificates in `dir`, in file name order, and its
+   * subfolders. While the folder's stamp stays as the state recorded it, no
+   * entry can have been added, removed or renamed, and the record answers.
+   * Not for links (a target may change while the folder does not),
+   * `{domain}/` masks (what decides is inside the subfolders), or the folder
+   * the state is written to.
+   */
+  const scanFolder = (dir: string): { domains: string[]; folders: string[] } => {
+    let stamp = "";
+    try {
+      stamp = folderMask ? "" : fileStamp(Deno.statSync(dir), Date.now());
+    } catch {
+      // Listing it says what is wrong.
+    }
+    const remembered = stamp ? memo?.scanned(dir, masks, stamp) : undefined;
+    if (remembered) return remembered;
     let listed: ReturnType<typeof listFolder>;
     try {
       listed = listFolder(dir);
@@ -2615,21 +2669,37 @@ function scanForTargets(
         EXIT.configInvalid,
       );
     }
-    const { files, folders } = listed;
-    const exists = (name: string) =>
-      name.includes("/") ? isFile(path.join(dir, name)) : files.has(name);
-    const found: Target[] = [];
+    const { files, folders, links } = listed;
+    const found: [cert: string, domain: string][] = [];
     for (const name of folderMask ? folders : files) {
       const domain = (folderMask ?? certMask).match(name);
       if (domain === undefined) continue;
       const cert = certMask.fill(domain);
       const chain = chainMask?.fill(domain);
       const rootchain = rootchainMask?.fill(domain);
-      if (folderMask && !exists(cert)) continue;
-      if ((chain && !exists(chain)) || (rootchain && !exists(rootchain))) continue;
-      found.push({
+      if (folderMask && !exists(dir, files, cert)) continue;
+      if (chain && !exists(dir, files, chain)) continue;
+      if (rootchain && !exists(dir, files, rootchain)) continue;
+      found.push([cert, domain]);
+    }
+    // In file name order, so that runs go the same way every time.
+    found.sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
+    const scan = { domains: found.map(([, domain]) => domain), folders };
+    // The state file's own folder changes whenever the state is written.
+    if (stamp && !links && dir !== stateFolder) memo?.setScanned(dir, { masks, stamp, ...scan });
+    return scan;
+  };
+  const targets: Target[] = [];
+  const walk = (relative: string) => {
+    const dir = path.join(root, relative);
+    const responseDir = path.resolve(ocspFolder, relative);
+    const { domains, folders } = scanFolder(dir);
+    for (const domain of domains) {
+      const chain = chainMask?.fill(domain);
+      const rootchain = rootchainMask?.fill(domain);
+      targets.push({
         id: domain,
-        certPath: inFolder(dir, cert),
+        certPath: inFolder(dir, certMask.fill(domain)),
         chainPath: chain && inFolder(dir, chain),
         rootchainPath: rootchain && inFolder(dir, rootchain),
         responsePath: inFolder(responseDir, ocspMask.fill(domain)),
@@ -2637,9 +2707,6 @@ function scanForTargets(
         source: entry.source,
       });
     }
-    // In file name order, so that runs go the same way every time.
-    found.sort((a, b) => a.certPath < b.certPath ? -1 : a.certPath > b.certPath ? 1 : 0);
-    targets.push(...found);
     if (entry.recursive) {
       for (const folder of folders) walk(path.join(relative, folder));
     }
@@ -2801,10 +2868,16 @@ export function loadConfig(file: string, warnings: string[], yaml: YamlReader): 
  * Every certificate of the config: scanned ones first, then `domains`.
  * Two targets with one id, or one response file, are a config error.
  */
-export function discoverTargets(config: Config): Target[] {
+export function discoverTargets(config: Config, memo?: ScanMemo): Target[] {
   const targets = [
     ...config.scanKeys.flatMap((entry) =>
-      scanForTargets(entry, config.ocspFolder, config.haproxySocket)
+      scanForTargets(
+        entry,
+        config.ocspFolder,
+        config.haproxySocket,
+        memo,
+        path.dirname(path.resolve(config.stateFile)),
+      )
     ),
     ...config.domains.map((entry) => domainTarget(entry, config.ocspFolder, config.haproxySocket)),
   ];
@@ -3666,13 +3739,14 @@ export async function main(args: string[]): Promise<number> {
     if (!invocation.check) {
       lock = await acquireLock(`${config.stateFile}.lock`, config.lockTimeoutSeconds);
     }
-    const targets = selectTargets(discoverTargets(config), invocation.only);
+    const state = State.load(config.stateFile, log);
+    const targets = selectTargets(discoverTargets(config, state), invocation.only);
     if (targets.length === 0) log.warn("No certificates found in the configuration");
     const context: RunContext = {
       config,
       now,
       log,
-      state: State.load(config.stateFile, log),
+      state,
       // --check reports what is; forcing a renewal it will not make would skew that.
       forced: invocation.force && !invocation.check,
     };

@@ -802,6 +802,86 @@ Deno.test("a settled file is trusted by its stat; a byte changed under an old mt
   });
 });
 
+Deno.test("a settled scan folder is not listed again, yet every change to it is seen", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test", "b.test"]);
+    const certs = path.join(site, "certs");
+    const stateFile = path.join(site, "responses", ".ocspbot-state.json");
+    const settle = () => new Promise((resolve) => setTimeout(resolve, 2100));
+    // touch on the real clock, as in the test above.
+    const touch = (from: string, to: string) =>
+      new Deno.Command("touch", { args: ["-r", from, to], env: { LD_PRELOAD: "" } }).output();
+    const reference = path.join(site, "mtime-reference");
+    /** Changes the folder with `change`, then sets its mtime back. */
+    const underOldMtime = async (change: () => Promise<unknown>) => {
+      await Deno.writeTextFile(reference, "");
+      await touch(certs, reference);
+      await change();
+      await touch(reference, certs);
+      assertEquals((await Deno.stat(certs)).mtime, (await Deno.stat(reference)).mtime);
+      await settle();
+    };
+    const renewedIds = async () => {
+      const run = await runBot(site, ["--json"]);
+      const certificates = JSON.parse(run.stdout).certificates;
+      return { code: run.code, ids: Object.keys(certificates).sort() };
+    };
+    assertEquals((await runBot(site)).code, 2);
+    await settle();
+
+    await t.step("settled: the scan is remembered with the folder's stamp", async () => {
+      assertEquals(await renewedIds(), { code: 0, ids: ["a.test", "b.test"] });
+      const scans = JSON.parse(await Deno.readTextFile(stateFile)).scans;
+      assertEquals(scans[certs]?.domains, ["a.test", "b.test"]);
+    });
+    await t.step("a certificate added, the mtime set back: found", async () => {
+      await underOldMtime(() => ca.issueLeaf(certs, "c.test"));
+      assertEquals(await renewedIds(), { code: 1, ids: ["a.test", "b.test", "c.test"] });
+    });
+    await t.step("a certificate removed, the mtime set back: gone, not an error", async () => {
+      await underOldMtime(() => Deno.remove(path.join(certs, "b.test.pem")));
+      assertEquals(await renewedIds(), { code: 0, ids: ["a.test", "c.test"] });
+    });
+    await t.step("a link whose target appears later, the folder unchanged: found", async () => {
+      const elsewhere = path.join(site, "elsewhere");
+      const files = await ca.issueLeaf(elsewhere, "d.test");
+      await Deno.rename(files.cert, path.join(elsewhere, "d.later"));
+      await Deno.symlink(files.cert, path.join(certs, "d.test.pem"));
+      for (const name of ["d.test-chain.pem", "d.test-rootchain.pem"]) {
+        await Deno.copyFile(path.join(elsewhere, name), path.join(certs, name));
+      }
+      await settle();
+      assertEquals((await renewedIds()).ids, ["a.test", "c.test"], "a dangling link was a cert");
+      await renewedIds();
+      await Deno.rename(path.join(elsewhere, "d.later"), files.cert);
+      assertEquals(await renewedIds(), { code: 1, ids: ["a.test", "c.test", "d.test"] });
+    });
+    await t.step(
+      "responses and state in the scanned folder: a quiet hour writes nothing",
+      async () => {
+        const shared = path.join(site, "shared");
+        await ca.issueLeaf(shared, "e.test");
+        await Deno.writeTextFile(
+          path.join(shared, "ocspbot.yaml"),
+          'minimum_validity: 6h\nscan_keys:\n  - folder: ""\n',
+        );
+        assertEquals((await runBot(shared)).code, 1);
+        await settle();
+        assertEquals((await runBot(shared)).code, 0);
+        const written = await Deno.stat(path.join(shared, ".ocspbot-state.json"));
+        await settle();
+        assertEquals((await runBot(shared)).code, 0);
+        const after = await Deno.stat(path.join(shared, ".ocspbot-state.json"));
+        assertEquals(
+          [after.ino, after.mtime],
+          [written.ino, written.mtime],
+          "the state was rewritten",
+        );
+      },
+    );
+  });
+});
+
 Deno.test("a response is renewed when its time comes, by time and by percentage", async (t) => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"]);
