@@ -83,16 +83,23 @@ async function measureBot(
 
 /**
  * The floor of a first run: one bare `openssl ocsp` fetch per certificate,
- * with the arguments the bot gives it, `threads` at a time.
+ * with the arguments the bot gives it, `threads` at a time, through the same
+ * counting wrapper (a shell start each) the bot's calls go through.
  */
-async function measureFloor(site: string, ca: TestCa, names: string[], threads: number) {
+async function measureFloor(
+  site: string,
+  ca: TestCa,
+  names: string[],
+  threads: number,
+  openssl: string,
+) {
   let next = 0;
   const certs = path.join(site, "certs");
   const started = performance.now();
   await Promise.all(Array.from({ length: threads }, async () => {
     while (next < names.length) {
       const name = names[next++];
-      const { success } = await new Deno.Command("openssl", {
+      const { success } = await new Deno.Command(openssl, {
         args: [
           "ocsp",
           "-url",
@@ -168,7 +175,7 @@ async function benchIssued(count: number, latencies: number[]): Promise<FirstRun
       await writeConfig(site, threads, wrapper);
       for (const latencyMs of latencies) {
         ca.latencyMs = latencyMs;
-        const floorSeconds = await measureFloor(site, ca, names, threads);
+        const floorSeconds = await measureFloor(site, ca, names, threads, wrapper);
         await Deno.remove(responses, { recursive: true });
         // The second run asks no responder: once is enough.
         for (
