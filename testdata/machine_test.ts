@@ -326,7 +326,6 @@ Deno.test("a scan folder the user may not read: one line naming it, status 253",
  */
 class PrivateSystemd {
   private constructor(
-    readonly dir: string,
     private readonly unshare: Deno.ChildProcess,
     private readonly pid: number,
   ) {}
@@ -383,12 +382,12 @@ class PrivateSystemd {
       ),
       "mount -t tmpfs tmpfs /run",
       "for folder in /usr/lib/systemd/system /usr/lib/systemd/system-generators /etc/systemd/system; do",
-      '  mount -t tmpfs tmpfs "$folder"',
+      '  if [ -d "$folder" ]; then mount -t tmpfs tmpfs "$folder"; fi',
       "done",
       `cp -r ${dir}/targets/. /usr/lib/systemd/system/`,
       `cp -r ${dir}/units/. /etc/systemd/system/`,
       // The README's deno is on PATH; the test runner's may sit under root's home.
-      "touch /usr/local/bin/deno",
+      "mkdir -p /usr/local/bin && touch /usr/local/bin/deno",
       `mount --bind '${Deno.execPath()}' /usr/local/bin/deno`,
       "exec env -i container=ocspbot-test /lib/systemd/systemd --system --unit=ocspbot-test.target",
     ].join("\n");
@@ -407,7 +406,7 @@ class PrivateSystemd {
         .output();
       pid = Number(decoder.decode(children.stdout).trim()) || 0;
     }
-    const systemd = new PrivateSystemd(dir, unshare, pid);
+    const systemd = new PrivateSystemd(unshare, pid);
     for (let waited = 0; waited < 100; waited++) {
       if (
         pid !== 0 &&
@@ -417,8 +416,7 @@ class PrivateSystemd {
       }
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
-    await systemd.shutdown();
-    throw new Error("systemd did not come up in 10 s");
+    throw new Error(`systemd did not come up in 10 s: ${await systemd.shutdown()}`);
   }
 
   /** Runs a command inside, from `cwd`, with `stdin`; never throws. */
@@ -453,10 +451,10 @@ class PrivateSystemd {
     };
   }
 
-  /** Ends PID 1, and with it every process and mount of the namespaces. */
-  async shutdown(): Promise<void> {
+  /** Ends PID 1, and with it every process and mount of the namespaces; returns what it said. */
+  async shutdown(): Promise<string> {
     if (this.pid !== 0) Deno.kill(this.pid, "SIGKILL");
-    await this.unshare.output();
+    return decoder.decode((await this.unshare.output()).stderr);
   }
 }
 
