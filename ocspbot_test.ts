@@ -1382,7 +1382,7 @@ Deno.test("config errors end with the documented exit status", async (t) => {
 });
 
 Deno.test("help and version win wherever they stand", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await Deno.makeTempDir({ prefix: "ocspbot-help-" });
   try {
     const help = await runBot(dir, ["a", "b", "-help"]);
     assertEquals(help.code, 0);
@@ -1419,11 +1419,12 @@ Deno.test("the script runs by URL", async () => {
       headers: { "content-type": "application/typescript" },
     });
   });
+  const cwd = await Deno.makeTempDir({ prefix: "ocspbot-url-" });
   try {
     const url = `http://127.0.0.1:${server.addr.port}/ocspbot.ts`;
     const output = await new Deno.Command(Deno.execPath(), {
       args: ["run", "--quiet", "--allow-import=127.0.0.1", ...BOT_PERMISSIONS, url, "--version"],
-      cwd: await Deno.makeTempDir(),
+      cwd,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
@@ -1436,6 +1437,7 @@ Deno.test("the script runs by URL", async () => {
     assertEquals(output.code, 0);
   } finally {
     await server.shutdown();
+    await Deno.remove(cwd, { recursive: true });
   }
 });
 
