@@ -243,12 +243,11 @@ export interface StateRecord {
 }
 
 /**
- * What a scan found in one folder, kept while the folder's stamp stays the
- * same: its entries cannot have changed, so the next run need not list it.
+ * What a scan found in one folder with one set of masks, kept while the
+ * folder's stamp stays the same: its entries cannot have changed, so the
+ * next run need not list it.
  */
 export interface ScanRecord {
-  /** The masks it was scanned with: other masks find other files. */
-  masks: string;
   stamp: string;
   /** The domains whose certificate, chain and rootchain were there, in order. */
   domains: string[];
@@ -2285,13 +2284,25 @@ class State {
 
   /** What the last scan of `folder` with `masks` found, while its stamp is `stamp`. */
   scanned(folder: string, masks: string, stamp: string): ScanRecord | undefined {
-    const scan = this.scans.get(folder);
-    return scan?.masks === masks && scan.stamp === stamp ? scan : undefined;
+    const scan = this.scans.get(`${folder}\n${masks}`);
+    return scan?.stamp === stamp ? scan : undefined;
   }
 
-  setScanned(folder: string, scan: ScanRecord): void {
-    this.scans.set(folder, scan);
-    this.#changed = true;
+  /**
+   * Records a scan. Only a scan that found something else is worth writing
+   * the state for: a folder whose other files change every run (logs, the
+   * state itself) would otherwise rewrite the state every run. A new stamp
+   * alone is kept when the state is written anyway.
+   */
+  setScanned(folder: string, masks: string, scan: ScanRecord): void {
+    const key = `${folder}\n${masks}`;
+    const before = this.scans.get(key);
+    this.scans.set(key, scan);
+    const same = (a: string[] = [], b: string[]) =>
+      a.length === b.length && a.every((item, i) => item === b[i]);
+    if (!same(before?.domains, scan.domains) || !same(before?.folders, scan.folders)) {
+      this.#changed = true;
+    }
   }
 
   setAttempt(responsePath: string, attempt: Attempt): void {
@@ -2618,7 +2629,6 @@ function scanForTargets(
   ocspFolder: string,
   haproxySocket: string | undefined,
   memo: ScanMemo | undefined,
-  stateFolder: string,
 ): Target[] {
   const root = path.resolve(entry.folder);
   try {
@@ -2644,9 +2654,8 @@ function scanForTargets(
    * The domains of the certificates in `dir`, in file name order, and its
    * subfolders. While the folder's stamp stays as the state recorded it, no
    * entry can have been added, removed or renamed, and the record answers.
-   * Not for links (a target may change while the folder does not),
-   * `{domain}/` masks (what decides is inside the subfolders), or the folder
-   * the state is written to.
+   * Not for links (a target may change while the folder does not) or
+   * `{domain}/` masks (what decides is inside the subfolders).
    */
   const scanFolder = (dir: string): { domains: string[]; folders: string[] } => {
     let stamp = "";
@@ -2685,8 +2694,7 @@ function scanForTargets(
     // In file name order, so that runs go the same way every time.
     found.sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
     const scan = { domains: found.map(([, domain]) => domain), folders };
-    // The state file's own folder changes whenever the state is written.
-    if (stamp && !links && dir !== stateFolder) memo?.setScanned(dir, { masks, stamp, ...scan });
+    if (stamp && !links) memo?.setScanned(dir, masks, { stamp, ...scan });
     return scan;
   };
   const targets: Target[] = [];
@@ -2871,13 +2879,7 @@ export function loadConfig(file: string, warnings: string[], yaml: YamlReader): 
 export function discoverTargets(config: Config, memo?: ScanMemo): Target[] {
   const targets = [
     ...config.scanKeys.flatMap((entry) =>
-      scanForTargets(
-        entry,
-        config.ocspFolder,
-        config.haproxySocket,
-        memo,
-        path.dirname(path.resolve(config.stateFile)),
-      )
+      scanForTargets(entry, config.ocspFolder, config.haproxySocket, memo)
     ),
     ...config.domains.map((entry) => domainTarget(entry, config.ocspFolder, config.haproxySocket)),
   ];

@@ -832,7 +832,8 @@ Deno.test("a settled scan folder is not listed again, yet every change to it is 
     await t.step("settled: the scan is remembered with the folder's stamp", async () => {
       assertEquals(await renewedIds(), { code: 0, ids: ["a.test", "b.test"] });
       const scans = JSON.parse(await Deno.readTextFile(stateFile)).scans;
-      assertEquals(scans[certs]?.domains, ["a.test", "b.test"]);
+      const key = Object.keys(scans).find((folder) => folder.startsWith(`${certs}\n`));
+      assertEquals(key && scans[key].domains, ["a.test", "b.test"]);
     });
     await t.step("a certificate added, the mtime set back: found", async () => {
       await underOldMtime(() => ca.issueLeaf(certs, "c.test"));
