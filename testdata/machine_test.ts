@@ -139,6 +139,18 @@ class OtherUser {
   }
 }
 
+/** A CA, and a user other than root to run the bot as, for the length of `fn`. */
+async function withOtherUser(fn: (ca: TestCa, user: OtherUser) => Promise<void>): Promise<void> {
+  await withCa(async (ca) => {
+    const user = await OtherUser.create();
+    try {
+      await fn(ca, user);
+    } finally {
+      await user.close();
+    }
+  });
+}
+
 /** A site the CA's temp folder would hide from other users, opened up to them. */
 async function openSite(ca: TestCa, names: string[], config: string): Promise<string> {
   const site = await makeSite(ca, names, config);
@@ -216,102 +228,87 @@ Deno.test("a full disk: the stored response stays byte for byte, the error names
 });
 
 Deno.test("as a user who may write the folder: the group is kept, a lost owner is named", async (t) => {
-  await withCa(async (ca) => {
-    const user = await OtherUser.create();
-    try {
-      const site = await openSite(ca, ["a.test"], BASE_CONFIG);
-      const folder = path.join(site, "responses");
-      const file = response(site, "a.test");
-      // An earlier run as root left the response, the state and the lock file.
-      assertEquals((await runBot(site)).code, 1);
-      await Deno.chown(folder, 65534, 65534);
-      const handOver = async (mode: number) => {
-        await Deno.chown(file, 0, 33);
-        await Deno.chmod(file, mode);
-      };
+  await withOtherUser(async (ca, user) => {
+    const site = await openSite(ca, ["a.test"], BASE_CONFIG);
+    const folder = path.join(site, "responses");
+    const file = response(site, "a.test");
+    // An earlier run as root left the response, the state and the lock file.
+    assertEquals((await runBot(site)).code, 1);
+    await Deno.chown(folder, 65534, 65534);
+    const handOver = async (mode: number) => {
+      await Deno.chown(file, 0, 33);
+      await Deno.chmod(file, mode);
+    };
 
-      await t.step("in the file's group: the group and mode stay", async () => {
-        await handOver(0o640);
-        const renewed = await user.runBot(site, ["--force"], ["www-data"]);
-        assertEquals(renewed.code, 1, renewed.stdout + renewed.stderr);
-        const info = await Deno.stat(file);
-        assertEquals([info.uid, info.gid, info.mode! & 0o7777], [65534, 33, 0o640]);
-        assertMatch(
-          renewed.stderr,
-          new RegExp(
-            `^\\[a\\.test\\] WARNING: Cannot keep the owner \\(uid 0\\) of "${file}": the new file has uid 65534, gid 33;`,
-            "m",
-          ),
-        );
-        assert(!/group \(gid 33\)/.test(renewed.stderr), renewed.stderr);
-      });
+    await t.step("in the file's group: the group and mode stay", async () => {
+      await handOver(0o640);
+      const renewed = await user.runBot(site, ["--force"], ["www-data"]);
+      assertEquals(renewed.code, 1, renewed.stdout + renewed.stderr);
+      const info = await Deno.stat(file);
+      assertEquals([info.uid, info.gid, info.mode! & 0o7777], [65534, 33, 0o640]);
+      assertMatch(
+        renewed.stderr,
+        new RegExp(
+          `^\\[a\\.test\\] WARNING: Cannot keep the owner \\(uid 0\\) of "${file}": the new file has uid 65534, gid 33;`,
+          "m",
+        ),
+      );
+      assert(!/group \(gid 33\)/.test(renewed.stderr), renewed.stderr);
+    });
 
-      await t.step("outside it: a warning names the group too", async () => {
-        await handOver(0o644);
-        const renewed = await user.runBot(site, ["--force"], []);
-        assertEquals(renewed.code, 1, renewed.stdout + renewed.stderr);
-        const info = await Deno.stat(file);
-        assertEquals([info.gid, info.mode! & 0o7777], [65534, 0o644]);
-        assertMatch(renewed.stderr, /Cannot keep the owner \(uid 0\) and group \(gid 33\) of "/);
-      });
+    await t.step("outside it: a warning names the group too", async () => {
+      await handOver(0o644);
+      const renewed = await user.runBot(site, ["--force"], []);
+      assertEquals(renewed.code, 1, renewed.stdout + renewed.stderr);
+      const info = await Deno.stat(file);
+      assertEquals([info.gid, info.mode! & 0o7777], [65534, 0o644]);
+      assertMatch(renewed.stderr, /Cannot keep the owner \(uid 0\) and group \(gid 33\) of "/);
+    });
 
-      await t.step("root's lock file needed only read access", async () => {
-        const lock = await Deno.stat(path.join(folder, ".ocspbot-state.json.lock"));
-        assertEquals(lock.uid, 0, "the test meant a lock file left by root");
-      });
-    } finally {
-      await user.close();
-    }
+    await t.step("root's lock file needed only read access", async () => {
+      const lock = await Deno.stat(path.join(folder, ".ocspbot-state.json.lock"));
+      assertEquals(lock.uid, 0, "the test meant a lock file left by root");
+    });
   });
 });
 
 Deno.test("a response folder the user may not write: one line naming it, no stack trace", async () => {
-  await withCa(async (ca) => {
-    const user = await OtherUser.create();
-    try {
-      const site = await openSite(ca, ["a.test"], BASE_CONFIG);
-      const folder = path.join(site, "responses");
-      assertEquals((await runBot(site)).code, 1);
-      const good = await Deno.readFile(response(site, "a.test"));
-      const forced = await user.runBot(site, ["--force"], []);
-      assertEquals(forced.code, 255, forced.stdout + forced.stderr);
-      assertMatch(
-        forced.stderr,
-        new RegExp(
-          `^\\[a\\.test\\] ERROR: Cannot write "a\\.test\\.ocsp-resp" in folder "${folder}": Permission denied; the stored response stays as it was$`,
-          "m",
-        ),
-      );
-      assert(!/^\s+at /m.test(forced.stderr), `a stack trace reached the user:\n${forced.stderr}`);
-      assert(!/Unexpected failure/.test(forced.stderr), forced.stderr);
-      assertEquals(await Deno.readFile(response(site, "a.test")), good);
-    } finally {
-      await user.close();
-    }
+  await withOtherUser(async (ca, user) => {
+    const site = await openSite(ca, ["a.test"], BASE_CONFIG);
+    const folder = path.join(site, "responses");
+    assertEquals((await runBot(site)).code, 1);
+    const good = await Deno.readFile(response(site, "a.test"));
+    const forced = await user.runBot(site, ["--force"], []);
+    assertEquals(forced.code, 255, forced.stdout + forced.stderr);
+    assertMatch(
+      forced.stderr,
+      new RegExp(
+        `^\\[a\\.test\\] ERROR: Cannot write "a\\.test\\.ocsp-resp" in folder "${folder}": Permission denied; the stored response stays as it was$`,
+        "m",
+      ),
+    );
+    assert(!/^\s+at /m.test(forced.stderr), `a stack trace reached the user:\n${forced.stderr}`);
+    assert(!/Unexpected failure/.test(forced.stderr), forced.stderr);
+    assertEquals(await Deno.readFile(response(site, "a.test")), good);
   });
 });
 
 Deno.test("a scan folder the user may not read: one line naming it, status 253", async () => {
-  await withCa(async (ca) => {
-    const user = await OtherUser.create();
-    try {
-      const site = await openSite(ca, ["a.test"], BASE_CONFIG);
-      const certs = path.join(site, "certs");
-      await Deno.chmod(certs, 0o700);
-      await Deno.mkdir(path.join(site, "responses"));
-      await Deno.chmod(path.join(site, "responses"), 0o777);
-      const run = await user.runBot(site, [], []);
-      assertEquals(run.code, 253, run.stdout + run.stderr);
-      assertMatch(
-        run.stderr,
-        new RegExp(
-          `^ERROR: Cannot scan scan_keys folder "certs" of config ".*": cannot list "${certs}": Permission denied; let the user running ocspbot read it$`,
-          "m",
-        ),
-      );
-    } finally {
-      await user.close();
-    }
+  await withOtherUser(async (ca, user) => {
+    const site = await openSite(ca, ["a.test"], BASE_CONFIG);
+    const certs = path.join(site, "certs");
+    await Deno.chmod(certs, 0o700);
+    await Deno.mkdir(path.join(site, "responses"));
+    await Deno.chmod(path.join(site, "responses"), 0o777);
+    const run = await user.runBot(site, [], []);
+    assertEquals(run.code, 253, run.stdout + run.stderr);
+    assertMatch(
+      run.stderr,
+      new RegExp(
+        `^ERROR: Cannot scan scan_keys folder "certs" of config ".*": cannot list "${certs}": Permission denied; let the user running ocspbot read it$`,
+        "m",
+      ),
+    );
   });
 });
 
