@@ -41,6 +41,8 @@ import {
   runBot,
   TestCa,
   withCa,
+  withTempDir,
+  writeWithFolders,
 } from "./testdata/testca.ts";
 
 const HOUR = 3600_000;
@@ -1267,8 +1269,7 @@ Deno.test("22 certificates with parallel_threads 8; stop_on_error stops without 
 });
 
 Deno.test("config errors end with the documented exit status", async (t) => {
-  const dir = await Deno.makeTempDir({ prefix: "ocspbot-config-" });
-  try {
+  await withTempDir("ocspbot-config-", async (dir) => {
     await Deno.mkdir(path.join(dir, "certs"));
     await Deno.mkdir(path.join(dir, "responses", "a.der"), { recursive: true });
     for (const name of ["a.pem", "a-chain.pem", "a-rootchain.pem"]) {
@@ -1377,14 +1378,11 @@ Deno.test("config errors end with the documented exit status", async (t) => {
         assert(!/^\s+at /m.test(run.stderr), `a stack trace reached the user:\n${run.stderr}`);
       });
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("help and version win wherever they stand", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "ocspbot-help-" });
-  try {
+  await withTempDir("ocspbot-help-", async (dir) => {
     const help = await runBot(dir, ["a", "b", "-help"]);
     assertEquals(help.code, 0);
     assertMatch(help.stdout, /Usage: ocspbot \[config\]/);
@@ -1393,9 +1391,7 @@ Deno.test("help and version win wherever they stand", async () => {
     const version = await runBot(dir, ["x.yaml", "-v"]);
     assertEquals(version.code, 0);
     assertEquals(version.stdout, `ocspbot ${VERSION}\n`);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("a missing openssl executable is named in the error", async () => {
@@ -1420,33 +1416,32 @@ Deno.test("the script runs by URL", async () => {
       headers: { "content-type": "application/typescript" },
     });
   });
-  const cwd = await Deno.makeTempDir({ prefix: "ocspbot-url-" });
   try {
-    const url = `http://127.0.0.1:${server.addr.port}/ocspbot.ts`;
-    const output = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "--quiet", "--allow-import=127.0.0.1", ...BOT_PERMISSIONS, url, "--version"],
-      cwd,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assertEquals(
-      decoder.decode(output.stdout),
-      `ocspbot ${VERSION}\n`,
-      decoder.decode(output.stderr),
-    );
-    assertEquals(output.code, 0);
+    await withTempDir("ocspbot-url-", async (cwd) => {
+      const url = `http://127.0.0.1:${server.addr.port}/ocspbot.ts`;
+      const output = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--quiet", "--allow-import=127.0.0.1", ...BOT_PERMISSIONS, url, "--version"],
+        cwd,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assertEquals(
+        decoder.decode(output.stdout),
+        `ocspbot ${VERSION}\n`,
+        decoder.decode(output.stderr),
+      );
+      assertEquals(output.code, 0);
+    });
   } finally {
     await server.shutdown();
-    await Deno.remove(cwd, { recursive: true });
   }
 });
 
 // --------------------------------------------------- operations (issue 4) --
 
 Deno.test("an offline server without js-yaml cached: 254 and what to do, not Deno's 1", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "ocspbot-offline-" });
-  try {
+  await withTempDir("ocspbot-offline-", async (dir) => {
     await Deno.writeTextFile(path.join(dir, "ocspbot.yaml"), "minimum_validity: 1d\n");
     // An empty module cache, and a registry on a closed loopback port: nothing leaves the host.
     const env = { DENO_DIR: path.join(dir, "cache"), NPM_CONFIG_REGISTRY: "http://127.0.0.1:9/" };
@@ -1458,9 +1453,7 @@ Deno.test("an offline server without js-yaml cached: 254 and what to do, not Den
     );
     const check = await runBot(dir, ["--check"], env);
     assertEquals(check.code, 3, check.stdout + check.stderr);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("--check reports like a Nagios plugin and changes nothing", async (t) => {
@@ -2126,8 +2119,7 @@ Deno.test("two configs sharing a response folder keep each other's records", asy
 });
 
 Deno.test("--check with nothing to check is UNKNOWN; --json stays one document whatever fails", async (t) => {
-  const dir = await Deno.makeTempDir({ prefix: "ocspbot-json-" });
-  try {
+  await withTempDir("ocspbot-json-", async (dir) => {
     await Deno.mkdir(path.join(dir, "empty"));
     const write = (config: string) => Deno.writeTextFile(path.join(dir, "ocspbot.yaml"), config);
     await t.step("no certificate found: UNKNOWN, 3", async () => {
@@ -2165,9 +2157,7 @@ Deno.test("--check with nothing to check is UNKNOWN; --json stays one document w
         assertEquals(report.certificates, {});
       });
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("metrics_file: the textfile a node_exporter reads, after a run and after --check", async () => {
@@ -2217,8 +2207,7 @@ Deno.test("the README's recipes, as pasted: fullchain, certbot, acme.sh, HAProxy
     const machine = async (files: Record<string, string>) => {
       const root = path.join(ca.dir, "machines", crypto.randomUUID());
       for (const [file, text] of Object.entries(files)) {
-        await Deno.mkdir(path.dirname(path.join(root, file)), { recursive: true });
-        await Deno.writeTextFile(path.join(root, file), text);
+        await writeWithFolders(path.join(root, file), text);
       }
       return root;
     };

@@ -24,6 +24,8 @@ import {
   runBot,
   type TestCa,
   withCa,
+  withTempDir,
+  writeWithFolders,
 } from "./testca.ts";
 
 const assert: (condition: unknown, message?: string) => asserts condition = nodeAssert.ok;
@@ -355,19 +357,19 @@ class PrivateSystemd {
       await Deno.mkdir(path.join(dir, "work", layer), { recursive: true });
     }
     for (const target of PrivateSystemd.TARGETS.concat("ocspbot-test")) {
-      await write(
+      await writeWithFolders(
         path.join(dir, "targets", `${target}.target`),
         "[Unit]\nDefaultDependencies=no\n",
       );
     }
     for (const [name, text] of Object.entries(units)) {
-      await write(path.join(dir, "units", name), text);
+      await writeWithFolders(path.join(dir, "units", name), text);
     }
     // Under faketime the services run on the test's clock, as the responder does.
     const faked = Object.entries(Deno.env.toObject())
       .filter(([name]) => name === "LD_PRELOAD" || name.startsWith("FAKETIME"));
     if (faked.length > 0) {
-      await write(
+      await writeWithFolders(
         PrivateSystemd.upper(dir, "etc/systemd/system.conf.d/faketime.conf"),
         `[Manager]\nDefaultEnvironment=${faked.map(([n, v]) => `"${n}=${v}"`).join(" ")}\n`,
       );
@@ -455,12 +457,6 @@ class PrivateSystemd {
   }
 }
 
-/** Writes `text` to `file`, making its folders. */
-async function write(file: string, text: string): Promise<void> {
-  await Deno.mkdir(path.dirname(file), { recursive: true });
-  await Deno.writeTextFile(file, text);
-}
-
 Deno.test("the README's systemd units: verified, scored, and run by a real systemd", async (t) => {
   const blocks = await readmeBlocks();
   const block = (name: string) => {
@@ -475,10 +471,9 @@ Deno.test("the README's systemd units: verified, scored, and run by a real syste
     "ocspbot-reload.service",
   ];
   const units = Object.fromEntries(unitNames.map((name) => [name, block(name)]));
-  const dir = await Deno.makeTempDir({ prefix: "ocspbot-systemd-" });
-  try {
+  await withTempDir("ocspbot-systemd-", async (dir) => {
     const unitFolder = path.join(dir, "units");
-    for (const name of unitNames) await write(path.join(unitFolder, name), units[name]);
+    for (const name of unitNames) await writeWithFolders(path.join(unitFolder, name), units[name]);
 
     await t.step("systemd-analyze verify finds nothing to say", async () => {
       const verify = await new Deno.Command("systemd-analyze", {
@@ -527,12 +522,21 @@ Deno.test("the README's systemd units: verified, scored, and run by a real syste
           // The certbot recipe, with the systemd section's lines for the bot's folder and marker.
           const recipe = (await readmeRecipe("certbot", "/")).split("\n")
             .filter((line) => !/^(ocsp_folder|on_change):/.test(line)).join("\n");
-          await write(upper("etc/ocspbot/ocspbot.yaml"), recipe + block("systemd config"));
+          await writeWithFolders(
+            upper("etc/ocspbot/ocspbot.yaml"),
+            recipe + block("systemd config"),
+          );
           // certbot's tree as certbot leaves it: live/ and archive/ for root only.
           const leaf = await ca.issueLeaf(path.join(ca.dir, "issued"), "bot.example.com");
           const archive = upper("etc/letsencrypt/archive/bot.example.com");
-          await write(path.join(archive, "cert1.pem"), await Deno.readTextFile(leaf.cert));
-          await write(path.join(archive, "chain1.pem"), await Deno.readTextFile(ca.chain));
+          await writeWithFolders(
+            path.join(archive, "cert1.pem"),
+            await Deno.readTextFile(leaf.cert),
+          );
+          await writeWithFolders(
+            path.join(archive, "chain1.pem"),
+            await Deno.readTextFile(ca.chain),
+          );
           const live = upper("etc/letsencrypt/live/bot.example.com");
           await Deno.mkdir(live, { recursive: true });
           for (const name of ["cert", "chain"]) {
@@ -543,7 +547,7 @@ Deno.test("the README's systemd units: verified, scored, and run by a real syste
             await Deno.chmod(upper(`etc/letsencrypt/${folder}`), 0o700);
           }
           // The test root joins the system's CA bundle, which the recipe verifies against.
-          await write(
+          await writeWithFolders(
             upper("etc/ssl/certs/ca-certificates.crt"),
             await Deno.readTextFile("/etc/ssl/certs/ca-certificates.crt") +
               await Deno.readTextFile(path.join(ca.dir, "root.pem")),
@@ -601,7 +605,5 @@ Deno.test("the README's systemd units: verified, scored, and run by a real syste
         });
       });
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

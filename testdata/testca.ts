@@ -496,6 +496,22 @@ export async function withCa(fn: (ca: TestCa) => Promise<void>): Promise<void> {
   }
 }
 
+/** A temp folder for the length of `fn`, removed however `fn` ends. */
+export async function withTempDir(prefix: string, fn: (dir: string) => Promise<void>) {
+  const dir = await Deno.makeTempDir({ prefix });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Writes `text` to `file`, making its folders. */
+export async function writeWithFolders(file: string, text: string): Promise<void> {
+  await Deno.mkdir(path.dirname(file), { recursive: true });
+  await Deno.writeTextFile(file, text);
+}
+
 export const BASE_CONFIG = `
 minimum_validity: 6h
 ocsp_folder: responses
