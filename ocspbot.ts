@@ -541,9 +541,14 @@ export function parseInterval(text: string): number {
 
 type Mapping = Record<string, unknown>;
 
-/** Deno's `No such file or directory (os error 2): readfile 'x'` without the noise. */
+/**
+ * Deno's `No such file or directory (os error 2): readfile 'x'`, or node:fs's
+ * `ENOSPC: no space left on device, write`, without the noise.
+ */
 export function errorText(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
+  const node = /^E[A-Z]+: (.+?), \w+(?: '.*')?$/s.exec(message);
+  if (node) return node[1][0].toUpperCase() + node[1].slice(1);
   return message.replace(/ \(os error \d+\).*$/s, "");
 }
 
@@ -1649,83 +1654,143 @@ export function exitStatus(summary: Summary): number {
 
 // --------------------------------------------------------- I/O: logging --
 
-interface Sink {
-  write(line: string): void;
-  close(): void;
-}
-
 const encoder = new TextEncoder();
 
-function writeAll(writer: { writeSync(p: Uint8Array): number }, bytes: Uint8Array) {
+type Writer = { writeSync(p: Uint8Array): number };
+
+function writeAll(writer: Writer, bytes: Uint8Array) {
   for (let done = 0; done < bytes.length;) {
     done += writer.writeSync(bytes.subarray(done));
   }
 }
 
-type Writer = { writeSync(p: Uint8Array): number };
+/**
+ * Where lines go: stdout, stderr or a log file. One that fails to take a
+ * write (a full disk, /dev/full, a pipe whose reader has gone) is written to
+ * no more, and `failure` says why.
+ */
+class Destination {
+  failure?: string;
+
+  constructor(
+    readonly name: string,
+    readonly writer: Writer,
+    readonly close: () => void = () => {},
+  ) {}
+}
 
 /**
- * Lines not written yet, in the order logged, whatever their destination.
- * They go out together when the event loop next turns, so that 10,000
- * certificates with nothing due cost a few writes rather than 10,000, while
- * a run that waits on a responder still shows its lines as it goes.
+ * A run's output. Lines wait here in the order logged, whatever their
+ * destination, and go out together when the event loop next turns, so that
+ * 10,000 certificates with nothing due cost a few writes rather than 10,000,
+ * while a run that waits on a responder still shows its lines as it goes.
+ *
+ * Writing never throws: a destination that fails is said once on the first
+ * one that still works, and the run goes on, since a lost log line must not
+ * cost a renewal. The exit status then tells (exitStatus()).
  */
-const pendingLines: { writer: Writer; text: string }[] = [];
-let pendingLength = 0;
+export class Output {
+  readonly stdout = new Destination("stdout", Deno.stdout);
+  readonly stderr = new Destination("stderr", Deno.stderr);
+  /** Where a failure is said: an error log first, when there is one, then the console. */
+  readonly fallbacks: Destination[] = [this.stderr, this.stdout];
+  #pending: { destination: Destination; text: string }[] = [];
+  #length = 0;
+  #failed = false;
+
+  /** With --json, stdout is the document's alone. */
+  reserveStdout(): void {
+    this.fallbacks.splice(this.fallbacks.indexOf(this.stdout), 1);
+  }
+
+  queue(destination: Destination, line: string): void {
+    if (this.#pending.length === 0) setTimeout(() => this.flush(), 0);
+    this.#pending.push({ destination, text: line + "\n" });
+    this.#length += line.length + 1;
+    if (this.#length > PENDING_LIMIT) this.flush();
+  }
+
+  /** Writes every queued line, each run of lines for one destination in one write. */
+  flush(): void {
+    const pending = this.#pending;
+    this.#pending = [];
+    this.#length = 0;
+    for (let start = 0; start < pending.length;) {
+      const { destination } = pending[start];
+      let end = start;
+      let text = "";
+      while (end < pending.length && pending[end].destination === destination) {
+        text += pending[end++].text;
+      }
+      this.write(destination, text);
+      start = end;
+    }
+  }
+
+  /** Writes `text` now, after what is queued; a failure is said, never thrown. */
+  write(destination: Destination, text: string): void {
+    if (this.#pending.length > 0) this.flush();
+    if (destination.failure !== undefined) return;
+    try {
+      writeAll(destination.writer, encoder.encode(text));
+    } catch (error) {
+      destination.failure = errorText(error);
+      this.#failed = true;
+      const witness = this.fallbacks.find((other) =>
+        other !== destination && other.failure === undefined
+      );
+      if (witness) {
+        this.write(
+          witness,
+          `ERROR: Cannot write to ${destination.name}: ${destination.failure}; ` +
+            "what ocspbot says there is lost from here on, the run goes on\n",
+        );
+      }
+    }
+  }
+
+  /** Whether a line could not be written somewhere. */
+  get failed(): boolean {
+    return this.#failed;
+  }
+
+  /**
+   * The status a run ends with once its output failed: a count of renewals
+   * stays, as they happened and a server must reload them; "nothing renewed"
+   * becomes 255, since what went wrong could not be said.
+   */
+  exitStatus(status: number): number {
+    return this.failed && status === 0 ? EXIT.failure : status;
+  }
+}
+
 /** A run that never waits (nothing due) writes its lines in chunks of this many characters. */
 const PENDING_LIMIT = 64 * 1024;
 
-function queueLine(writer: Writer, line: string): void {
-  if (pendingLines.length === 0) setTimeout(flushOutput, 0);
-  pendingLines.push({ writer, text: line + "\n" });
-  pendingLength += line.length + 1;
-  if (pendingLength > PENDING_LIMIT) flushOutput();
-}
-
-/** Writes every queued line, each run of lines for one destination in one write. */
-function flushOutput(): void {
-  for (let start = 0; start < pendingLines.length;) {
-    const { writer } = pendingLines[start];
-    let end = start;
-    let text = "";
-    while (end < pendingLines.length && pendingLines[end].writer === writer) {
-      text += pendingLines[end++].text;
-    }
-    writeAll(writer, encoder.encode(text));
-    start = end;
-  }
-  pendingLines.length = 0;
-  pendingLength = 0;
-}
-
-function consoleSink(stream: typeof Deno.stdout | typeof Deno.stderr): Sink {
-  return {
-    write: (line) => queueLine(stream, line),
-    close: flushOutput,
-  };
-}
-
-/** Appends: the Python bot truncated a log that had the same name. */
-function fileSink(file: string): Sink {
-  const handle = Deno.openSync(file, { append: true, create: true });
-  return {
-    write: (line) => queueLine(handle, line),
-    close: () => {
-      flushOutput();
-      handle.close();
-    },
-  };
+/**
+ * A line as it may be printed: control characters, which could end the line
+ * and forge another (an id or a file name holding a newline), are escaped.
+ */
+export function printable(line: string): string {
+  // deno-lint-ignore no-control-regex -- finding control characters is the point
+  return line.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029]/g, (character) => {
+    const named: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+    const code = character.charCodeAt(0);
+    return named[character] ??
+      (code > 0xff ? `\\u${code.toString(16)}` : `\\x${code.toString(16).padStart(2, "0")}`);
+  });
 }
 
 /**
- * Output lines go to the output sink; warnings and errors to the error sink,
- * and to the output log too when that is a separate file, so it tells the
- * whole story of a run.
+ * Output lines go to the output destination; warnings and errors to the
+ * error destination, and to the output log too when that is a separate
+ * file, so it tells the whole story of a run.
  */
 export class Logger {
   constructor(
-    private readonly out: Sink,
-    private readonly err: Sink,
+    private readonly output: Output,
+    private readonly out: Destination,
+    private readonly err: Destination,
     private readonly errorsAlsoToOut: boolean,
     private readonly quiet = false,
     private readonly prefix = "",
@@ -1735,50 +1800,60 @@ export class Logger {
    * Opens the configured log files, or uses stdout and stderr; with --json
    * stdout is the JSON document's alone.
    */
-  static open(config: Config, now: Date, options: { quiet: boolean; json: boolean }): Logger {
+  static open(
+    output: Output,
+    config: Config,
+    now: Date,
+    options: { quiet: boolean; json: boolean },
+    warnings: string[],
+  ): Logger {
     const outName = config.outputLog && formatLogName(config.outputLog, now);
     const errName = config.errorLog && formatLogName(config.errorLog, now);
-    const opened: Sink[] = [];
+    const opened: Destination[] = [];
     const open = (name: string, key: string) => {
       try {
-        Deno.mkdirSync(path.dirname(name), { recursive: true });
-        const sink = fileSink(name);
-        opened.push(sink);
-        return sink;
+        const destination = openLog(name, key, warnings);
+        opened.push(destination);
+        return destination;
       } catch (error) {
-        for (const sink of opened) sink.close();
+        for (const destination of opened) destination.close();
         throw new ExitError(
           `Cannot open ${key} "${name}" of config "${config.file}": ${errorText(error)}`,
           EXIT.configUnloadable,
         );
       }
     };
-    const out = outName
-      ? open(outName, "output_log")
-      : consoleSink(options.json ? Deno.stderr : Deno.stdout);
-    const err = errName
-      ? (errName === outName ? out : open(errName, "error_log"))
-      : consoleSink(Deno.stderr);
-    return new Logger(out, err, Boolean(outName) && errName !== outName, options.quiet);
+    const console = options.json ? output.stderr : output.stdout;
+    const out = outName ? open(outName, "output_log") : console;
+    const err = errName ? (errName === outName ? out : open(errName, "error_log")) : output.stderr;
+    if (err !== output.stderr) output.fallbacks.unshift(err);
+    return new Logger(output, out, err, Boolean(outName) && errName !== outName, options.quiet);
   }
 
   /** The console only: for --check, whose verdict belongs on stdout. */
-  static console(options = { quiet: false, json: false }): Logger {
-    const out = consoleSink(options.json ? Deno.stderr : Deno.stdout);
-    return new Logger(out, consoleSink(Deno.stderr), false, options.quiet);
+  static console(output: Output, options = { quiet: false, json: false }): Logger {
+    const out = options.json ? output.stderr : output.stdout;
+    return new Logger(output, out, output.stderr, false, options.quiet);
   }
 
   forDomain(id: string): Logger {
-    return new Logger(this.out, this.err, this.errorsAlsoToOut, this.quiet, `[${id}] `);
+    return new Logger(
+      this.output,
+      this.out,
+      this.err,
+      this.errorsAlsoToOut,
+      this.quiet,
+      `[${id}] `,
+    );
   }
 
   info(message: string): void {
-    if (!this.quiet) this.out.write(this.prefix + message);
+    if (!this.quiet) this.#line(this.out, this.prefix + message);
   }
 
   /** A line --quiet keeps: --check's verdict. */
   result(message: string): void {
-    this.out.write(this.prefix + message);
+    this.#line(this.out, this.prefix + message);
   }
 
   warn(message: string): void {
@@ -1790,13 +1865,17 @@ export class Logger {
   }
 
   #problem(line: string): void {
-    this.err.write(line);
-    if (this.errorsAlsoToOut) this.out.write(line);
+    this.#line(this.err, line);
+    if (this.errorsAlsoToOut) this.#line(this.out, line);
+  }
+
+  #line(destination: Destination, line: string): void {
+    this.output.queue(destination, printable(line));
   }
 
   close(): void {
-    this.out.close();
-    if (this.err !== this.out) this.err.close();
+    this.output.flush();
+    for (const destination of new Set([this.out, this.err])) destination.close();
   }
 }
 
@@ -2242,6 +2321,16 @@ class State {
     const empty = new State(file, new Map());
     let text: string;
     try {
+      // Another user's link here could point at any file, which a warning would then describe.
+      const info = Deno.lstatSync(file);
+      if (info.isSymlink && !trustedLink(info)) {
+        log.warn(
+          `Ignoring state file: ${
+            untrustedLinkText(file, info)
+          }; verifying every response, and the link is replaced by the state`,
+        );
+        return empty;
+      }
       text = Deno.readTextFileSync(file);
     } catch (error) {
       if (!(error instanceof Deno.errors.NotFound)) {
@@ -2249,22 +2338,26 @@ class State {
       }
       return empty;
     }
+    let parsed;
     try {
-      const parsed = JSON.parse(text);
-      // Version 1 (ocspbot 1.0) kept no stamps: verifying once more is all it costs.
-      if (parsed?.version === 1) return empty;
-      if (parsed?.version !== 2 || typeof parsed.responses !== "object") {
-        throw new Error("not an ocspbot state file of version 2");
-      }
-      const records = new Map<string, StateRecord>();
-      for (const responsePath in parsed.responses) {
-        records.set(responsePath, parsed.responses[responsePath]);
-      }
-      return new State(file, records, new Map(Object.entries(parsed.scans ?? {})));
-    } catch (error) {
-      log.warn(`Ignoring state file "${file}": ${errorText(error)}; verifying every response`);
+      parsed = JSON.parse(text);
+    } catch {
+      // JSON.parse's message quotes the file, which need not be ocspbot's to show.
+      parsed = undefined;
+    }
+    // Version 1 (ocspbot 1.0) kept no stamps: verifying once more is all it costs.
+    if (parsed?.version === 1) return empty;
+    if (parsed?.version !== 2 || typeof parsed.responses !== "object" || !parsed.responses) {
+      log.warn(
+        `Ignoring state file "${file}": not an ocspbot state file of version 2; verifying every response`,
+      );
       return empty;
     }
+    const records = new Map<string, StateRecord>();
+    for (const responsePath in parsed.responses) {
+      records.set(responsePath, parsed.responses[responsePath]);
+    }
+    return new State(file, records, new Map(Object.entries(parsed.scans ?? {})));
   }
 
   verified(responsePath: string): VerifiedRecord | undefined {
@@ -2314,8 +2407,8 @@ class State {
    * Writes the state atomically when it changed. Records of other configs
    * sharing the folder are kept while their response exists.
    */
-  async save(targets: Target[]): Promise<void> {
-    if (!this.#changed) return;
+  async save(targets: Target[]): Promise<string[]> {
+    if (!this.#changed) return [];
     const covered = new Set(targets.map((target) => target.responsePath));
     const responses: Record<string, StateRecord> = {};
     for (const [responsePath, record] of this.records) {
@@ -2324,13 +2417,15 @@ class State {
         responses[responsePath] = record;
       }
     }
-    await writeFileAtomically(
+    const warnings = await writeFileAtomically(
       this.file,
       encoder.encode(
         JSON.stringify({ version: 2, responses, scans: Object.fromEntries(this.scans) }) + "\n",
       ),
+      listings,
     );
     this.#changed = false;
+    return warnings;
   }
 }
 
@@ -2347,28 +2442,6 @@ function removeIfPresent(file: string): void {
     Deno.removeSync(file);
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
-  }
-}
-
-/**
- * Creates a folder and its parents. Where part of the path is a file, the
- * error names that part: mkdir's own "File exists" says nothing useful.
- */
-function makeFolder(folder: string): void {
-  try {
-    Deno.mkdirSync(folder, { recursive: true });
-  } catch (error) {
-    for (let part = path.resolve(folder); part !== path.dirname(part); part = path.dirname(part)) {
-      let info: Deno.FileInfo;
-      try {
-        info = Deno.statSync(part);
-      } catch {
-        continue;
-      }
-      if (!info.isDirectory) throw new Error(`"${part}" is a file, not a folder`);
-      break;
-    }
-    throw error;
   }
 }
 
@@ -2439,42 +2512,170 @@ function removeListed(file: string): void {
 const temporaryFiles = new Set<string>();
 
 /**
- * The file a path finally names. A response path that is a symlink (a common
- * way to point a server at a shared file) is updated through the link, which
- * stays a link.
+ * node:fs, loaded on first write, for what Deno's own file API lacks:
+ * O_NOFOLLOW, and changing owner and mode through an open file rather than
+ * by a name someone could swap.
  */
-function resolveLinks(file: string): string {
-  let current = path.resolve(file);
-  for (let hops = 0; hops < 40; hops++) {
-    let info: Deno.FileInfo;
-    try {
-      info = Deno.lstatSync(current);
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) return current;
-      throw error;
-    }
-    if (!info.isSymlink) return current;
-    current = path.resolve(path.dirname(current), Deno.readLinkSync(current));
-  }
-  throw new Error(`"${file}" is a loop of symbolic links`);
+let nodeFsModule: typeof import("node:fs") | undefined;
+function nodeFs(): typeof import("node:fs") {
+  return nodeFsModule ??= process.getBuiltinModule("node:fs");
 }
 
 /**
- * Gives `temporary` the mode, owner and group of the file it replaces, as far
- * as this user may; returns a warning naming what could not be kept, since a
- * server that cannot read its staple fails silently.
+ * The uid ocspbot runs as, asked of `id` once, and only when a link that is
+ * not root's needs judging: Deno tells a script its uid only with
+ * --allow-sys. null when `id` cannot say, and then only root's links count.
  */
-function keepAttributes(temporary: string, old: Deno.FileInfo, file: string): string | undefined {
+let runningUidMemo: number | null | undefined;
+function runningUid(): number | null {
+  if (runningUidMemo === undefined) {
+    try {
+      const output = new Deno.Command("id", { args: ["-u"], stdin: "null", stderr: "null" })
+        .outputSync();
+      const uid = Number(new TextDecoder().decode(output.stdout).trim());
+      runningUidMemo = output.success && Number.isInteger(uid) ? uid : null;
+    } catch {
+      runningUidMemo = null;
+    }
+  }
+  return runningUidMemo;
+}
+
+/**
+ * Whether a link may be followed to write: root or the user ocspbot runs as
+ * made it. Anybody else who may write into its folder could have planted it
+ * to make ocspbot, often root, overwrite a file of their choosing; this is
+ * the rule Linux's fs.protected_symlinks applies in shared folders.
+ */
+function trustedLink(info: Deno.FileInfo): boolean {
+  return info.uid === 0 || (info.uid !== null && info.uid === runningUid());
+}
+
+function untrustedLinkText(link: string, info: Deno.FileInfo): string {
+  return `"${link}" is a link owned by uid ${info.uid}, which another user could have planted; ocspbot follows only links of root and of the user it runs as`;
+}
+
+/**
+ * The target of a link judged trusted, read so that a link swapped in
+ * between (a new inode) is not followed instead.
+ */
+function readTrustedLink(link: string, info: Deno.FileInfo): string {
+  const target = Deno.readLinkSync(link);
+  const again = Deno.lstatSync(link);
+  if (!again.isSymlink || again.ino !== info.ino || again.dev !== info.dev) {
+    throw new Error(`"${link}" changed while it was being read; try again`);
+  }
+  return target;
+}
+
+/**
+ * The folder a write into `folder` lands in, every link resolved: links of
+ * root or of ocspbot's user are followed, another user's link stops the
+ * write. Missing folders are made one at a time, so none is made through a
+ * link. Where part of the path is a file, the error names that part: mkdir's
+ * own "File exists" says nothing useful.
+ */
+function vetFolder(folder: string): string {
+  const parts = path.resolve(folder).split("/").filter(Boolean);
+  let real = "/";
+  for (let hops = 0; parts.length > 0;) {
+    const part = parts.shift()!;
+    if (part === ".") continue;
+    if (part === "..") {
+      real = path.dirname(real);
+      continue;
+    }
+    const next = path.join(real, part);
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.lstatSync(next);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      Deno.mkdirSync(next);
+      real = next;
+      continue;
+    }
+    if (info.isSymlink) {
+      if (!trustedLink(info)) throw new Error(untrustedLinkText(next, info));
+      if (++hops > 40) throw new Error(`"${folder}" is a loop of symbolic links`);
+      const target = readTrustedLink(next, info);
+      parts.unshift(...target.split("/").filter(Boolean));
+      if (target.startsWith("/")) real = "/";
+      continue;
+    }
+    if (!info.isDirectory) throw new Error(`"${next}" is a file, not a folder`);
+    real = next;
+  }
+  return real;
+}
+
+/** Where a write of `file` lands: a folder without links, and a name in it. */
+interface Landing {
+  folder: string;
+  name: string;
+  /** What is there now, when it is a file (or another user's link, to be replaced). */
+  existing?: Deno.FileInfo;
+  /** Another user's link found at the name: replaced, never written through. */
+  untrustedLink?: string;
+}
+
+/**
+ * Resolves where a write of `file` lands. A link at the file itself is
+ * followed when trusted, so that "symlinks stay links" (a server pointed at
+ * a shared file); another user's link is replaced, not followed. `absent`:
+ * the caller knows nothing is there, which spares a failing lstat.
+ */
+function landingOf(file: string, absent = false): Landing {
+  let folder = vetFolder(path.dirname(path.resolve(file)));
+  let name = path.basename(file);
+  for (let hops = 0; !absent; hops++) {
+    const here = path.join(folder, name);
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.lstatSync(here);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) break;
+      throw error;
+    }
+    if (!info.isSymlink) return { folder, name, existing: info };
+    if (!trustedLink(info)) {
+      return { folder, name, existing: info, untrustedLink: untrustedLinkText(here, info) };
+    }
+    if (hops >= 40) throw new Error(`"${file}" is a loop of symbolic links`);
+    const target = path.resolve(folder, readTrustedLink(here, info));
+    folder = vetFolder(path.dirname(target));
+    name = path.basename(target);
+  }
+  return { folder, name };
+}
+
+/** Eight random bytes in hex: a temporary file's name nobody can guess ahead. */
+function randomSuffix(): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(8)),
+    (b) => b.toString(16).padStart(2, "0"),
+  )
+    .join("");
+}
+
+/**
+ * Gives the new file the mode, owner and group of the file it replaces, as
+ * far as this user may; returns a warning naming what could not be kept,
+ * since a server that cannot read its staple fails silently. Works on the
+ * open file: a name could be swapped for a link in the meantime.
+ */
+function keepAttributes(fd: number, old: Deno.FileInfo, file: string): string | undefined {
+  const fs = nodeFs();
   const lost: string[] = [];
-  const fresh = Deno.statSync(temporary);
+  const fresh = fs.fstatSync(fd);
   if (old.uid !== null && old.gid !== null && (old.uid !== fresh.uid || old.gid !== fresh.gid)) {
     try {
-      Deno.chownSync(temporary, old.uid, old.gid);
+      fs.fchownSync(fd, old.uid, old.gid);
     } catch {
       // Only root may give a file away, but a member of its group may keep the group.
       if (old.uid !== fresh.uid) lost.push(`owner (uid ${old.uid})`);
       try {
-        if (old.gid !== fresh.gid) Deno.chownSync(temporary, null, old.gid);
+        if (old.gid !== fresh.gid) fs.fchownSync(fd, fresh.uid, old.gid);
       } catch {
         lost.push(`group (gid ${old.gid})`);
       }
@@ -2482,13 +2683,13 @@ function keepAttributes(temporary: string, old: Deno.FileInfo, file: string): st
   }
   if (old.mode !== null) {
     try {
-      Deno.chmodSync(temporary, old.mode & 0o7777);
+      fs.fchmodSync(fd, old.mode & 0o7777);
     } catch {
       lost.push(`mode ${(old.mode & 0o7777).toString(8)}`);
     }
   }
   if (lost.length === 0) return undefined;
-  const kept = Deno.statSync(temporary);
+  const kept = fs.fstatSync(fd);
   return `Cannot keep the ${
     lost.join(" and ")
   } of "${file}": the new file has uid ${kept.uid}, gid ${kept.gid}; run ocspbot as the file's owner, or as a member of its group`;
@@ -2498,49 +2699,99 @@ function keepAttributes(temporary: string, old: Deno.FileInfo, file: string): st
  * Replaces `file` with `bytes` by one rename, so a reader sees the old file or
  * the new one whole, never none or part of one. The bytes go to a hidden
  * temporary file beside it (HAProxy's `crt <dir>` skips names starting with a
- * dot), are synced to disk and checked by size, and take the old file's mode,
- * owner and group. Missing folders are created. Throws naming the folder and
- * the cause, with the temporary file removed; returns a warning when the
- * owner, group or mode could not be kept.
+ * dot) with a name nobody can guess, created only if no such name exists, so
+ * a link planted there is never followed; they are synced to disk, checked by
+ * size, and take the old file's mode, owner and group. Missing folders are
+ * created. Throws naming the folder and the cause, with the temporary file
+ * removed; returns warnings: an owner, group or mode that could not be kept,
+ * another user's link that was replaced.
  */
-async function writeFileAtomically(file: string, bytes: Uint8Array): Promise<string | undefined> {
-  const present = listings.entry(file) !== undefined;
-  const destination = present ? resolveLinks(file) : path.resolve(file);
-  const folder = path.dirname(destination);
-  const temporary = path.join(folder, `.${path.basename(destination)}.${Deno.pid}.tmp`);
-  temporaryFiles.add(temporary);
+async function writeFileAtomically(
+  file: string,
+  bytes: Uint8Array,
+  listings: FolderListings,
+): Promise<string[]> {
+  const fs = nodeFs();
+  const warnings: string[] = [];
+  let landing: Landing = { folder: path.dirname(path.resolve(file)), name: path.basename(file) };
+  let temporary: string | undefined;
   try {
-    makeFolder(folder);
-    let old: Deno.FileInfo | undefined;
+    landing = landingOf(file, listings.entry(file) === undefined);
+    const { folder, name, existing, untrustedLink } = landing;
+    temporary = path.join(folder, `.${name}.${randomSuffix()}.tmp`);
+    temporaryFiles.add(temporary);
+    const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+    const fd = fs.openSync(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o666);
     try {
-      if (present) old = Deno.statSync(destination);
-    } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
-    }
-    const handle = await Deno.open(temporary, { write: true, create: true, truncate: true });
-    try {
-      writeAll(handle, bytes);
-      await handle.sync();
+      writeAll({ writeSync: (chunk) => fs.writeSync(fd, chunk) }, bytes);
+      await new Promise<void>((resolve, reject) =>
+        fs.fsync(fd, (error) => error ? reject(error) : resolve())
+      );
+      const written = fs.fstatSync(fd).size;
+      if (written !== bytes.length) throw new Error(`${written} of ${bytes.length} bytes written`);
+      const lost = existing?.isFile ? keepAttributes(fd, existing, file) : undefined;
+      if (lost) warnings.push(lost);
     } finally {
-      handle.close();
+      fs.closeSync(fd);
     }
-    const written = Deno.statSync(temporary).size;
-    if (written !== bytes.length) throw new Error(`${written} of ${bytes.length} bytes written`);
-    const lost = old && keepAttributes(temporary, old, file);
-    Deno.renameSync(temporary, destination);
-    if (!present) listings.added(file);
-    return lost;
+    // A link planted in the folder's path meanwhile would move the rename elsewhere.
+    if (Deno.realPathSync(folder) !== folder) {
+      throw new Error("a link appeared in its path while it was written; nothing was replaced");
+    }
+    Deno.renameSync(temporary, path.join(folder, name));
+    if (untrustedLink) warnings.push(`${untrustedLink}: replaced by the file itself`);
+    listings.added(file);
+    return warnings;
   } catch (error) {
-    try {
-      removeIfPresent(temporary);
-    } catch {
-      // The folder refused the file in the first place.
+    if (temporary) {
+      try {
+        removeIfPresent(temporary);
+      } catch {
+        // The folder refused the file in the first place.
+      }
     }
     throw new Error(
-      `Cannot write "${path.basename(destination)}" in folder "${folder}": ${errorText(error)}`,
+      `Cannot write "${landing.name}" in folder "${landing.folder}": ${errorText(error)}`,
     );
   } finally {
-    temporaryFiles.delete(temporary);
+    if (temporary) temporaryFiles.delete(temporary);
+  }
+}
+
+/**
+ * Opens a log to append to, never through a link another user could have
+ * planted (such a link is removed and a file made in its place) and never a
+ * FIFO or device, which could hang or harm the run. The open itself follows
+ * no link, so a link swapped in after the check fails it rather than
+ * redirecting it.
+ */
+function openLog(file: string, key: string, warnings: string[]): Destination {
+  const fs = nodeFs();
+  const { O_WRONLY, O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+  for (let tries = 0;; tries++) {
+    const { folder, name, untrustedLink } = landingOf(file);
+    const target = path.join(folder, name);
+    if (untrustedLink) {
+      Deno.removeSync(target);
+      warnings.push(`${key} ${untrustedLink}: removed, and a file made in its place`);
+    }
+    let fd: number;
+    try {
+      fd = fs.openSync(target, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0o666);
+    } catch (error) {
+      // ELOOP: a link appeared since it was judged; judge it again.
+      if ((error as { code?: string }).code === "ELOOP" && tries < 3) continue;
+      throw error;
+    }
+    if (!fs.fstatSync(fd).isFile()) {
+      fs.closeSync(fd);
+      throw new Error(`"${target}" is not a regular file`);
+    }
+    return new Destination(
+      `${key} "${file}"`,
+      { writeSync: (bytes) => fs.writeSync(fd, bytes) },
+      () => fs.closeSync(fd),
+    );
   }
 }
 
@@ -2553,12 +2804,17 @@ export function backupStem(config: Config, responsePath: string): string {
 }
 
 /** Writes the new response's backup without overwriting an earlier one. */
-async function makeBackup(stem: string, response: Uint8Array, now: Date): Promise<string> {
+async function makeBackup(
+  stem: string,
+  response: Uint8Array,
+  now: Date,
+  log: Logger,
+): Promise<string> {
   const base = backupName(stem, now);
   for (let n = 1;; n++) {
     const name = n === 1 ? base : `${base}.${n}`;
     if (listings.entry(name)) continue;
-    await writeFileAtomically(name, response);
+    for (const warning of await writeFileAtomically(name, response, listings)) log.warn(warning);
     return name;
   }
 }
@@ -2936,17 +3192,29 @@ interface Inspection {
  */
 function identify(file: string, info: Deno.FileInfo, recorded: string | undefined, what: string) {
   const stamp = fileStamp(info, Date.now());
-  return unchangedEntry(recorded, stamp) ?? fileEntry(stamp, readInput(file, what, hashFile));
+  const unchanged = unchangedEntry(recorded, stamp);
+  if (unchanged) return unchanged;
+  // Reading a FIFO or a device would hang the run, or never end.
+  if (!info.isFile) throw new Error(`Cannot read ${what} "${file}": not a regular file`);
+  return fileEntry(stamp, readInput(file, what, hashFile));
 }
 
 /**
- * What stat says of the stored response; undefined when there is none yet.
- * One the state remembers is looked at directly; for others the folder's
- * listing says whether there is one, without a failing stat.
+ * What stat says of the stored response; undefined when there is none yet,
+ * and why not, when what is there is no response to read: another user's
+ * link (which could point at any file) or no regular file (a FIFO would hang
+ * the run). One the state remembers is looked at directly; for others the
+ * folder's listing says whether there is one, without a failing stat.
  */
-function storedResponseInfo(file: string, remembered: boolean): Deno.FileInfo | undefined {
+function storedResponseInfo(file: string, remembered: boolean): Deno.FileInfo | string | undefined {
   try {
-    return remembered || listings.entry(file) ? Deno.statSync(file) : undefined;
+    if (!remembered && !listings.entry(file)) return undefined;
+    let info = Deno.lstatSync(file);
+    if (info.isSymlink) {
+      if (!trustedLink(info)) return untrustedLinkText(file, info);
+      info = Deno.statSync(file);
+    }
+    return info.isFile ? info : `"${file}" is not a regular file`;
   } catch (error) {
     // A link to a response not written yet.
     if (error instanceof Deno.errors.NotFound) return undefined;
@@ -2973,7 +3241,8 @@ async function inspect(target: Target, context: RunContext): Promise<Inspection>
       ? ""
       : identify(file, readInput(file, what, Deno.statSync), record?.files?.[i + 1], what)
   );
-  const storedInfo = storedResponseInfo(target.responsePath, record !== undefined);
+  const found = storedResponseInfo(target.responsePath, record !== undefined);
+  const storedInfo = typeof found === "string" ? undefined : found;
   const storedEntry = storedInfo &&
     identify(target.responsePath, storedInfo, record?.files?.[0], "stored response");
   const files = storedEntry ? [storedEntry, ...inputs] : [];
@@ -2983,8 +3252,11 @@ async function inspect(target: Target, context: RunContext): Promise<Inspection>
   }
   const cert = recalled?.cert ??
     certificateInfo(certificateBundle(target).leaf.x509);
-  let stored = recalled?.report;
-  if (storedInfo && !stored) {
+  let stored: ResponseReport | undefined = recalled?.report;
+  if (typeof found === "string") {
+    stored = { verified: false, problem: found };
+    state.setVerified(target.responsePath, undefined);
+  } else if (storedInfo && !stored) {
     stored = storedInfo.size === 0
       ? { verified: false, problem: "the file is empty" }
       : await checkStoredResponse(target, config);
@@ -3078,14 +3350,14 @@ async function installResponse(
   try {
     if (config.makeBackups) {
       const stem = backupStem(config, target.responsePath);
-      backup = `, backup "${await makeBackup(stem, response, now)}"`;
+      backup = `, backup "${await makeBackup(stem, response, now, log)}"`;
       if (config.keepBackups) {
         const removed = pruneBackups(stem, config.keepBackups);
         if (removed.length > 0) backup += ` (${removed.length} older removed)`;
       }
     }
-    const lost = await writeFileAtomically(target.responsePath, response);
-    if (lost) log.warn(lost);
+    const warnings = await writeFileAtomically(target.responsePath, response, listings);
+    for (const warning of warnings) log.warn(warning);
   } catch (error) {
     throw new Error(`${errorText(error)}; the stored response stays as it was`);
   }
@@ -3099,7 +3371,7 @@ async function installResponse(
 async function keepRejected(responsePath: string, answer: Uint8Array): Promise<string> {
   const kept = rejectedPath(responsePath);
   try {
-    await writeFileAtomically(kept, answer);
+    await writeFileAtomically(kept, answer, listings);
     return `the answer is in "${kept}" for inspection`;
   } catch (error) {
     return `the answer could not be kept: ${errorText(error)}`;
@@ -3397,21 +3669,49 @@ async function pushToHaproxy(
 }
 
 /**
+ * Opens the lock file, read only: a flock needs no more, and one left by a
+ * root run must not lock out a later run as another user. A missing one is
+ * made only if its name is still free, so a link planted there is never
+ * followed to make a file (think /etc/nologin); another user's link is
+ * removed first.
+ */
+function openLockFile(file: string, warnings: string[]): Deno.FsFile {
+  for (let tries = 0;; tries++) {
+    const { folder, name, existing, untrustedLink } = landingOf(file);
+    const target = path.join(folder, name);
+    if (untrustedLink) {
+      Deno.removeSync(target);
+      warnings.push(`The lock file ${untrustedLink}: removed, and a file made in its place`);
+    }
+    try {
+      if (!existing || untrustedLink) {
+        return Deno.openSync(target, { write: true, createNew: true });
+      }
+      const handle = Deno.openSync(target, { read: true });
+      const opened = handle.statSync();
+      if (opened.ino === existing.ino && opened.dev === existing.dev) return handle;
+      handle.close(); // Swapped since it was judged: judge it again.
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AlreadyExists) || tries >= 3) throw error;
+    }
+    if (tries >= 3) throw new Error("it keeps changing while it is opened");
+  }
+}
+
+/**
  * Takes the run's lock: an OS file lock, which the kernel releases however
  * the process ends. Waits up to `waitSeconds` for another run to finish. An
  * existing lock file needs only to be readable: one left by a root run must
  * not lock out a later run as another user.
  */
-async function acquireLock(file: string, waitSeconds: number): Promise<Deno.FsFile> {
+async function acquireLock(
+  file: string,
+  waitSeconds: number,
+  warnings: string[],
+): Promise<Deno.FsFile> {
   let handle: Deno.FsFile;
   try {
-    makeFolder(path.dirname(path.resolve(file)));
-    try {
-      handle = await Deno.open(file, { read: true, write: true, create: true });
-    } catch (error) {
-      if (!(error instanceof Deno.errors.PermissionDenied)) throw error;
-      handle = await Deno.open(file, { read: true });
-    }
+    handle = openLockFile(file, warnings);
   } catch (error) {
     throw new ExitError(
       `Cannot open the lock file "${file}": ${
@@ -3479,9 +3779,8 @@ function currentTime(): Date {
 }
 
 /** Writes the --json document, the only thing on stdout then. */
-function printJson(document: string): void {
-  flushOutput();
-  writeAll(Deno.stdout, encoder.encode(document + "\n"));
+function printJson(output: Output, document: string): void {
+  output.write(output.stdout, document + "\n");
 }
 
 /** How a run or a --check ends: its exit status, and what became of each certificate. */
@@ -3530,7 +3829,7 @@ async function runRenewals(targets: Target[], context: RunContext): Promise<RunR
     (outcome) => interruption.signal.aborted || (config.stopOnError && outcome.action === "failed"),
   );
   try {
-    await context.state.save(targets);
+    for (const warning of await context.state.save(targets)) log.warn(`State file ${warning}`);
   } catch (error) {
     log.warn(`${errorText(error)}; the next run verifies every response again`);
   }
@@ -3607,7 +3906,8 @@ async function writeMetrics(
       durationSeconds,
       otherRuns,
     );
-    await writeFileAtomically(file, encoder.encode(text));
+    const warnings = await writeFileAtomically(file, encoder.encode(text), listings);
+    for (const warning of warnings) log.warn(`metrics_file ${warning}`);
   } catch (error) {
     log.warn(`Cannot write metrics_file: ${errorText(error)}`);
   }
@@ -3619,7 +3919,7 @@ async function writeMetrics(
  * than STOP_GRACE_SECONDS, ends the process at once, still with 255: a
  * status of 1..251 would read as "that many renewed".
  */
-function listenForStopSignals(): () => void {
+function listenForStopSignals(output: Output): () => void {
   const exitNow = (why: string) => {
     for (const file of temporaryFiles) {
       try {
@@ -3628,8 +3928,7 @@ function listenForStopSignals(): () => void {
         // Gone already, or never made.
       }
     }
-    flushOutput();
-    writeAll(Deno.stderr, encoder.encode(`ERROR: ${why}; exiting at once\n`));
+    output.write(output.stderr, `ERROR: ${why}; exiting at once\n`);
     Deno.exit(EXIT.failure);
   };
   const listeners = STOP_SIGNALS.map((name) => {
@@ -3668,6 +3967,7 @@ function unexpected(error: unknown): string {
  * with --json stdout still holds one document. Returns the exit status.
  */
 function cannotGoOn(
+  output: Output,
   log: Logger,
   invocation: { check: boolean; json: boolean },
   message: string,
@@ -3678,7 +3978,7 @@ function cannotGoOn(
   if (invocation.check) log.result(`OCSP UNKNOWN - ${message}`);
   else log.error(message);
   if (invocation.json) {
-    printJson(jsonReport(invocation.check ? "check" : "run", [], {}, exit, now, message));
+    printJson(output, jsonReport(invocation.check ? "check" : "run", [], {}, exit, now, message));
   }
   return exit;
 }
@@ -3695,13 +3995,21 @@ function failureOf(error: unknown): { message: string; status: number } {
 /**
  * Runs the bot and returns the exit status: read the command line and the
  * config, take the lock, find the certificates, then check them or renew
- * them, and report.
+ * them, and report. Output that could not be written is said where it can,
+ * and never leaves a status that reads as renewals that did not happen.
  */
-export async function main(args: string[]): Promise<number> {
+export async function main(args: string[], output = new Output()): Promise<number> {
+  const status = await run(args, output);
+  output.flush();
+  return args.includes("--check") ? status : output.exitStatus(status);
+}
+
+async function run(args: string[], output: Output): Promise<number> {
   const started = performance.now();
   // What the raw arguments say, for reporting a command line that does not parse.
   const asked = { check: args.includes("--check"), json: args.includes("--json") };
-  const terminal = Logger.console({ quiet: false, json: asked.json });
+  if (asked.json) output.reserveStdout();
+  const terminal = Logger.console(output, { quiet: false, json: asked.json });
   let invocation: Invocation;
   let now: Date;
   try {
@@ -3709,15 +4017,12 @@ export async function main(args: string[]): Promise<number> {
     now = currentTime();
   } catch (error) {
     const { message, status } = failureOf(error);
-    const exit = cannotGoOn(terminal, asked, message, status, new Date());
-    if (!asked.check && !asked.json) {
-      flushOutput();
-      writeAll(Deno.stderr, encoder.encode("\n" + HELP));
-    }
+    const exit = cannotGoOn(output, terminal, asked, message, status, new Date());
+    if (!asked.check && !asked.json) output.write(output.stderr, "\n" + HELP);
     return exit;
   }
   if (invocation.help || invocation.version) {
-    terminal.result(invocation.help ? HELP.trimEnd() : `ocspbot ${VERSION}`);
+    output.write(output.stdout, invocation.help ? HELP : `ocspbot ${VERSION}\n`);
     return 0;
   }
 
@@ -3727,20 +4032,23 @@ export async function main(args: string[]): Promise<number> {
   let log: Logger;
   try {
     config = loadConfig(invocation.configPath, warnings, await loadYamlReader());
-    log = invocation.check ? Logger.console(options) : Logger.open(config, now, options);
+    log = invocation.check
+      ? Logger.console(output, options)
+      : Logger.open(output, config, now, options, warnings);
   } catch (error) {
     for (const warning of warnings) terminal.warn(warning);
     const { message, status } = failureOf(error);
-    return cannotGoOn(terminal, invocation, message, status, now);
+    return cannotGoOn(output, terminal, invocation, message, status, now);
   }
-  const stopListening = listenForStopSignals();
+  const stopListening = listenForStopSignals(output);
   let lock: Deno.FsFile | undefined;
   try {
-    for (const warning of warnings) log.warn(warning);
+    for (const warning of warnings.splice(0)) log.warn(warning);
     // --check changes nothing, so it needs no lock and never waits for one.
     if (!invocation.check) {
-      lock = await acquireLock(`${config.stateFile}.lock`, config.lockTimeoutSeconds);
+      lock = await acquireLock(`${config.stateFile}.lock`, config.lockTimeoutSeconds, warnings);
     }
+    for (const warning of warnings.splice(0)) log.warn(warning);
     const state = State.load(config.stateFile, log);
     const targets = selectTargets(discoverTargets(config, state), invocation.only);
     if (targets.length === 0) log.warn("No certificates found in the configuration");
@@ -3761,12 +4069,13 @@ export async function main(args: string[]): Promise<number> {
       await writeMetrics(config.metricsFile, mode, report, now, seconds, log);
     }
     if (invocation.json) {
-      printJson(jsonReport(mode, report.outcomes, report.totals, report.status, now));
+      printJson(output, jsonReport(mode, report.outcomes, report.totals, report.status, now));
     }
     return report.status;
   } catch (error) {
+    for (const warning of warnings.splice(0)) log.warn(warning);
     const { message, status } = failureOf(error);
-    return cannotGoOn(log, invocation, message, status, now);
+    return cannotGoOn(output, log, invocation, message, status, now);
   } finally {
     stopListening();
     lock?.close();
@@ -3775,17 +4084,15 @@ export async function main(args: string[]): Promise<number> {
 }
 
 if (import.meta.main) {
+  const output = new Output();
   // Deno ends an uncaught error with status 1, which would read as "1 renewed".
   const crash = (event: ErrorEvent | PromiseRejectionEvent) => {
     event.preventDefault();
     const error = "reason" in event ? event.reason : event.error;
-    flushOutput();
-    writeAll(Deno.stderr, encoder.encode(`ERROR: ${unexpected(error)}\n`));
+    output.write(output.stderr, `ERROR: ${printable(unexpected(error))}\n`);
     Deno.exit(EXIT.failure);
   };
   globalThis.addEventListener("error", crash);
   globalThis.addEventListener("unhandledrejection", crash);
-  const status = await main(Deno.args);
-  flushOutput();
-  Deno.exit(status);
+  Deno.exit(await main(Deno.args, output));
 }

@@ -39,6 +39,7 @@ import {
   readmeRecipe,
   response,
   runBot,
+  runBotRedirected,
   TestCa,
   withCa,
   withTempDir,
@@ -1869,6 +1870,56 @@ Deno.test("backup_folder takes the backups, mirroring the response folders", asy
       await Deno.readFile(path.join(site, "old", "sub", newest)),
       await Deno.readFile(path.join(site, "responses", "sub", "a.test.ocsp-resp")),
     );
+  });
+});
+
+Deno.test("output that cannot be written never reads as renewals: /dev/full, a closed pipe", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\nretries: 0\n");
+    const cert = path.join(site, "certs", "a.test.pem");
+    const cases: [string, string, RegExp][] = [
+      ["stdout is /dev/full", "> /dev/full", /No space left on device/],
+      ["stdout's reader has gone", "| true", /Broken pipe/],
+    ];
+    for (const [name, redirection, cause] of cases) {
+      const saidOnce = (stderr: string) => {
+        const said = stderr.split("\n").filter((line) => line.startsWith("ERROR: Cannot write to"));
+        assertEquals(said.length, 1, stderr);
+        assertMatch(said[0], /^ERROR: Cannot write to stdout: /);
+        assertMatch(said[0], cause);
+        assertMatch(said[0], /the run goes on$/);
+        assert(!/^\s+at /m.test(stderr), `a stack trace reached the user:\n${stderr}`);
+      };
+      await t.step(`${name}: the renewal is made, and its count is the status`, async () => {
+        ca.mode = "good";
+        await Deno.remove(path.join(site, "responses"), { recursive: true }).catch(() => {});
+        const run = await runBotRedirected(site, [], redirection);
+        assertEquals(run.code, 1, run.stderr);
+        assertEquals(await ca.verifiedStatus(response(site, "a.test"), cert), "good");
+        saidOnce(run.stderr);
+      });
+      await t.step(`${name}: nothing renewed is 255, not 0`, async () => {
+        const run = await runBotRedirected(site, [], redirection);
+        assertEquals(run.code, 255, run.stderr);
+        saidOnce(run.stderr);
+      });
+      await t.step(`${name}, with the responder failing: 255`, async () => {
+        const stored = await Deno.readFile(response(site, "a.test"));
+        ca.mode = "http500";
+        const run = await runBotRedirected(site, ["--force"], redirection);
+        assertEquals(run.code, 255, run.stderr);
+        assertMatch(run.stderr, /^\[a\.test\] ERROR: No usable response/m);
+        assertEquals(await Deno.readFile(response(site, "a.test")), stored);
+      });
+    }
+    await t.step("stdout and stderr both /dev/full: the count, or 255", async () => {
+      ca.mode = "good";
+      const renewed = await runBotRedirected(site, ["--force"], "> /dev/full 2>&1");
+      assertEquals(renewed.code, 1);
+      ca.mode = "http500";
+      const failed = await runBotRedirected(site, ["--force"], "> /dev/full 2>&1");
+      assertEquals(failed.code, 255);
+    });
   });
 });
 

@@ -17,11 +17,13 @@ import * as path from "node:path";
 import {
   BASE_CONFIG,
   BOT,
+  BOT_PERMISSIONS,
   makeSite,
   readmeBlocks,
   readmeRecipe,
   response,
   runBot,
+  runBotRedirected,
   type TestCa,
   withCa,
   withTempDir,
@@ -229,6 +231,55 @@ Deno.test("a full disk: the stored response stays byte for byte, the error names
   });
 });
 
+Deno.test("logs on a full disk: the renewals go on, and the status never reads as renewals", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\nretries: 0\n");
+    const logs = path.join(site, "logs");
+    const cert = path.join(site, "certs", "a.test.pem");
+    await withTmpfs(logs, "64k", async () => {
+      await fillUp(path.join(logs, "filler"));
+      const cases: [string, string, string][] = [
+        ["cron's >> log 2>&1", "", `>> ${logs}/cron.log 2>&1`],
+        ["output_log", `output_log: ${logs}/ocspbot.log\n`, ""],
+      ];
+      for (const [name, config, redirection] of cases) {
+        await Deno.writeTextFile(
+          path.join(site, "ocspbot.yaml"),
+          BASE_CONFIG + "timeout: 2\nretries: 0\n" + config,
+        );
+        await t.step(`${name}: a renewal is made and counted`, async () => {
+          ca.mode = "good";
+          const renewed = await runBotRedirected(site, ["--force"], redirection);
+          assertEquals(renewed.code, 1, renewed.stdout + renewed.stderr);
+          assertEquals(await ca.verifiedStatus(response(site, "a.test"), cert), "good");
+          assert(!/^\s+at /m.test(renewed.stderr), renewed.stderr);
+        });
+        await t.step(`${name}: nothing renewed is 255`, async () => {
+          const quiet = await runBotRedirected(site, [], redirection);
+          assertEquals(quiet.code, 255, quiet.stdout + quiet.stderr);
+        });
+        await t.step(`${name}: the responder failing is 255`, async () => {
+          ca.mode = "http500";
+          const failed = await runBotRedirected(site, ["--force"], redirection);
+          assertEquals(failed.code, 255, failed.stdout + failed.stderr);
+        });
+      }
+      await t.step("output_log full, stderr fine: said there once", async () => {
+        ca.mode = "good";
+        const run = await runBotRedirected(site, ["--force"], "");
+        const said = run.stderr.split("\n").filter((line) => /Cannot write to/.test(line));
+        assertEquals(said.length, 1, run.stderr);
+        assertMatch(
+          said[0],
+          new RegExp(
+            `^ERROR: Cannot write to output_log "${logs}/ocspbot\\.log": No space left on device;`,
+          ),
+        );
+      });
+    });
+  });
+});
+
 Deno.test("as a user who may write the folder: the group is kept, a lost owner is named", async (t) => {
   await withOtherUser(async (ca, user) => {
     const site = await openSite(ca, ["a.test"], BASE_CONFIG);
@@ -310,6 +361,171 @@ Deno.test("a scan folder the user may not read: one line naming it, status 253",
         `^ERROR: Cannot scan scan_keys folder "certs" of config ".*": cannot list "${certs}": Permission denied; let the user running ocspbot read it$`,
         "m",
       ),
+    );
+  });
+});
+
+/** Makes a symbolic link as `nobody`, as a less-trusted user who may write the folder would. */
+async function plantLink(link: string, target: string): Promise<void> {
+  await run("setpriv", [
+    "--reuid=nobody",
+    "--regid=nogroup",
+    "--clear-groups",
+    "ln",
+    "-sfn",
+    target,
+    link,
+  ]);
+}
+
+Deno.test("root never writes through a link another user planted", async (t) => {
+  await withCa(async (ca) => {
+    const site = await openSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\nretries: 0\n");
+    const folder = path.join(site, "responses");
+    const file = response(site, "a.test");
+    // A response folder a less-trusted user may write, as a www-data-owned one.
+    await Deno.mkdir(folder);
+    await Deno.chown(folder, 65534, 65534);
+    const victims = path.join(ca.dir, "victims");
+    const victim = path.join(victims, "precious");
+    const precious = "root:precious:content\n";
+    // Each step starts from an intact victim, so that one step's harm cannot pass for another's.
+    const step = (name: string, fn: () => Promise<void>) =>
+      t.step(name, async () => {
+        await Deno.remove(victims, { recursive: true }).catch(() => {});
+        await Deno.mkdir(victims);
+        await Deno.writeTextFile(victim, precious);
+        await fn();
+      });
+    const untouched = async () => {
+      assertEquals(await Deno.readTextFile(victim), precious, "root wrote through the link");
+      assertEquals(listing(victims), ["precious"], "root made a file through a link");
+    };
+
+    await step("at the temporary file's name: exclusive, unguessable", async () => {
+      // In a PID namespace Deno is PID 1, so the name ocspbot 1.0 used is known ahead.
+      await plantLink(path.join(folder, ".a.test.ocsp-resp.1.tmp"), victim);
+      const output = await new Deno.Command("unshare", {
+        args: ["--pid", "--fork", Deno.execPath(), "run", "--quiet", ...BOT_PERMISSIONS, BOT],
+        cwd: site,
+        env: { NO_COLOR: "1" },
+        stdin: "null",
+      }).output();
+      assertEquals(output.code, 1, decoder.decode(output.stderr));
+      await untouched();
+      assert(!(await Deno.lstat(file)).isSymlink, "the planted link became the response");
+      await Deno.remove(path.join(folder, ".a.test.ocsp-resp.1.tmp"));
+    });
+
+    await step("at the response itself: replaced by the response, not followed", async () => {
+      await plantLink(file, victim);
+      const renewed = await runBot(site);
+      assertEquals(renewed.code, 1, renewed.stdout + renewed.stderr);
+      await untouched();
+      assert(!(await Deno.lstat(file)).isSymlink, "the link is still there");
+      assertMatch(
+        renewed.stderr,
+        new RegExp(
+          `^\\[a\\.test\\] WARNING: "${file}" is a link owned by uid 65534, which another user could have planted; .*: replaced by the file itself$`,
+          "m",
+        ),
+      );
+      const check = await runBot(site, ["--check"]);
+      assertEquals(check.code, 0, check.stdout + check.stderr);
+    });
+
+    await step("at the rejected answer's name", async () => {
+      await plantLink(path.join(folder, ".a.test.ocsp-resp.rejected"), victim);
+      ca.mode = "wrong-signer";
+      const failed = await runBot(site, ["--force"]);
+      ca.mode = "good";
+      assertEquals(failed.code, 255, failed.stdout + failed.stderr);
+      await untouched();
+    });
+
+    await step("at the state file: ignored without quoting it, then replaced", async () => {
+      const state = path.join(folder, ".ocspbot-state.json");
+      await Deno.remove(state);
+      await plantLink(state, victim);
+      const renewed = await runBot(site, ["--force"]);
+      assertEquals(renewed.code, 1, renewed.stdout + renewed.stderr);
+      await untouched();
+      assert(!renewed.stderr.includes("precious"), `the file was quoted:\n${renewed.stderr}`);
+      assertMatch(
+        renewed.stderr,
+        /^WARNING: Ignoring state file: ".*" is a link owned by uid 65534/m,
+      );
+      assert(!(await Deno.lstat(state)).isSymlink, "the state is still a link");
+    });
+
+    await step(
+      "at the lock file: replaced, the run goes on, no file made where it pointed",
+      async () => {
+        const lock = path.join(folder, ".ocspbot-state.json.lock");
+        await Deno.remove(lock);
+        await plantLink(lock, path.join(victims, "nologin"));
+        const quiet = await runBot(site);
+        assertEquals(quiet.code, 0, quiet.stdout + quiet.stderr);
+        await untouched();
+      },
+    );
+
+    await step("at the output log", async () => {
+      const logs = path.join(site, "logs");
+      await Deno.mkdir(logs);
+      await Deno.chown(logs, 65534, 65534);
+      await plantLink(path.join(logs, "ocspbot.log"), victim);
+      await Deno.writeTextFile(
+        path.join(site, "ocspbot.yaml"),
+        BASE_CONFIG + "output_log: logs/ocspbot.log\nerror_log: logs/ocspbot.log\n",
+      );
+      const logged = await runBot(site, ["--force"]);
+      assertEquals(logged.code, 1, logged.stdout + logged.stderr);
+      await untouched();
+      assertMatch(await Deno.readTextFile(path.join(logs, "ocspbot.log")), /Stored new OCSP/);
+    });
+
+    await step("at a folder on the way: refused, naming the link", async () => {
+      await plantLink(path.join(folder, "sub"), victims);
+      await Deno.writeTextFile(
+        path.join(site, "ocspbot.yaml"),
+        BASE_CONFIG.replace("scan_keys:\n  - folder: certs\n", "") + `domains:
+  a.test:
+    cert: certs/a.test.pem
+    chain: certs/a.test-chain.pem
+    rootchain: certs/a.test-rootchain.pem
+    ocsp: sub/a.der
+`,
+      );
+      const refused = await runBot(site);
+      assertEquals(refused.code, 255, refused.stdout + refused.stderr);
+      assertMatch(
+        refused.stderr,
+        new RegExp(
+          `ERROR: Cannot write "a\\.der" in folder ".*": "${folder}/sub" is a link owned by uid 65534`,
+        ),
+      );
+      await untouched();
+    });
+  });
+});
+
+Deno.test("links the bot's own user made are followed, as root's are", async () => {
+  await withOtherUser(async (ca, user) => {
+    const site = await openSite(ca, ["a.test"], BASE_CONFIG);
+    const folder = path.join(site, "responses");
+    const shared = path.join(site, "shared");
+    for (const made of [folder, shared]) {
+      await Deno.mkdir(made);
+      await Deno.chown(made, 65534, 65534);
+    }
+    await plantLink(response(site, "a.test"), "../shared/a.der");
+    const renewed = await user.runBot(site, [], []);
+    assertEquals(renewed.code, 1, renewed.stdout + renewed.stderr);
+    assert((await Deno.lstat(response(site, "a.test"))).isSymlink, "the link was replaced");
+    assertEquals(
+      await ca.verifiedStatus(path.join(shared, "a.der"), path.join(site, "certs", "a.test.pem")),
+      "good",
     );
   });
 });

@@ -104,6 +104,43 @@ export async function runBot(
   };
 }
 
+/**
+ * Spawns the bot through bash with `redirection` after its command, as cron
+ * or a shell script does (`> /dev/full`, `| true`, `>> log 2>&1`); `code` is
+ * the bot's own status, not the pipe's.
+ */
+export async function runBotRedirected(
+  cwd: string,
+  args: string[],
+  redirection: string,
+  env: Record<string, string> = {},
+): Promise<BotRun> {
+  const output = await new Deno.Command("bash", {
+    args: [
+      "-c",
+      `"$@" ${redirection}; exit \${PIPESTATUS[0]}`,
+      "bash",
+      Deno.execPath(),
+      "run",
+      "--quiet",
+      ...BOT_PERMISSIONS,
+      BOT,
+      ...args,
+    ],
+    cwd,
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}
+
 /** Runs openssl to completion and returns stdout; throws with stderr. */
 export async function openssl(
   args: string[],
