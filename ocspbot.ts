@@ -192,6 +192,12 @@ export interface ResponseReport {
   nextUpdate?: Date;
   revocationTime?: Date;
   revocationReason?: string;
+  /**
+   * When the earliest certificate the response carries ends: its delegated
+   * responder's, whose end makes TLS clients refuse the staple before its
+   * nextUpdate does.
+   */
+  signerNotAfter?: Date;
   verified: boolean;
   /** Why it did not verify or could not be read. */
   problem?: string;
@@ -217,6 +223,8 @@ export interface VerifiedRecord {
   mustStaple: boolean;
   /** Set when the response stapled is a "revoked" answer (`on_revoked: staple`). */
   revoked?: { time?: number; reason?: string };
+  /** ResponseReport.signerNotAfter. */
+  signerNotAfter?: number;
 }
 
 /** What came of the last request to a responder about a certificate. */
@@ -975,6 +983,13 @@ export function parseOpensslTime(text: string): Date {
   return new Date(Date.UTC(year, month, day, hours, minutes, seconds));
 }
 
+/** openssl's error reasons that say little to a person, in plainer words. */
+const OPENSSL_REASONS: Record<string, string> = {
+  // ocsp_check_issuer() failed, and the signer was not explicitly trusted.
+  "root ca not trusted":
+    "signed by a certificate that is neither the certificate's issuer nor a responder the issuer authorised (root ca not trusted)",
+};
+
 /**
  * Makes openssl's error queue readable: `…:error:…:lib:func:reason:file:line:
  * detail` becomes `reason (detail)`.
@@ -986,7 +1001,8 @@ export function summarizeOpensslErrors(stderr: string): string {
     if (!line || line === "Response verify OK") continue;
     const error = /^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:([^:]*):[^:]*:\d+:?(.*)$/
       .exec(line);
-    const text = error ? (error[2] ? `${error[1]} (${error[2]})` : error[1]) : line;
+    const reason = error && (OPENSSL_REASONS[error[1]] ?? error[1]);
+    const text = error ? (error[2] ? `${reason} (${error[2]})` : reason!) : line;
     if (!lines.includes(text)) lines.push(text);
   }
   return lines.join("; ");
@@ -1041,8 +1057,8 @@ export function parseOcspOutput(
  * `bytes` does not start with a whole one. openssl writes the response it
  * verified there, followed by its report, so this is where the two part.
  */
-export function derLength(bytes: Uint8Array): number | undefined {
-  if (bytes.length < 2 || bytes[0] !== 0x30) return undefined;
+export function derLength(bytes: Uint8Array, anyTag = false): number | undefined {
+  if (bytes.length < 2 || (bytes[0] !== 0x30 && !anyTag)) return undefined;
   let length = bytes[1];
   let header = 2;
   if (length & 0x80) {
@@ -1055,6 +1071,45 @@ export function derLength(bytes: Uint8Array): number | undefined {
   return header + length <= bytes.length ? header + length : undefined;
 }
 
+/** The elements inside DER bytes from `start` to `end`: tag, where each starts and ends. */
+function derElements(
+  bytes: Uint8Array,
+  start = 0,
+  end = bytes.length,
+): { tag: number; start: number; content: number; end: number }[] {
+  const elements = [];
+  for (let at = start; at < end;) {
+    const length = derLength(bytes.subarray(at, end), true);
+    if (length === undefined) throw new Error("not DER");
+    const octets = bytes[at + 1] & 0x80 ? bytes[at + 1] & 0x7f : 0;
+    elements.push({ tag: bytes[at], start: at, content: at + 2 + octets, end: at + length });
+    at += length;
+  }
+  return elements;
+}
+
+/**
+ * The certificates an OCSP response carries (RFC 6960 4.2.1: the `certs` of
+ * its BasicOCSPResponse), as DER; none when it carries none or cannot be read.
+ */
+export function responseCertificates(response: Uint8Array): Uint8Array[] {
+  try {
+    const inside = (element: { content: number; end: number }) =>
+      derElements(response, element.content, element.end);
+    const [ocspResponse] = derElements(response);
+    const responseBytes = inside(ocspResponse).find((element) => element.tag === 0xa0);
+    if (!responseBytes) return [];
+    const [typeAndResponse] = inside(responseBytes);
+    const [, octets] = inside(typeAndResponse);
+    const [basic] = inside(octets);
+    const certs = inside(basic).find((element) => element.tag === 0xa0);
+    if (!certs) return [];
+    return inside(inside(certs)[0]).map((cert) => response.slice(cert.start, cert.end));
+  } catch {
+    return [];
+  }
+}
+
 // ------------------------------------------------------- pure: timing --
 
 /** A time as a person reads it in a log: `2026-11-24 01:55:18 UTC`. */
@@ -1064,11 +1119,17 @@ export function formatTime(time: Date): string {
 }
 
 /**
- * When a response stops being current: its nextUpdate, or for a response
- * without one (RFC 6960 allows it), thisUpdate plus the assumed 12 hours.
+ * When a response stops being one a TLS client accepts: its nextUpdate, or
+ * for a response without one (RFC 6960 allows it) thisUpdate plus the
+ * assumed 12 hours; earlier when the responder certificate it carries ends
+ * first. Only for a response with a thisUpdate.
  */
-export function responseExpiry(report: { thisUpdate: Date; nextUpdate?: Date }): number {
-  return report.nextUpdate?.getTime() ?? report.thisUpdate.getTime() + ASSUMED_LIFESPAN_MS;
+export function responseExpiry(
+  report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter">,
+): number {
+  const expiry = report.nextUpdate?.getTime() ??
+    report.thisUpdate!.getTime() + ASSUMED_LIFESPAN_MS;
+  return Math.min(expiry, report.signerNotAfter?.getTime() ?? Infinity);
 }
 
 /** The stretch a response is good for: its dates clipped to the certificate's. */
@@ -1082,7 +1143,7 @@ export function responseLifespan(
     end: new Date(
       Math.min(
         cert.notAfter.getTime(),
-        responseExpiry({ thisUpdate, nextUpdate: report.nextUpdate }),
+        responseExpiry(report),
       ),
     ),
   };
@@ -1109,6 +1170,13 @@ export function renewalTime(
     );
   }
   return new Date(Math.min(...candidates));
+}
+
+/** `, but its responder's certificate ends at <time>`, when that comes first. */
+export function signerEndsFirst(report: ResponseReport): string {
+  const { signerNotAfter } = report;
+  if (!signerNotAfter || responseExpiry(report) !== signerNotAfter.getTime()) return "";
+  return `, but its responder's certificate ends at ${formatTime(signerNotAfter)}`;
 }
 
 /** ` since <time> (<reason>)`, as far as a revoked answer says them. */
@@ -1144,10 +1212,7 @@ export function planRenewal(
       reason: `stored response says "${stored.status ?? "nothing"}"`,
     };
   }
-  const expiredAt = new Date(responseExpiry({
-    thisUpdate: stored.thisUpdate,
-    nextUpdate: stored.nextUpdate,
-  }));
+  const expiredAt = new Date(responseExpiry(stored));
   if (now.getTime() >= expiredAt.getTime()) {
     // Whatever the policy computes: a certificate not yet valid can put its renewal time later.
     return {
@@ -1158,9 +1223,11 @@ export function planRenewal(
   }
   const renewAt = renewalTime(policy, cert, stored);
   const due = now.getTime() >= renewAt.getTime();
-  const expiry = stored.nextUpdate
-    ? `${stored.status} until ${formatTime(stored.nextUpdate)}`
-    : `${stored.status}, without nextUpdate (assumed to live 12 hours)`;
+  const expiry =
+    (stored.nextUpdate
+      ? `${stored.status} until ${formatTime(stored.nextUpdate)}`
+      : `${stored.status}, without nextUpdate (assumed to live 12 hours)`) +
+    signerEndsFirst(stored);
   return {
     due,
     renewAt,
@@ -1225,6 +1292,7 @@ export function recordOf(
       : {}),
     thisUpdate: epochSeconds(report.thisUpdate!),
     nextUpdate: report.nextUpdate && epochSeconds(report.nextUpdate),
+    signerNotAfter: report.signerNotAfter && epochSeconds(report.signerNotAfter),
     notBefore: epochSeconds(cert.notBefore),
     notAfter: epochSeconds(cert.notAfter),
     ocspUrls: cert.ocspUrls,
@@ -1261,7 +1329,7 @@ export function nextAttempt(
  */
 export function runsShort(stored: ResponseReport, renewAt: Date | undefined, now: Date): boolean {
   if (!stored.thisUpdate || !renewAt) return false;
-  const expiry = responseExpiry({ thisUpdate: stored.thisUpdate, nextUpdate: stored.nextUpdate });
+  const expiry = responseExpiry(stored);
   return expiry - now.getTime() < (expiry - renewAt.getTime()) / 2;
 }
 
@@ -1293,7 +1361,8 @@ export function recallReport(
     ocspUrls: record.ocspUrls,
     mustStaple: record.mustStaple === true,
   };
-  const end = responseExpiry({ thisUpdate, nextUpdate });
+  const signerNotAfter = record.signerNotAfter ? time(record.signerNotAfter) : undefined;
+  const end = responseExpiry({ thisUpdate, nextUpdate, signerNotAfter });
   const times = [end, thisUpdate.getTime(), cert.notBefore.getTime(), cert.notAfter.getTime()];
   if (times.some(Number.isNaN) || now.getTime() >= end) return undefined;
   const report: ResponseReport = record.revoked
@@ -1306,6 +1375,7 @@ export function recallReport(
       revocationReason: record.revoked.reason,
     }
     : { status: "good", verified: true, thisUpdate, nextUpdate };
+  if (signerNotAfter) report.signerNotAfter = signerNotAfter;
   return { report, cert };
 }
 
@@ -1439,9 +1509,9 @@ export function assess(
   if (stored.status !== "good" || !stored.thisUpdate) {
     return verdict("critical", `stored response says "${stored.status}"${revocationText(stored)}`);
   }
-  const expiry = responseExpiry({ thisUpdate: stored.thisUpdate, nextUpdate: stored.nextUpdate });
+  const expiry = responseExpiry(stored);
   const good = stored.nextUpdate
-    ? `good, nextUpdate ${formatTime(stored.nextUpdate)} (${
+    ? `good, nextUpdate ${formatTime(stored.nextUpdate)}${signerEndsFirst(stored)} (${
       formatDuration(expiry - now.getTime())
     } left)`
     : `good, no nextUpdate (${formatDuration(expiry - now.getTime())} left)`;
@@ -2062,16 +2132,36 @@ function requestInput(target: Target): RequestInput {
 }
 
 /**
- * The flags that make `openssl ocsp` verify a response: against the
- * rootchain as the Python bot did (`-CAfile`, `-VAfile`), or without one
- * against openssl's default trust store, with the intermediates given as
- * untrusted certificates.
+ * The flags that make `openssl ocsp` verify a response as a TLS client does
+ * (RFC 6960 4.2.2.2): signed by the certificate's issuer, or by a responder
+ * certificate the issuer issued for OCSPSigning. The rootchain (or without
+ * one, openssl's default trust store) only anchors the issuer's chain, and
+ * the intermediates are untrusted help. The Python bot's `-VAfile rootchain`
+ * made every certificate there a trusted responder: a response signed by the
+ * root, or by another CA's intermediate in a rollover's rootchain, passed.
  */
 function verificationArgs(target: Target, input: RequestInput): string[] {
-  const trust = target.rootchainPath
-    ? ["-CAfile", target.rootchainPath, "-VAfile", target.rootchainPath]
-    : ["-verify_other", target.chainPath ?? target.certPath];
-  return ["-no_nonce", "-issuer", input.issuerFile, "-serial", `0x${input.serial}`, ...trust];
+  return [
+    "-no_nonce",
+    "-issuer",
+    input.issuerFile,
+    "-serial",
+    `0x${input.serial}`,
+    ...(target.rootchainPath ? ["-CAfile", target.rootchainPath] : []),
+    "-verify_other",
+    target.chainPath ?? target.certPath,
+  ];
+}
+
+/** When the first certificate a response carries ends: see ResponseReport.signerNotAfter. */
+function certificatesEnd(response: Uint8Array): Date | undefined {
+  try {
+    const ends = responseCertificates(response)
+      .map((der) => new Date(new (nodeCrypto().X509Certificate)(der).validTo).getTime());
+    return ends.length > 0 ? new Date(Math.min(...ends)) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Verifies a stored response and reads its status and dates. */
@@ -2091,7 +2181,13 @@ async function checkStoredResponse(
     config.timeoutSeconds,
     input.issuerPem,
   );
-  return parseOcspOutput(result.stdout, result.stderr, result.code);
+  const report = parseOcspOutput(result.stdout, result.stderr, result.code);
+  if (report.verified) {
+    report.signerNotAfter = certificatesEnd(
+      readInput(target.responsePath, "stored response", Deno.readFileSync),
+    );
+  }
+  return report;
 }
 
 /**
@@ -2134,11 +2230,11 @@ async function fetchResponse(
       }`,
     );
   }
-  const report = new TextDecoder().decode(result.output.subarray(responseLength));
-  return {
-    report: parseOcspOutput(report, result.stderr, result.code),
-    bytes: result.output.slice(0, responseLength),
-  };
+  const printed = new TextDecoder().decode(result.output.subarray(responseLength));
+  const bytes = result.output.slice(0, responseLength);
+  const report = parseOcspOutput(printed, result.stderr, result.code);
+  if (report.verified) report.signerNotAfter = certificatesEnd(bytes);
+  return { report, bytes };
 }
 
 // ----------------------------------------------------------- I/O: files --
@@ -3516,7 +3612,7 @@ function sameResponseAgain(
   now: Date,
   log: Logger,
 ): void {
-  const expiry = responseExpiry({ thisUpdate: stored.thisUpdate!, nextUpdate: stored.nextUpdate });
+  const expiry = responseExpiry(stored);
   const left = formatDuration(expiry - now.getTime());
   if (runsShort(stored, decision.renewAt, now)) {
     log.warn(

@@ -23,6 +23,7 @@ import {
   recordOf,
   rejectedPath,
   rejectFetched,
+  responseCertificates,
   type ResponseReport,
   runPool,
   summaryLine,
@@ -1042,6 +1043,42 @@ Deno.test("a fetched response that is stale, older or the same is not stored", a
       assertMatch(run.stdout, /Success: 1 unchanged/);
       assertEquals(await exists(response(site, "a.test") + ".new"), false);
     });
+  });
+});
+
+Deno.test("a responder certificate that ends before nextUpdate: renewed before it ends", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    // Its certificate lives 1 day, the responses it signs 2: clients refuse them after a day.
+    const signer = await ca.issueSigner("short-lived signer", 1);
+    const signerEnd = new Date(
+      decoder.decode(await openssl(["x509", "-in", signer.cert, "-noout", "-enddate"]))
+        .trim().replace("notAfter=", ""),
+    );
+    ca.mode = { signer };
+    ca.validityMinutes = 48 * 60;
+    const first = await runBot(site, ["--json"]);
+    assertEquals(first.code, 1, first.stderr);
+    const renewalTime = new Date(JSON.parse(first.stdout).certificates["a.test"].renewalTime);
+    // minimum_validity: 6h before the signer's end, not 6 h before nextUpdate (42 h away).
+    assertEquals(renewalTime.getTime(), signerEnd.getTime() - 6 * HOUR);
+    const before = await runBot(site, [], fakeNow(17 * HOUR));
+    assertMatch(before.stdout, /but its responder's certificate ends at .*, renewal due at/);
+    assertEquals(before.code, 0, before.stdout + before.stderr);
+    ca.mode = "good";
+    const due = await runBot(site, [], fakeNow(19 * HOUR));
+    assertEquals(due.code, 1, due.stdout + due.stderr);
+  });
+});
+
+Deno.test("responseCertificates() finds the certificates a response carries", async () => {
+  await withCa(async (ca) => {
+    const leaf = await ca.issueLeaf(path.join(ca.dir, "l"), "a.test");
+    const carried = responseCertificates(await ca.respond(leaf.cert));
+    const signer = await openssl(["x509", "-in", ca.keyPair("signer").cert, "-outform", "DER"]);
+    assertEquals(carried, [signer]);
+    assertEquals(responseCertificates(new Uint8Array([0x30, 0x03, 0x0a, 0x01, 0x03])), []);
+    assertEquals(responseCertificates(new TextEncoder().encode("not DER")), []);
   });
 });
 

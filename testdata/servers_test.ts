@@ -5,17 +5,29 @@
  * HAProxy (`<crt>.ocsp`, and `set ssl ocsp-response` on its runtime API) and
  * lighttpd (ssl.stapling-file),
  * started on 127.0.0.1 from Debian's packages, checked with a real TLS
- * client, `openssl s_client -status`; and Prometheus' own promtool accepts
- * the metrics file. Needs `nginx`, `haproxy`, `lighttpd` (with mod_openssl) and
- * `promtool` on PATH (`apt-get install nginx haproxy lighttpd lighttpd-mod-openssl
- * prometheus`); run with `deno task test:servers`.
+ * client, `openssl s_client -status`; GnuTLS's ocsptool, a second OCSP
+ * implementation, agrees on whose signature a staple may carry; and
+ * Prometheus' own promtool accepts the metrics file. Needs `nginx`, `haproxy`,
+ * `lighttpd` (with mod_openssl), `ocsptool` and `promtool` on PATH (`apt-get
+ * install nginx haproxy lighttpd lighttpd-mod-openssl gnutls-bin prometheus`);
+ * run with `deno task test:servers`.
  *
  * @module
  */
 
 import nodeAssert from "node:assert/strict";
 import * as path from "node:path";
-import { BOT_PERMISSIONS, runBot, type TestCa, withCa } from "./testca.ts";
+import {
+  BASE_CONFIG,
+  BOT_PERMISSIONS,
+  exists,
+  type KeyPair,
+  makeSite,
+  response,
+  runBot,
+  TestCa,
+  withCa,
+} from "./testca.ts";
 
 /** HAProxy's runtime API is a Unix socket, which Deno counts as network. */
 const HAPROXY_PERMISSIONS = [...BOT_PERMISSIONS, "--allow-net"];
@@ -392,6 +404,70 @@ ${extra}`;
         assertMatch(check.output, /unable to load .*a\.test\.pem\.ocsp-\d{8}-\d{6}/);
       },
     );
+  });
+});
+
+Deno.test("only the issuer or a responder it authorised signs a staple, as GnuTLS's ocsptool agrees", async (t) => {
+  await withCa(async (ca) => {
+    const other = await TestCa.create({ label: "B" });
+    try {
+      const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\nretries: 0\n");
+      const certs = path.join(site, "certs");
+      // A rollover: the rootchain bundles the old CA and the new one.
+      await Deno.writeTextFile(
+        path.join(certs, "a.test-rootchain.pem"),
+        (await Deno.readTextFile(ca.rootchain)) + (await Deno.readTextFile(other.rootchain)),
+      );
+      const cases: [string, KeyPair, boolean][] = [
+        ["a responder the issuer authorised", ca.keyPair("signer"), true],
+        ["the issuer itself", ca.keyPair("intermediate"), true],
+        ["the root", ca.keyPair("root"), false],
+        ["another CA's intermediate, in the rootchain", other.keyPair("intermediate"), false],
+        ["a responder another CA authorised", other.keyPair("signer"), false],
+      ];
+      for (const [name, signer, accepted] of cases) {
+        await t.step(`${name}: ${accepted ? "stapled" : "refused"}`, async () => {
+          await Deno.remove(path.join(site, "responses"), { recursive: true }).catch(() => {});
+          ca.mode = { signer };
+          const run = await runBot(site);
+          const answer = accepted
+            ? response(site, "a.test")
+            : path.join(site, "responses", ".a.test.ocsp-resp.rejected");
+          const gnutls = await new Deno.Command("ocsptool", {
+            args: ["--verify-response", "--load-signer", ca.chain, "--infile", answer],
+            stdout: "piped",
+            stderr: "piped",
+          }).output();
+          const said = decoder.decode(gnutls.stdout) + decoder.decode(gnutls.stderr);
+          assertEquals(gnutls.code === 0, accepted, `ocsptool disagrees: ${said}`);
+          if (accepted) {
+            assertEquals(run.code, 1, run.stdout + run.stderr);
+          } else {
+            assertEquals(run.code, 255, run.stdout + run.stderr);
+            assertMatch(run.stderr, /new response does not verify/);
+            assertEquals(await exists(response(site, "a.test")), false);
+          }
+        });
+      }
+      await t.step("a stored response the root signed is replaced", async () => {
+        ca.mode = { signer: ca.keyPair("root") };
+        await Deno.remove(path.join(site, "responses"), { recursive: true }).catch(() => {});
+        await Deno.mkdir(path.join(site, "responses"));
+        await Deno.writeFile(
+          response(site, "a.test"),
+          await ca.respond(path.join(certs, "a.test.pem"), "root"),
+        );
+        ca.mode = "good";
+        const run = await runBot(site);
+        assertEquals(run.code, 1, run.stdout + run.stderr);
+        assertMatch(
+          run.stdout,
+          /stored response does not verify: .*signed by a certificate that is neither/,
+        );
+      });
+    } finally {
+      await other.close();
+    }
   });
 });
 

@@ -23,7 +23,14 @@ export type ResponderMode =
   | "http500" // HTTP 500 with a text body
   | "garbage" // HTTP 200 with bytes that are not an OCSP response
   | "wrong-signer" // a real answer signed by a key the CA never authorised
+  | { signer: KeyPair } // a real answer signed by this certificate and key
   | { fixed: Uint8Array<ArrayBuffer> }; // these bytes, whatever was asked
+
+/** A certificate and its key, as files. */
+export interface KeyPair {
+  cert: string;
+  key: string;
+}
 
 /** Options for one leaf certificate. */
 export interface LeafOptions {
@@ -206,12 +213,21 @@ export class TestCa {
 
   /** With an upper intermediate: root, upper, intermediate, leaves. */
   readonly #upper: boolean;
+  /** Part of every subject name: two CAs of one test must not share names. */
+  readonly #label: string;
 
-  private constructor(dir: string, server: Deno.HttpServer, port: number, upper: boolean) {
+  private constructor(
+    dir: string,
+    server: Deno.HttpServer,
+    port: number,
+    options: { upper?: boolean; label?: string },
+  ) {
     this.dir = dir;
     this.#server = server;
     this.url = `http://127.0.0.1:${port}/`;
+    const upper = options.upper ?? false;
     this.#upper = upper;
+    this.#label = options.label ? ` ${options.label}` : "";
     this.chain = path.join(dir, upper ? "chain.pem" : "intermediate.pem");
     this.rootchain = path.join(dir, "rootchain.pem");
   }
@@ -219,9 +235,10 @@ export class TestCa {
   /**
    * Makes the CA keys and certificates and starts the responder. `upper`
    * puts a second intermediate between the root and the one that issues
-   * leaves; `chain` then holds both, the issuing one first.
+   * leaves; `chain` then holds both, the issuing one first. `label` goes into
+   * every subject name, so that a second CA's names differ from the first's.
    */
-  static async create(options: { upper?: boolean } = {}): Promise<TestCa> {
+  static async create(options: { upper?: boolean; label?: string } = {}): Promise<TestCa> {
     const dir = await Deno.makeTempDir({ prefix: "ocspbot-ca-" });
     const listening = Promise.withResolvers<number>();
     const server: Deno.HttpServer = Deno.serve({
@@ -229,7 +246,7 @@ export class TestCa {
       port: 0,
       onListen: ({ port }) => listening.resolve(port),
     }, (request): Promise<Response> => ca.#answer(request));
-    const ca: TestCa = new TestCa(dir, server, await listening.promise, options.upper ?? false);
+    const ca: TestCa = new TestCa(dir, server, await listening.promise, options);
     try {
       await ca.#makeAuthority();
     } catch (error) {
@@ -241,6 +258,28 @@ export class TestCa {
 
   #file(name: string): string {
     return path.join(this.dir, name);
+  }
+
+  /** The certificate and key of one of the CA's own: "root", "intermediate", "signer", "rogue". */
+  keyPair(name: string): KeyPair {
+    return { cert: this.#file(`${name}.pem`), key: this.#file(`${name}.key`) };
+  }
+
+  /**
+   * A delegated responder certificate (OCSPSigning, issued by the
+   * intermediate) valid for `days`, for a responder whose certificate ends
+   * before the responses it signs do.
+   */
+  async issueSigner(name: string, days: number): Promise<KeyPair> {
+    await this.#certify({
+      name,
+      subject: `/CN=ocspbot test${this.#label} ${name}`,
+      extensions: "signer",
+      issuer: "intermediate",
+      key: "signer",
+      days,
+    });
+    return { cert: this.#file(`${name}.pem`), key: this.#file("signer.key") };
   }
 
   async #makeAuthority(): Promise<void> {
@@ -260,25 +299,29 @@ export class TestCa {
         ])
       ),
     );
-    await this.#certify({ name: "root", subject: "/CN=ocspbot test root" });
+    await this.#certify({ name: "root", subject: `/CN=ocspbot test${this.#label} root` });
     if (this.#upper) {
-      await this.#certify({ name: "upper", subject: "/CN=ocspbot test upper", issuer: "root" });
+      await this.#certify({
+        name: "upper",
+        subject: `/CN=ocspbot test${this.#label} upper`,
+        issuer: "root",
+      });
     }
     await this.#certify({
       name: "intermediate",
-      subject: "/CN=ocspbot test intermediate",
+      subject: `/CN=ocspbot test${this.#label} intermediate`,
       issuer: this.#upper ? "upper" : "root",
     });
     await Promise.all([
       this.#certify({
         name: "signer",
-        subject: "/CN=ocspbot test OCSP signer",
+        subject: `/CN=ocspbot test${this.#label} OCSP signer`,
         extensions: "signer",
         issuer: "intermediate",
       }),
       this.#certify({
         name: "rogue",
-        subject: "/CN=ocspbot rogue OCSP signer",
+        subject: `/CN=ocspbot${this.#label} rogue OCSP signer`,
         extensions: "signer",
       }),
     ]);
@@ -450,7 +493,7 @@ export class TestCa {
   /** A response for `cert` as the responder makes it now, or as a rogue would. */
   async respond(
     cert: string,
-    signer: "signer" | "rogue" = "signer",
+    signer: "signer" | "rogue" | "root" = "signer",
   ): Promise<Uint8Array<ArrayBuffer>> {
     const request = await openssl([
       "ocsp",
@@ -462,10 +505,10 @@ export class TestCa {
       "-reqout",
       "-",
     ]);
-    return await this.#sign(request, signer);
+    return await this.#sign(request, this.keyPair(signer));
   }
 
-  #sign(request: Uint8Array, signer: string): Promise<Uint8Array<ArrayBuffer>> {
+  #sign(request: Uint8Array, signer: KeyPair): Promise<Uint8Array<ArrayBuffer>> {
     return openssl([
       "ocsp",
       "-index",
@@ -473,9 +516,9 @@ export class TestCa {
       "-CA",
       this.chain,
       "-rsigner",
-      this.#file(`${signer}.pem`),
+      signer.cert,
       "-rkey",
-      this.#file(`${signer}.key`),
+      signer.key,
       ...(this.validityMinutes > 0 ? ["-nmin", String(this.validityMinutes)] : []),
       "-reqin",
       "-",
@@ -503,11 +546,13 @@ export class TestCa {
     if (mode === "garbage") {
       return new Response("this is not DER at all", { headers: ocsp });
     }
-    if (typeof mode === "object") {
+    if (typeof mode === "object" && "fixed" in mode) {
       return new Response(mode.fixed, { headers: ocsp });
     }
-    const signer = mode === "wrong-signer" ? "rogue" : "signer";
-    const key = signer + ":" + body.toBase64();
+    const signer = typeof mode === "object" && "signer" in mode
+      ? mode.signer
+      : this.keyPair(mode === "wrong-signer" ? "rogue" : "signer");
+    const key = signer.cert + ":" + body.toBase64();
     const answer = (this.cacheAnswers && this.#answers.get(key)) || await this.#sign(body, signer);
     if (this.cacheAnswers) this.#answers.set(key, answer);
     return new Response(answer, { headers: ocsp });
