@@ -86,6 +86,8 @@ export interface DomainEntry {
   haproxySocket?: string;
   /** The config file it was written in. */
   file: string;
+  /** Written in an include: its response must stay inside ocsp_folder. */
+  fromInclude: boolean;
 }
 
 /** One entry of `scan_keys`. */
@@ -100,6 +102,11 @@ export interface ScanEntry {
   ocspMask: string;
   haproxySocket?: string;
   source: string;
+  /** The config file it was written in, and its key there: `scan_keys[0]`. */
+  file: string;
+  key: string;
+  /** Written in an include: its responses must stay inside ocsp_folder. */
+  fromInclude: boolean;
 }
 
 /** The interpreted configuration, includes not yet read. */
@@ -587,7 +594,11 @@ function editDistance(a: string, b: string): number {
 
 /** Reads typed values out of one config file, naming file and key on error. */
 class ConfigReader {
-  constructor(readonly file: string, readonly warnings: string[]) {}
+  constructor(
+    readonly file: string,
+    readonly warnings: string[],
+    readonly fromInclude = false,
+  ) {}
 
   fail(key: string, problem: string): never {
     throw new ExitError(
@@ -688,6 +699,7 @@ class ConfigReader {
         responderUri: responderUri === "certificate" ? undefined : responderUri,
         haproxySocket: this.string(entry, "haproxy_socket", `${name}.haproxy_socket`),
         file: this.file,
+        fromInclude: this.fromInclude,
       };
     });
   }
@@ -729,6 +741,9 @@ class ConfigReader {
         ocspMask: mask("ocsp_mask", "{domain}.ocsp-resp"),
         haproxySocket: this.string(entry, "haproxy_socket", `${name}.haproxy_socket`),
         source: `scan_keys folder "${folder}" of config "${this.file}"`,
+        file: this.file,
+        key: name,
+        fromInclude: this.fromInclude,
       };
     });
   }
@@ -890,7 +905,7 @@ export function interpretInclude(
   file: string,
   warnings: string[] = [],
 ): { domains: DomainEntry[]; scanKeys: ScanEntry[] } {
-  const reader = new ConfigReader(file, warnings);
+  const reader = new ConfigReader(file, warnings, true);
   const map = reader.mapping(document, "(top level)");
   reader.warnUnknownKeys(map, INCLUDE_KEYS, "");
   return { domains: reader.domains(map), scanKeys: reader.scanKeys(map) };
@@ -924,6 +939,28 @@ export function formatLogName(template: string, now: Date): string {
 /** `R-YYYYMMDD-HHMMSS` in local time, the Python bot's backup name. */
 export function backupName(responsePath: string, now: Date): string {
   return responsePath + formatLogName("-{year}{month}{day}-{hour}{minute}{second}", now);
+}
+
+/** Whether `file` lies inside `folder`, both resolved, by their names. */
+export function isInside(file: string, folder: string): boolean {
+  const relative = path.relative(path.resolve(folder), path.resolve(file));
+  return relative !== "" && relative !== ".." && !relative.startsWith("../") &&
+    !path.isAbsolute(relative);
+}
+
+/**
+ * Why an include may not write a response at `responsePath`, or undefined:
+ * includes often come from another team, who may choose the responder and
+ * the rootchain, and so the bytes written; the folder must stay ocspbot's.
+ */
+export function outsideOcspFolder(
+  responsePath: string,
+  ocspFolder: string,
+): string | undefined {
+  if (isInside(responsePath, ocspFolder)) return undefined;
+  return `which lies outside ocsp_folder "${
+    path.resolve(ocspFolder)
+  }"; an include may only write inside ocsp_folder (the main config may write anywhere)`;
 }
 
 /** A mask as an anchored pattern: the whole file name must match. */
@@ -2894,9 +2931,13 @@ function openLog(file: string, key: string, warnings: string[]): Destination {
 /** Where a response's backups go: beside it, or mirrored under `backup_folder`. */
 export function backupStem(config: Config, responsePath: string): string {
   if (!config.backupFolder) return responsePath;
-  const relative = path.relative(path.resolve(config.ocspFolder), responsePath);
-  const inside = relative !== "" && !relative.startsWith("..") && !path.isAbsolute(relative);
-  return path.resolve(config.backupFolder, inside ? relative : path.basename(responsePath));
+  const inside = isInside(responsePath, config.ocspFolder);
+  return path.resolve(
+    config.backupFolder,
+    inside
+      ? path.relative(path.resolve(config.ocspFolder), responsePath)
+      : path.basename(responsePath),
+  );
 }
 
 /** Writes the new response's backup without overwriting an earlier one. */
@@ -3057,12 +3098,20 @@ function scanForTargets(
     for (const domain of domains) {
       const chain = chainMask?.fill(domain);
       const rootchain = rootchainMask?.fill(domain);
+      const responsePath = inFolder(responseDir, ocspMask.fill(domain));
+      const outside = entry.fromInclude && outsideOcspFolder(responsePath, ocspFolder);
+      if (outside) {
+        throw new ExitError(
+          `Config "${entry.file}": "${entry.key}.ocsp_mask" ("${entry.ocspMask}") puts the response of "${domain}" at "${responsePath}", ${outside}`,
+          EXIT.configInvalid,
+        );
+      }
       targets.push({
         id: domain,
         certPath: inFolder(dir, certMask.fill(domain)),
         chainPath: chain && inFolder(dir, chain),
         rootchainPath: rootchain && inFolder(dir, rootchain),
-        responsePath: inFolder(responseDir, ocspMask.fill(domain)),
+        responsePath,
         haproxySocket: entry.haproxySocket ?? haproxySocket,
         source: entry.source,
       });
@@ -3091,6 +3140,13 @@ function domainTarget(
     }
   }
   const responsePath = path.resolve(ocspFolder, entry.ocsp);
+  const outside = entry.fromInclude && outsideOcspFolder(responsePath, ocspFolder);
+  if (outside) {
+    throw new ExitError(
+      `Config "${entry.file}": "domains.${entry.id}.ocsp" names "${entry.ocsp}", ${outside}`,
+      EXIT.configInvalid,
+    );
+  }
   try {
     // Most responses do not exist on a first run: a lookup, not a failing stat.
     if (listings.entry(responsePath) && !Deno.statSync(responsePath).isFile) {

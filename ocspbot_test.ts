@@ -1240,6 +1240,59 @@ Deno.test("includes are read from their folder wherever the bot starts", async (
   });
 });
 
+Deno.test("an include writes only inside ocsp_folder; the main config anywhere", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], "");
+    const certs = path.join(site, "certs");
+    const includeDir = path.join(site, "conf.d");
+    await Deno.mkdir(includeDir);
+    const appConf = path.join(site, "etc", "app.conf");
+    await writeWithFolders(appConf, "setting = precious\n");
+    const files = `    cert: ${certs}/a.test.pem\n    chain: ${certs}/a.test-chain.pem\n` +
+      `    rootchain: ${certs}/a.test-rootchain.pem\n`;
+    const mainConfig = `minimum_validity: 6h\nocsp_folder: responses\nincludes: [conf.d]\n`;
+    await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), mainConfig);
+    const cases: [string, string, RegExp][] = [
+      [
+        "domains' ocsp climbing out",
+        `domains:\n  a.test:\n${files}    ocsp: ../etc/app.conf\n`,
+        /"domains\.a\.test\.ocsp" names "\.\.\/etc\/app\.conf", which lies outside ocsp_folder/,
+      ],
+      [
+        "domains' ocsp absolute",
+        `domains:\n  a.test:\n${files}    ocsp: ${appConf}\n`,
+        /"domains\.a\.test\.ocsp" names ".*app\.conf", which lies outside ocsp_folder/,
+      ],
+      [
+        "scan_keys' ocsp_mask climbing out",
+        `scan_keys:\n  - folder: ${certs}\n    ocsp_mask: "../etc/{domain}.conf"\n`,
+        /"scan_keys\[0\]\.ocsp_mask" \("\.\.\/etc\/\{domain\}\.conf"\) puts the response of "a\.test" at ".*", which lies outside ocsp_folder/,
+      ],
+    ];
+    for (const [name, include, message] of cases) {
+      await t.step(`${name}: 253, naming the include and the key`, async () => {
+        await Deno.writeTextFile(path.join(includeDir, "team.yaml"), include);
+        const run = await runBot(site);
+        assertEquals(run.code, 253, run.stdout + run.stderr);
+        assertMatch(run.stderr, /^ERROR: Config "conf\.d\/team\.yaml": /m);
+        assertMatch(run.stderr, message);
+        assertEquals(await Deno.readTextFile(appConf), "setting = precious\n");
+      });
+    }
+    await t.step("the main config keeps the Python bot's meaning: any path", async () => {
+      await Deno.remove(path.join(includeDir, "team.yaml"));
+      const elsewhere = path.join(site, "elsewhere", "a.der");
+      await Deno.writeTextFile(
+        path.join(site, "ocspbot.yaml"),
+        `${mainConfig}domains:\n  a.test:\n${files}    ocsp: ${elsewhere}\n`,
+      );
+      const run = await runBot(site);
+      assertEquals(run.code, 1, run.stdout + run.stderr);
+      assertEquals(await ca.verifiedStatus(elsewhere, path.join(certs, "a.test.pem")), "good");
+    });
+  });
+});
+
 Deno.test("backups copy each new response under a local-time name", async () => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "make_backups: yes\n");
