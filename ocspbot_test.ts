@@ -19,6 +19,7 @@ import {
   parseOcspOutput,
   parseOpensslTime,
   planRenewal,
+  printable,
   recallReport,
   recordOf,
   rejectedPath,
@@ -1290,6 +1291,37 @@ Deno.test("an include writes only inside ocsp_folder; the main config anywhere",
       assertEquals(run.code, 1, run.stdout + run.stderr);
       assertEquals(await ca.verifiedStatus(elsewhere, path.join(certs, "a.test.pem")), "good");
     });
+  });
+});
+
+Deno.test("printable() escapes what could end a line and forge another", async (t) => {
+  const cases: [string, string][] = [
+    ["[x\nevil::0:0:::\ny] fine", "[x\\nevil::0:0:::\\ny] fine"],
+    ["carriage\rreturn", "carriage\\rreturn"],
+    ["tab\tand bell\x07", "tab\\tand bell\\x07"],
+    ["next line\u0085 and separator\u2028", "next line\\x85 and separator\\u2028"],
+    ["plain ümlaut.test", "plain ümlaut.test"],
+  ];
+  for (const [line, shown] of cases) {
+    await t.step(JSON.stringify(line), () => assertEquals(printable(line), shown));
+  }
+});
+
+Deno.test("an id or file name with a newline cannot forge a log line", async () => {
+  await withCa(async (ca) => {
+    const forged = "x\nevil::0:0:::\ny";
+    const site = await makeSite(ca, [forged]);
+    const lines = (run: { stdout: string; stderr: string }) =>
+      (run.stdout + run.stderr).split("\n").filter(Boolean);
+    const first = await runBot(site);
+    assertEquals(first.code, 1, first.stdout + first.stderr);
+    assert(!lines(first).includes("evil::0:0:::"), first.stdout);
+    assertMatch(first.stdout, /^\[x\\nevil::0:0:::\\ny\] Stored new OCSP response/m);
+    const check = await runBot(site, ["--check"]);
+    assertEquals(check.code, 0, check.stdout + check.stderr);
+    for (const line of lines(check)) assertMatch(line, /^(\[x\\nevil::0:0:::\\ny\] |OCSP OK)/);
+    const report = JSON.parse((await runBot(site, ["--check", "--json"])).stdout);
+    assertEquals(Object.keys(report.certificates), [forged]);
   });
 });
 

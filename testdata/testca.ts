@@ -451,7 +451,8 @@ export class TestCa {
       this.#index.set(
         serial,
         [status === "good" ? "V" : "R", expiry, revoked, serial, "unknown"]
-          .join("\t") + `\t/CN=${name}`,
+          // The index is tab- and line-separated; only the serial is looked up.
+          .join("\t") + `\t/CN=${name.replace(/\s/g, "_")}`,
       );
     }
     this.#writeIndex();
