@@ -43,105 +43,25 @@ import * as path from "node:path";
 
 // ---------------------------------------------------------------- types --
 
+/** A run renews; a check (`--check`) decides and reports only: it changes nothing, asks no responder. */
+export type Mode = "run" | "check";
+
+/** How the run reports: lines, or one JSON document on stdout with the lines on stderr. */
+export type Format = "text" | "json";
+
 /** What the command line asks for. */
 export interface Invocation {
   configPath: string;
   help: boolean;
   version: boolean;
-  /** Decide and report only: change nothing, ask no responder. */
-  check: boolean;
-  /** Print one JSON document on stdout; logs move to stderr. */
-  json: boolean;
+  mode: Mode;
+  format: Format;
   /** Print only warnings and errors. */
   quiet: boolean;
   /** Renew regardless of timing, every certificate the run covers. */
   force: boolean;
   /** `--only`: the ids the run, --check or --force covers; empty for all. */
   only: string[];
-}
-
-/** When a good stored response is due; either limit or both. */
-export interface RenewalPolicy {
-  /** Renew when less than this is left before the response expires. */
-  minimumValidityMs?: number;
-  /** Renew when less than this share (0..100) of its lifespan is left. */
-  minimumValidityPercentage?: number;
-  /** `on_revoked: staple`: a signed "revoked" answer is a staple to keep and renew. */
-  stapleRevoked?: boolean;
-}
-
-/** One entry of `domains`, as written in a config file. */
-export interface DomainEntry {
-  id: string;
-  /** The leaf alone, or a bundle: leaf, intermediates and even the key, in any order. */
-  cert: string;
-  /** Left out: the intermediates come from the cert file. */
-  chain?: string;
-  /** Left out: verified against openssl's default trust store (the system's CA bundle). */
-  rootchain?: string;
-  ocsp: string;
-  /** `ocsp_responder_uri`, unless it says `certificate`. */
-  responderUri?: string;
-  /** HAProxy runtime API socket for this certificate's responses. */
-  haproxySocket?: string;
-  /** The config file it was written in. */
-  file: string;
-  /** Written in an include: its response must stay inside ocsp_folder. */
-  fromInclude: boolean;
-}
-
-/** One entry of `scan_keys`. */
-export interface ScanEntry {
-  folder: string;
-  recursive: boolean;
-  /** May put `{domain}` in a folder part: `{domain}/cert.pem` (certbot's live/). */
-  certMask: string;
-  /** undefined (`null` or "" in the config): no chain file, as for DomainEntry. */
-  chainMask?: string;
-  rootchainMask?: string;
-  ocspMask: string;
-  haproxySocket?: string;
-  source: string;
-  /** The config file it was written in, and its key there: `scan_keys[0]`. */
-  file: string;
-  key: string;
-  /** Written in an include: its responses must stay inside ocsp_folder. */
-  fromInclude: boolean;
-}
-
-/** The interpreted configuration, includes not yet read. */
-export interface Config {
-  file: string;
-  ocspFolder: string;
-  policy: RenewalPolicy;
-  parallelThreads: number;
-  stopOnError: boolean;
-  makeBackups: boolean;
-  opensslExecutable: string;
-  timeoutSeconds: number;
-  /** Where verified responses' fingerprints are kept between runs. */
-  stateFile: string;
-  /** Seconds to wait for another run's lock before giving up. */
-  lockTimeoutSeconds: number;
-  /** Further rounds over the responder URLs after a failed one. */
-  retries: number;
-  /** HTTP proxy for responder requests (openssl -proxy). */
-  proxy?: string;
-  /** Command run after a run that renewed something. */
-  onChange?: string[];
-  /** With makeBackups: how many backups of each response to keep. */
-  keepBackups?: number;
-  /** With makeBackups: the folder for backups, instead of beside each response. */
-  backupFolder?: string;
-  /** HAProxy runtime API socket, unless a domain or scan entry names its own. */
-  haproxySocket?: string;
-  /** Where to write Prometheus metrics (node_exporter's textfile format). */
-  metricsFile?: string;
-  outputLog?: string;
-  errorLog?: string;
-  domains: DomainEntry[];
-  scanKeys: ScanEntry[];
-  includes: string[];
 }
 
 /** One certificate to keep a response for, every path resolved. */
@@ -397,43 +317,6 @@ const SECONDS_PER_UNIT: Record<string, number> = {
   weeks: 604800,
 };
 
-const TOP_LEVEL_KEYS = [
-  "ocsp_folder",
-  "minimum_validity",
-  "minimum_validity_percentage",
-  "parallel_threads",
-  "stop_on_error",
-  "make_backups",
-  "openssl_executable",
-  "timeout",
-  "state_file",
-  "lock_timeout",
-  "retries",
-  "proxy",
-  "on_change",
-  "keep_backups",
-  "backup_folder",
-  "on_revoked",
-  "metrics_file",
-  "haproxy_socket",
-  "domains",
-  "scan_keys",
-  "includes",
-  "output_log",
-  "error_log",
-];
-const INCLUDE_KEYS = ["domains", "scan_keys"];
-const DOMAIN_KEYS = ["cert", "chain", "rootchain", "ocsp", "ocsp_responder_uri", "haproxy_socket"];
-const SCAN_KEYS = [
-  "folder",
-  "recursive",
-  "cert_mask",
-  "chain_mask",
-  "rootchain_mask",
-  "ocsp_mask",
-  "haproxy_socket",
-];
-
 export const HELP = `ocspbot ${VERSION}: keeps OCSP responses for stapling fresh.
 
 Usage: ocspbot [config] [--check] [--json] [-q] [--force] [--only id ...]
@@ -477,8 +360,8 @@ export function parseCommandLine(args: string[]): Invocation {
     configPath: DEFAULT_CONFIG,
     help: false,
     version: false,
-    check: false,
-    json: false,
+    mode: "run",
+    format: "text",
     quiet: false,
     force: false,
     only: [],
@@ -489,8 +372,8 @@ export function parseCommandLine(args: string[]): Invocation {
     const arg = args[i];
     if (["-h", "-help", "--help"].includes(arg)) invocation.help = true;
     else if (["-v", "-version", "--version"].includes(arg)) invocation.version = true;
-    else if (arg === "--check") invocation.check = true;
-    else if (arg === "--json") invocation.json = true;
+    else if (arg === "--check") invocation.mode = "check";
+    else if (arg === "--json") invocation.format = "json";
     else if (arg === "-q" || arg === "--quiet") invocation.quiet = true;
     else if (arg === "--force") invocation.force = true;
     else if (arg.startsWith("--only=")) invocation.only.push(arg.slice("--only=".length));
@@ -554,8 +437,6 @@ export function parseInterval(text: string): number {
 
 // -------------------------------------------------------- pure: config --
 
-type Mapping = Record<string, unknown>;
-
 /**
  * Deno's `No such file or directory (os error 2): readfile 'x'`, or node:fs's
  * `ENOSPC: no space left on device, write`, without the noise.
@@ -567,12 +448,466 @@ export function errorText(error: unknown): string {
   return message.replace(/ \(os error \d+\).*$/s, "");
 }
 
+/**
+ * Where a key may be written: the main config's top level, an entry of
+ * `domains` or of `scan_keys` (in the main config or an include), or an
+ * include file's top level.
+ */
+export type Place = "top" | "domain" | "scan" | "include";
+
+/** Where a value is being read, for checks that fail naming file and key. */
+export interface Reading {
+  file: string;
+  /** The key as a person finds it: `timeout`, `domains.www.cert`, `scan_keys[0].cert_mask`. */
+  key: string;
+  /** The place's values read so far, in table order: a default may depend on them. */
+  read: Record<string, unknown>;
+  fromInclude: boolean;
+  warnings: string[];
+}
+
+/**
+ * One row of the config table. `read` checks a value that is there (null
+ * counts as absent); `fallback` gives the value when it is absent, at the
+ * top level and in entries of keys that cannot be written at the top level;
+ * `empty` is what an explicit `null` or `""` means, where that differs from
+ * absent. `perCertificate` rows go with each certificate (Target): an
+ * entry's own value, else the top level's.
+ */
+interface KeyRow<T> {
+  name: string;
+  places: readonly Place[];
+  read(value: unknown, at: Reading): T;
+  fallback?(at: Reading): T;
+  empty?: T;
+  perCertificate?: boolean;
+}
+
+/** The ExitError of a value that cannot be used: 253, naming file and key. */
+function invalid(at: Reading, problem: string): never {
+  throw new ExitError(`Config "${at.file}": "${at.key}" ${problem}`, EXIT.configInvalid);
+}
+
 function describeType(value: unknown): string {
   if (value === null) return "empty";
   if (Array.isArray(value)) return "a list";
   if (value instanceof Date) return "a date";
   if (typeof value === "object") return "a mapping";
   return `${typeof value} ${JSON.stringify(value)}`;
+}
+
+type Mapping = Record<string, unknown>;
+
+function asMapping(value: unknown, at: Reading): Mapping {
+  if (value === null || value === undefined) return {};
+  if (typeof value !== "object" || Array.isArray(value) || value instanceof Date) {
+    invalid(at, `must be a mapping, not ${describeType(value)}`);
+  }
+  return value as Mapping;
+}
+
+function asString(value: unknown, at: Reading): string {
+  if (typeof value !== "string") invalid(at, `must be a string, not ${describeType(value)}`);
+  return value;
+}
+
+function asBoolean(value: unknown, at: Reading): boolean {
+  if (typeof value !== "boolean") {
+    invalid(at, `must be true or false (or yes/no, on/off), not ${describeType(value)}`);
+  }
+  return value;
+}
+
+function asNumber(value: unknown, at: Reading): number {
+  if (typeof value !== "number" || !Number.isFinite(value)) {
+    invalid(at, `must be a number, not ${describeType(value)}`);
+  }
+  return value;
+}
+
+function asList(value: unknown, at: Reading): unknown[] {
+  if (!Array.isArray(value)) invalid(at, `must be a list, not ${describeType(value)}`);
+  return value;
+}
+
+function asWholeNumber(minimum: number) {
+  return (value: unknown, at: Reading): number => {
+    const number = asNumber(value, at);
+    if (!Number.isInteger(number) || number < minimum) {
+      invalid(at, `must be a whole number of at least ${minimum}, not ${number}`);
+    }
+    return number;
+  };
+}
+
+function asHttpUrl(example: string) {
+  return (value: unknown, at: Reading): string => {
+    const url = asString(value, at);
+    if (!/^https?:\/\/[^/]/.test(url)) invalid(at, `must be ${example}, not "${url}"`);
+    return url;
+  };
+}
+
+/** A scan mask: it must say where the domain goes. */
+function asMask(value: unknown, at: Reading): string {
+  const mask = asString(value, at);
+  if (!mask.includes("{domain}")) invalid(at, `must contain "{domain}", got "${mask}"`);
+  return mask;
+}
+
+/**
+ * A log file name; an unknown placeholder (a typo of `{year}`) is the error
+ * of a log that cannot be opened, 254, as with the Python bot.
+ */
+function asLogTemplate(value: unknown, at: Reading): string {
+  const template = asString(value, at);
+  const unknown = unknownPlaceholders(template);
+  if (unknown.length > 0) {
+    throw new ExitError(
+      `Config "${at.file}": "${at.key}" has the unknown placeholder "{${unknown[0]}}" (known: ${
+        LOG_PLACEHOLDERS.map((name) => `{${name}}`).join(" ")
+      })`,
+      EXIT.configUnloadable,
+    );
+  }
+  return template;
+}
+
+/** Reads the entries of `domains` or `scan_keys`, each with the rows of its place. */
+function asEntries<P extends "domain" | "scan">(place: P) {
+  return (value: unknown, at: Reading) => {
+    const entries: [string, unknown][] = place === "domain"
+      ? Object.entries(asMapping(value, at))
+      : asList(value, at).map((entry, index) => [String(index), entry]);
+    return entries.map(([id, entry]) => {
+      const key = place === "domain" ? `${at.key}.${id}` : `${at.key}[${id}]`;
+      const read = readPlace(asMapping(entry, { ...at, key }), place, { ...at, key });
+      return { ...read, id, key, file: at.file, fromInclude: at.fromInclude } as
+        & PlaceValues<P, typeof ENTRY_KEYS>
+        & EntryOrigin;
+    });
+  };
+}
+
+/** Where an entry of `domains` or `scan_keys` was written. */
+interface EntryOrigin {
+  /** The domain's id; a scan entry's index. */
+  id: string;
+  /** Its key: `domains.www`, `scan_keys[0]`. */
+  key: string;
+  file: string;
+  /** Written in an include: its responses must stay inside ocsp_folder. */
+  fromInclude: boolean;
+}
+
+function missing(at: Reading): never {
+  return invalid(at, "is missing");
+}
+
+/**
+ * The keys that may describe a certificate in an entry of `domains` or
+ * `scan_keys`: part of CONFIG_KEYS, kept apart only so that the entries'
+ * types can be derived from them.
+ */
+const ENTRY_KEYS = {
+  haproxySocket: {
+    name: "haproxy_socket",
+    places: ["top", "domain", "scan"],
+    read: asString,
+    perCertificate: true,
+  },
+  cert: { name: "cert", places: ["domain"], read: asString, fallback: missing },
+  chain: { name: "chain", places: ["domain"], read: asString },
+  rootchain: { name: "rootchain", places: ["domain"], read: asString },
+  ocsp: { name: "ocsp", places: ["domain"], read: asString, fallback: missing },
+  responderUri: {
+    name: "ocsp_responder_uri",
+    places: ["domain"],
+    // `certificate`, as in the Python bot: the URL the certificate names.
+    read: (value: unknown, at: Reading) =>
+      value === "certificate" ? undefined : asHttpUrl(`an http:// URL or "certificate"`)(value, at),
+    perCertificate: true,
+  },
+  folder: { name: "folder", places: ["scan"], read: asString, fallback: () => "" },
+  recursive: { name: "recursive", places: ["scan"], read: asBoolean, fallback: () => true },
+  certMask: {
+    name: "cert_mask",
+    places: ["scan"],
+    read: (value: unknown, at: Reading) => {
+      const mask = asMask(value, at);
+      if (mask.includes("/") && !mask.split("/")[0].includes("{domain}")) {
+        invalid(
+          at,
+          `has a folder without "{domain}" ("${mask}"): put the folder in "folder", or {domain} in the first folder, as "{domain}/cert.pem"`,
+        );
+      }
+      return mask;
+    },
+    fallback: () => "{domain}.pem",
+  },
+  // null or "": no such file, as a domain without chain or rootchain.
+  chainMask: {
+    name: "chain_mask",
+    places: ["scan"],
+    read: asString,
+    fallback: () => "{domain}-chain.pem",
+    empty: undefined,
+  },
+  rootchainMask: {
+    name: "rootchain_mask",
+    places: ["scan"],
+    read: asString,
+    fallback: () => "{domain}-rootchain.pem",
+    empty: undefined,
+  },
+  ocspMask: {
+    name: "ocsp_mask",
+    places: ["scan"],
+    read: asMask,
+    fallback: () => "{domain}.ocsp-resp",
+  },
+} as const satisfies Record<string, KeyRow<unknown>>;
+
+/**
+ * Every key a config may hold, once: where it may be written, how it is read
+ * and checked, its default, and (by its name here) the field it fills. Key
+ * lists, unknown-key warnings, checks and defaults all come from here, and
+ * the README's list of keys is tested against it. Rows are read in this
+ * order, so a default may use the rows above it.
+ */
+const CONFIG_KEYS = {
+  ocspFolder: { name: "ocsp_folder", places: ["top"], read: asString, fallback: () => "" },
+  minimumValidityMs: {
+    name: "minimum_validity",
+    places: ["top"],
+    read: (value: unknown, at: Reading) => {
+      try {
+        return parseInterval(asString(value, at));
+      } catch (error) {
+        if (error instanceof ExitError) throw error;
+        return invalid(at, errorText(error));
+      }
+    },
+  },
+  minimumValidityPercentage: {
+    name: "minimum_validity_percentage",
+    places: ["top"],
+    read: (value: unknown, at: Reading) => {
+      const percentage = asNumber(value, at);
+      if (percentage < 0 || percentage > 100) {
+        invalid(at, `must be between 0 and 100, not ${percentage}`);
+      }
+      return percentage;
+    },
+  },
+  stapleRevoked: {
+    name: "on_revoked",
+    places: ["top"],
+    read: (value: unknown, at: Reading) => {
+      const onRevoked = asString(value, at);
+      if (onRevoked !== "keep" && onRevoked !== "staple") {
+        invalid(at, `must be "keep" or "staple", not "${onRevoked}"`);
+      }
+      return onRevoked === "staple";
+    },
+    fallback: () => false,
+  },
+  parallelThreads: {
+    name: "parallel_threads",
+    places: ["top"],
+    read: asWholeNumber(1),
+    fallback: () => 1,
+  },
+  stopOnError: { name: "stop_on_error", places: ["top"], read: asBoolean, fallback: () => false },
+  makeBackups: { name: "make_backups", places: ["top"], read: asBoolean, fallback: () => false },
+  backupFolder: { name: "backup_folder", places: ["top"], read: asString },
+  keepBackups: { name: "keep_backups", places: ["top"], read: asWholeNumber(1) },
+  opensslExecutable: {
+    name: "openssl_executable",
+    places: ["top"],
+    read: asString,
+    fallback: () => "openssl",
+  },
+  timeoutSeconds: {
+    name: "timeout",
+    places: ["top"],
+    read: (value: unknown, at: Reading) => {
+      const seconds = asNumber(value, at);
+      if (seconds <= 0) invalid(at, `must be more than 0 seconds, not ${seconds}`);
+      return seconds;
+    },
+    fallback: () => DEFAULT_TIMEOUT_SECONDS,
+  },
+  retries: {
+    name: "retries",
+    places: ["top"],
+    read: asWholeNumber(0),
+    fallback: () => DEFAULT_RETRIES,
+  },
+  proxy: {
+    name: "proxy",
+    places: ["top"],
+    read: asHttpUrl(`a URL such as "http://proxy.example:3128"`),
+  },
+  onChange: {
+    name: "on_change",
+    places: ["top"],
+    read: (value: unknown, at: Reading) => {
+      const command = asList(value, at).map((word, i) => {
+        if (typeof word !== "string" && typeof word !== "number") {
+          invalid({ ...at, key: `${at.key}[${i}]` }, `must be a string, not ${describeType(word)}`);
+        }
+        return String(word);
+      });
+      if (command.length === 0) invalid(at, "must name a command, e.g. [systemctl, reload, nginx]");
+      return command;
+    },
+  },
+  metricsFile: { name: "metrics_file", places: ["top"], read: asString },
+  stateFile: {
+    name: "state_file",
+    places: ["top"],
+    read: asString,
+    fallback: (at: Reading) => path.join(at.read.ocspFolder as string, DEFAULT_STATE_FILE),
+  },
+  lockTimeoutSeconds: {
+    name: "lock_timeout",
+    places: ["top"],
+    read: (value: unknown, at: Reading) => {
+      const seconds = asNumber(value, at);
+      if (seconds < 0) invalid(at, `must be 0 or more seconds, not ${seconds}`);
+      return seconds;
+    },
+    fallback: () => DEFAULT_LOCK_TIMEOUT_SECONDS,
+  },
+  outputLog: { name: "output_log", places: ["top"], read: asLogTemplate },
+  errorLog: { name: "error_log", places: ["top"], read: asLogTemplate },
+  ...ENTRY_KEYS,
+  domains: {
+    name: "domains",
+    places: ["top", "include"],
+    read: asEntries("domain"),
+    fallback: () => [],
+  },
+  scanKeys: {
+    name: "scan_keys",
+    places: ["top", "include"],
+    read: asEntries("scan"),
+    fallback: () => [],
+  },
+  includes: {
+    name: "includes",
+    places: ["top"],
+    read: (value: unknown, at: Reading) =>
+      asList(value, at).map((folder, i) =>
+        typeof folder === "string" ? folder : invalid(
+          { ...at, key: `${at.key}[${i}]` },
+          `must be a folder name, not ${describeType(folder)}`,
+        )
+      ),
+    fallback: () => [],
+  },
+} as const satisfies Record<string, KeyRow<unknown>>;
+
+/** A row's value: what `read` returns; undefined too where it has no default, or `empty` says so. */
+type RowValue<R> =
+  | (R extends { read(value: unknown, at: Reading): infer T } ? T : never)
+  | (R extends { fallback: unknown } ? never : undefined)
+  | (R extends { empty: infer E } ? E : never);
+/**
+ * The values a place holds, by field, from the rows of `Rows`. In an entry,
+ * a key the top level also sets may be absent: the top level's applies.
+ */
+type PlaceValues<P extends Place, Rows = typeof CONFIG_KEYS> = {
+  -readonly [
+    F in keyof Rows as Rows[F] extends { places: readonly (infer Q)[] } ? P extends Q ? F : never
+      : never
+  ]: P extends "domain" | "scan"
+    ? Rows[F] extends { places: readonly (infer Q)[] }
+      ? "top" extends Q ? RowValue<Rows[F]> | undefined
+      : RowValue<Rows[F]>
+    : never
+    : RowValue<Rows[F]>;
+};
+/** The settings each certificate carries: its entry's, else the top level's. */
+export type CertificateSettings = {
+  -readonly [
+    F in keyof typeof ENTRY_KEYS as (typeof ENTRY_KEYS)[F] extends { perCertificate: true } ? F
+      : never
+  ]: RowValue<(typeof ENTRY_KEYS)[F]>;
+};
+
+/** When a good stored response is due; either limit or both. */
+export type RenewalPolicy = Partial<
+  Pick<PlaceValues<"top">, "minimumValidityMs" | "minimumValidityPercentage" | "stapleRevoked">
+>;
+
+/** The interpreted configuration, includes not yet read. */
+export type Config =
+  & Omit<PlaceValues<"top">, keyof RenewalPolicy>
+  & { file: string; policy: RenewalPolicy };
+
+/** One entry of `domains`, as written in a config file. */
+export type DomainEntry = PlaceValues<"domain", typeof ENTRY_KEYS> & EntryOrigin;
+
+/** One entry of `scan_keys`. */
+export type ScanEntry = PlaceValues<"scan", typeof ENTRY_KEYS> & EntryOrigin;
+
+/** Every key of the table, as written, with the places it may be written in. */
+export function configKeys(): { name: string; places: readonly Place[] }[] {
+  return Object.values(CONFIG_KEYS as Record<string, KeyRow<unknown>>)
+    .map(({ name, places }) => ({ name, places }));
+}
+
+/** The settings a certificate of `entry` carries: the entry's own, else the top level's. */
+function certificateSettings(entry: DomainEntry | ScanEntry, config: Config): CertificateSettings {
+  const settings: Record<string, unknown> = {};
+  for (const [field, row] of Object.entries(ENTRY_KEYS as Record<string, KeyRow<unknown>>)) {
+    if (!row.perCertificate) continue;
+    settings[field] = (entry as unknown as Record<string, unknown>)[field] ??
+      (config as unknown as Record<string, unknown>)[field];
+  }
+  return settings as CertificateSettings;
+}
+
+/** The names the rows of a place know, for unknown-key warnings. */
+function keyNames(place: Place): string[] {
+  return Object.values(CONFIG_KEYS as Record<string, KeyRow<unknown>>)
+    .filter((row) => row.places.includes(place))
+    .map((row) => row.name);
+}
+
+function isEntry(place: Place): boolean {
+  return place === "domain" || place === "scan";
+}
+
+/** Reads a mapping of one place with the table: checks, defaults and unknown keys. */
+function readPlace(map: Mapping, place: Place, at: Reading): Record<string, unknown> {
+  const prefix = isEntry(place) ? `${at.key}.` : "";
+  const known = keyNames(place);
+  for (const name of Object.keys(map)) {
+    if (known.includes(name)) continue;
+    const guess = known.find((candidate) => editDistance(name, candidate) <= 2);
+    at.warnings.push(
+      `Config "${at.file}": unknown key "${prefix}${name}" is ignored${
+        guess ? ` (did you mean "${prefix}${guess}"?)` : ""
+      }`,
+    );
+  }
+  const read: Record<string, unknown> = {};
+  for (const [field, row] of Object.entries(CONFIG_KEYS as Record<string, KeyRow<unknown>>)) {
+    if (!row.places.includes(place)) continue;
+    const here: Reading = { ...at, key: prefix + row.name, read };
+    const value = map[row.name];
+    if ("empty" in row && row.name in map && (value === null || value === "")) {
+      read[field] = row.empty;
+    } else if (value !== undefined && value !== null) {
+      read[field] = row.read(value, here);
+    } else if (row.fallback && !(isEntry(place) && row.places.includes("top"))) {
+      read[field] = row.fallback(here);
+    }
+  }
+  return read;
 }
 
 /** Levenshtein distance, for "did you mean" on a mistyped key. */
@@ -592,163 +927,6 @@ function editDistance(a: string, b: string): number {
   return previous[b.length];
 }
 
-/** Reads typed values out of one config file, naming file and key on error. */
-class ConfigReader {
-  constructor(
-    readonly file: string,
-    readonly warnings: string[],
-    readonly fromInclude = false,
-  ) {}
-
-  fail(key: string, problem: string): never {
-    throw new ExitError(
-      `Config "${this.file}": "${key}" ${problem}`,
-      EXIT.configInvalid,
-    );
-  }
-
-  mapping(value: unknown, key: string): Mapping {
-    if (value === null || value === undefined) return {};
-    if (typeof value !== "object" || Array.isArray(value) || value instanceof Date) {
-      this.fail(key, `must be a mapping, not ${describeType(value)}`);
-    }
-    return value as Mapping;
-  }
-
-  warnUnknownKeys(map: Mapping, known: string[], prefix: string): void {
-    for (const key of Object.keys(map)) {
-      if (known.includes(key)) continue;
-      const guess = known.find((candidate) => editDistance(key, candidate) <= 2);
-      this.warnings.push(
-        `Config "${this.file}": unknown key "${prefix}${key}" is ignored${
-          guess ? ` (did you mean "${prefix}${guess}"?)` : ""
-        }`,
-      );
-    }
-  }
-
-  string(map: Mapping, key: string, name: string, fallback: string): string;
-  string(map: Mapping, key: string, name: string): string | undefined;
-  string(map: Mapping, key: string, name: string, fallback?: string) {
-    const value = map[key];
-    if (value === undefined || value === null) return fallback;
-    if (typeof value !== "string") {
-      this.fail(name, `must be a string, not ${describeType(value)}`);
-    }
-    return value;
-  }
-
-  boolean(map: Mapping, key: string, name: string, fallback: boolean): boolean {
-    const value = map[key];
-    if (value === undefined || value === null) return fallback;
-    if (typeof value !== "boolean") {
-      this.fail(
-        name,
-        `must be true or false (or yes/no, on/off), not ${describeType(value)}`,
-      );
-    }
-    return value;
-  }
-
-  number(map: Mapping, key: string, name: string): number | undefined {
-    const value = map[key];
-    if (value === undefined || value === null) return undefined;
-    if (typeof value !== "number" || !Number.isFinite(value)) {
-      this.fail(name, `must be a number, not ${describeType(value)}`);
-    }
-    return value;
-  }
-
-  list(map: Mapping, key: string, name: string): unknown[] {
-    const value = map[key];
-    if (value === undefined || value === null) return [];
-    if (!Array.isArray(value)) {
-      this.fail(name, `must be a list, not ${describeType(value)}`);
-    }
-    return value;
-  }
-
-  domains(map: Mapping): DomainEntry[] {
-    const domains = this.mapping(map.domains, "domains");
-    return Object.entries(domains).map(([id, value]) => {
-      const name = `domains.${id}`;
-      const entry = this.mapping(value, name);
-      this.warnUnknownKeys(entry, DOMAIN_KEYS, `${name}.`);
-      const required = (key: string) =>
-        this.string(entry, key, `${name}.${key}`) ??
-          this.fail(`${name}.${key}`, "is missing");
-      const responderUri = this.string(
-        entry,
-        "ocsp_responder_uri",
-        `${name}.ocsp_responder_uri`,
-      );
-      if (responderUri !== undefined && responderUri !== "certificate") {
-        if (!/^https?:\/\/[^/]/.test(responderUri)) {
-          this.fail(
-            `${name}.ocsp_responder_uri`,
-            `must be an http:// URL or "certificate", not "${responderUri}"`,
-          );
-        }
-      }
-      return {
-        id,
-        cert: required("cert"),
-        chain: this.string(entry, "chain", `${name}.chain`),
-        rootchain: this.string(entry, "rootchain", `${name}.rootchain`),
-        ocsp: required("ocsp"),
-        responderUri: responderUri === "certificate" ? undefined : responderUri,
-        haproxySocket: this.string(entry, "haproxy_socket", `${name}.haproxy_socket`),
-        file: this.file,
-        fromInclude: this.fromInclude,
-      };
-    });
-  }
-
-  scanKeys(map: Mapping): ScanEntry[] {
-    return this.list(map, "scan_keys", "scan_keys").map((value, index) => {
-      const name = `scan_keys[${index}]`;
-      const entry = this.mapping(value, name);
-      this.warnUnknownKeys(entry, SCAN_KEYS, `${name}.`);
-      const mask = (key: string, fallback: string) => {
-        const text = this.string(entry, key, `${name}.${key}`, fallback);
-        if (!text.includes("{domain}")) {
-          this.fail(`${name}.${key}`, `must contain "{domain}", got "${text}"`);
-        }
-        return text;
-      };
-      const certMask = () => {
-        const text = mask("cert_mask", "{domain}.pem");
-        if (text.includes("/") && !text.split("/")[0].includes("{domain}")) {
-          this.fail(
-            `${name}.cert_mask`,
-            `has a folder without "{domain}" ("${text}"): put the folder in "folder", or {domain} in the first folder, as "{domain}/cert.pem"`,
-          );
-        }
-        return text;
-      };
-      // Left out: the Python bot's default. null or "": no such file.
-      const optionalMask = (key: string, fallback: string) =>
-        key in entry && (entry[key] === null || entry[key] === "")
-          ? undefined
-          : this.string(entry, key, `${name}.${key}`, fallback);
-      const folder = this.string(entry, "folder", `${name}.folder`, "");
-      return {
-        folder,
-        recursive: this.boolean(entry, "recursive", `${name}.recursive`, true),
-        certMask: certMask(),
-        chainMask: optionalMask("chain_mask", "{domain}-chain.pem"),
-        rootchainMask: optionalMask("rootchain_mask", "{domain}-rootchain.pem"),
-        ocspMask: mask("ocsp_mask", "{domain}.ocsp-resp"),
-        haproxySocket: this.string(entry, "haproxy_socket", `${name}.haproxy_socket`),
-        source: `scan_keys folder "${folder}" of config "${this.file}"`,
-        file: this.file,
-        key: name,
-        fromInclude: this.fromInclude,
-      };
-    });
-  }
-}
-
 /**
  * Interprets a parsed main config file. Throws ExitError(253) naming the file
  * and key; unknown keys only add warnings.
@@ -758,145 +936,28 @@ export function interpretConfig(
   file: string,
   warnings: string[] = [],
 ): Config {
-  const reader: ConfigReader = new ConfigReader(file, warnings);
   if (document === null || document === undefined) {
     throw new ExitError(
       `Config "${file}" is empty: it needs at least "minimum_validity" or "minimum_validity_percentage"`,
       EXIT.configInvalid,
     );
   }
-  const map = reader.mapping(document, "(top level)");
-  reader.warnUnknownKeys(map, TOP_LEVEL_KEYS, "");
-
-  const policy: RenewalPolicy = {};
-  const interval = reader.string(map, "minimum_validity", "minimum_validity");
-  if (interval !== undefined) {
-    try {
-      policy.minimumValidityMs = parseInterval(interval);
-    } catch (error) {
-      reader.fail("minimum_validity", errorText(error));
-    }
-  }
-  const percentage = reader.number(
-    map,
-    "minimum_validity_percentage",
-    "minimum_validity_percentage",
-  );
-  if (percentage !== undefined) {
-    if (percentage < 0 || percentage > 100) {
-      reader.fail(
-        "minimum_validity_percentage",
-        `must be between 0 and 100, not ${percentage}`,
-      );
-    }
-    policy.minimumValidityPercentage = percentage;
-  }
-  const onRevoked = reader.string(map, "on_revoked", "on_revoked", "keep");
-  if (onRevoked !== "keep" && onRevoked !== "staple") {
-    reader.fail("on_revoked", `must be "keep" or "staple", not "${onRevoked}"`);
-  }
-  if (onRevoked === "staple") policy.stapleRevoked = true;
-  if (
-    policy.minimumValidityMs === undefined &&
-    policy.minimumValidityPercentage === undefined
-  ) {
-    reader.fail(
-      "minimum_validity",
+  const at: Reading = { file, key: "(top level)", read: {}, fromInclude: false, warnings };
+  const read = readPlace(asMapping(document, at), "top", at) as PlaceValues<"top">;
+  const { minimumValidityMs, minimumValidityPercentage, stapleRevoked, ...rest } = read;
+  if (minimumValidityMs === undefined && minimumValidityPercentage === undefined) {
+    invalid(
+      { ...at, key: "minimum_validity" },
       `is missing: give "minimum_validity", "minimum_validity_percentage" or both`,
     );
   }
-
-  const threads = reader.number(map, "parallel_threads", "parallel_threads") ??
-    1;
-  if (!Number.isInteger(threads) || threads < 1) {
-    reader.fail("parallel_threads", `must be a whole number of at least 1, not ${threads}`);
+  const policy: RenewalPolicy = {};
+  if (minimumValidityMs !== undefined) policy.minimumValidityMs = minimumValidityMs;
+  if (minimumValidityPercentage !== undefined) {
+    policy.minimumValidityPercentage = minimumValidityPercentage;
   }
-  const timeout = reader.number(map, "timeout", "timeout") ??
-    DEFAULT_TIMEOUT_SECONDS;
-  if (timeout <= 0) reader.fail("timeout", `must be more than 0 seconds, not ${timeout}`);
-
-  const wholeNumber = (key: string, minimum: number): number | undefined => {
-    const value = reader.number(map, key, key);
-    if (value !== undefined && (!Number.isInteger(value) || value < minimum)) {
-      reader.fail(key, `must be a whole number of at least ${minimum}, not ${value}`);
-    }
-    return value;
-  };
-  const lockTimeout = reader.number(map, "lock_timeout", "lock_timeout") ??
-    DEFAULT_LOCK_TIMEOUT_SECONDS;
-  if (lockTimeout < 0) reader.fail("lock_timeout", `must be 0 or more seconds, not ${lockTimeout}`);
-  const proxy = reader.string(map, "proxy", "proxy");
-  if (proxy !== undefined && !/^https?:\/\/[^/]/.test(proxy)) {
-    reader.fail("proxy", `must be a URL such as "http://proxy.example:3128", not "${proxy}"`);
-  }
-  const onChange = map.on_change === undefined || map.on_change === null
-    ? undefined
-    : reader.list(map, "on_change", "on_change").map((value, i) => {
-      if (typeof value !== "string" && typeof value !== "number") {
-        reader.fail(`on_change[${i}]`, `must be a string, not ${describeType(value)}`);
-      }
-      return String(value);
-    });
-  if (onChange?.length === 0) {
-    reader.fail("on_change", "must name a command, e.g. [systemctl, reload, nginx]");
-  }
-
-  const includes = reader.list(map, "includes", "includes").map((value, i) => {
-    if (typeof value !== "string") {
-      reader.fail(`includes[${i}]`, `must be a folder name, not ${describeType(value)}`);
-    }
-    return value;
-  });
-
-  const ocspFolder = reader.string(map, "ocsp_folder", "ocsp_folder", "");
-  return {
-    file,
-    ocspFolder,
-    policy,
-    parallelThreads: threads,
-    stopOnError: reader.boolean(map, "stop_on_error", "stop_on_error", false),
-    makeBackups: reader.boolean(map, "make_backups", "make_backups", false),
-    opensslExecutable: reader.string(
-      map,
-      "openssl_executable",
-      "openssl_executable",
-      "openssl",
-    ),
-    timeoutSeconds: timeout,
-    stateFile: reader.string(map, "state_file", "state_file") ??
-      path.join(ocspFolder, DEFAULT_STATE_FILE),
-    lockTimeoutSeconds: lockTimeout,
-    retries: wholeNumber("retries", 0) ?? DEFAULT_RETRIES,
-    proxy,
-    onChange,
-    keepBackups: wholeNumber("keep_backups", 1),
-    backupFolder: reader.string(map, "backup_folder", "backup_folder"),
-    haproxySocket: reader.string(map, "haproxy_socket", "haproxy_socket"),
-    metricsFile: reader.string(map, "metrics_file", "metrics_file"),
-    outputLog: logTemplate(reader, map, "output_log"),
-    errorLog: logTemplate(reader, map, "error_log"),
-    domains: reader.domains(map),
-    scanKeys: reader.scanKeys(map),
-    includes,
-  };
-}
-
-/**
- * A log file name; an unknown placeholder (a typo of `{year}`) is the error
- * of a log that cannot be opened, 254, as with the Python bot.
- */
-function logTemplate(reader: ConfigReader, map: Mapping, key: string): string | undefined {
-  const template = reader.string(map, key, key);
-  const unknown = template === undefined ? [] : unknownPlaceholders(template);
-  if (unknown.length > 0) {
-    throw new ExitError(
-      `Config "${reader.file}": "${key}" has the unknown placeholder "{${unknown[0]}}" (known: ${
-        LOG_PLACEHOLDERS.map((name) => `{${name}}`).join(" ")
-      })`,
-      EXIT.configUnloadable,
-    );
-  }
-  return template;
+  if (stapleRevoked) policy.stapleRevoked = true;
+  return { ...rest, file, policy };
 }
 
 /** Interprets an include file: only `domains` and `scan_keys` count there. */
@@ -905,10 +966,8 @@ export function interpretInclude(
   file: string,
   warnings: string[] = [],
 ): { domains: DomainEntry[]; scanKeys: ScanEntry[] } {
-  const reader = new ConfigReader(file, warnings, true);
-  const map = reader.mapping(document, "(top level)");
-  reader.warnUnknownKeys(map, INCLUDE_KEYS, "");
-  return { domains: reader.domains(map), scanKeys: reader.scanKeys(map) };
+  const at: Reading = { file, key: "(top level)", read: {}, fromInclude: true, warnings };
+  return readPlace(asMapping(document, at), "include", at) as PlaceValues<"include">;
 }
 
 const LOG_PLACEHOLDERS = ["year", "month", "day", "hour", "minute", "second"];
@@ -1274,6 +1333,64 @@ export function planRenewal(
   };
 }
 
+/** What inspect() found of a certificate and its stored response: read, not judged. */
+export interface Facts {
+  cert: CertificateInfo;
+  stored?: ResponseReport;
+  /** The stored response as a FileEntry, when there is one. */
+  storedEntry?: string;
+  /** The certificate, chain and rootchain as FileEntry: what a new response is verified with. */
+  inputs: string[];
+  /** The responders to ask, in order: `ocsp_responder_uri`, else the certificate's. */
+  urls: string[];
+}
+
+/**
+ * What to do with a certificate: leave it alone (and why), keep its fresh
+ * response until `renewAt`, or renew it now from `urls`.
+ */
+export type Plan =
+  | { kind: "skip"; why: SkipReason; reason: string; renewAt?: undefined }
+  | { kind: "fresh"; renewAt: Date; reason: string }
+  | { kind: "renew"; urls: string[]; reason: string; renewAt?: Date };
+
+/**
+ * The one decision about a certificate, made alike by a run and by --check.
+ * An expired certificate is left alone (renewing its response would succeed
+ * every hour, and reload a server every hour), as is one that names no
+ * responder, as public CAs' certificates no longer do. Else the response is
+ * renewed when due, or now when forced.
+ */
+export function planTarget(
+  facts: Pick<Facts, "cert" | "stored" | "urls">,
+  policy: RenewalPolicy,
+  now: Date,
+  options: { forced?: boolean } = {},
+): Plan {
+  const { cert, stored, urls } = facts;
+  if (now.getTime() >= cert.notAfter.getTime()) {
+    return {
+      kind: "skip",
+      why: "expired",
+      reason: `expired on ${
+        formatTime(cert.notAfter)
+      }; skipped, no responder asked: renew the certificate`,
+    };
+  }
+  if (urls.length === 0) {
+    return {
+      kind: "skip",
+      why: "no OCSP URL",
+      reason: "names no OCSP responder (no OCSP URL); skipped",
+    };
+  }
+  if (options.forced) return { kind: "renew", urls, reason: "renewal forced (--force)" };
+  const decision = planRenewal(policy, cert, stored, now);
+  return decision.due
+    ? { kind: "renew", urls, reason: decision.reason, renewAt: decision.renewAt }
+    : { kind: "fresh", reason: decision.reason, renewAt: decision.renewAt! };
+}
+
 /**
  * What stat says of a file, so that an unchanged file need not be read
  * again, as git's index does: size, mtime, ctime, inode and device. A user
@@ -1510,19 +1627,19 @@ export function formatDuration(ms: number): string {
  * (due), or tried and failing (failing).
  */
 export function assess(
-  stored: ResponseReport | undefined,
-  decision: Decision,
-  cert: CertificateInfo,
+  plan: Plan,
+  facts: Pick<Facts, "cert" | "stored">,
   attempt: Attempt | undefined,
   now: Date,
 ): { health: Health; line: string } {
+  const { cert, stored } = facts;
   const verdict = (health: Health, text: string) => ({
     health,
     line: `${text}: ${health === "critical" ? "CRITICAL" : health}${
       cert.mustStaple ? ", must-staple" : ""
     }`,
   });
-  if (now.getTime() >= cert.notAfter.getTime()) {
+  if (plan.kind === "skip") {
     return verdict("critical", `certificate expired on ${formatTime(cert.notAfter)}; renew it`);
   }
   if (attempt?.outcome === "revoked") {
@@ -1553,16 +1670,16 @@ export function assess(
     } left)`
     : `good, no nextUpdate (${formatDuration(expiry - now.getTime())} left)`;
   if (now.getTime() >= expiry) return verdict("critical", `stored response expired`);
-  const renewal = decision.renewAt ? `, renewal at ${formatTime(decision.renewAt)}` : "";
+  const renewal = plan.renewAt ? `, renewal at ${formatTime(plan.renewAt)}` : "";
   if (attempt?.outcome === "failed") {
     const since = formatTime(new Date((attempt.failingSince ?? attempt.time) * 1000));
-    const critical = cert.mustStaple || runsShort(stored, decision.renewAt, now);
+    const critical = cert.mustStaple || runsShort(stored, plan.renewAt, now);
     return verdict(
       critical ? "critical" : "failing",
       `${good}; renewals failing since ${since}: ${attempt.message}`,
     );
   }
-  if (decision.due) return verdict(cert.mustStaple ? "critical" : "due", good + renewal);
+  if (plan.kind === "renew") return verdict(cert.mustStaple ? "critical" : "due", good + renewal);
   return verdict("fresh", good + renewal);
 }
 
@@ -1617,7 +1734,7 @@ function isoSeconds(seconds: number | undefined): string | null {
  * the run could not start (a config that cannot be read), the error.
  */
 export function jsonReport(
-  mode: "run" | "check",
+  mode: Mode,
   outcomes: Outcome[],
   totals: Record<string, number>,
   status: number,
@@ -1680,7 +1797,7 @@ function labelValue(text: string): string {
  * file's lines about the other mode's run, kept so that neither hides the other.
  */
 export function metricsText(
-  mode: "run" | "check",
+  mode: Mode,
   outcomes: Outcome[],
   totals: Record<string, number>,
   status: number,
@@ -1911,15 +2028,16 @@ export class Logger {
     output: Output,
     config: Config,
     now: Date,
-    options: { quiet: boolean; json: boolean },
+    options: { quiet: boolean; format: Format },
     warnings: string[],
+    files: Files,
   ): Logger {
     const outName = config.outputLog && formatLogName(config.outputLog, now);
     const errName = config.errorLog && formatLogName(config.errorLog, now);
     const opened: Destination[] = [];
     const open = (name: string, key: string) => {
       try {
-        const destination = openLog(name, key, warnings);
+        const destination = files.openLog(name, key, warnings);
         opened.push(destination);
         return destination;
       } catch (error) {
@@ -1930,7 +2048,7 @@ export class Logger {
         );
       }
     };
-    const console = options.json ? output.stderr : output.stdout;
+    const console = options.format === "json" ? output.stderr : output.stdout;
     const out = outName ? open(outName, "output_log") : console;
     const err = errName ? (errName === outName ? out : open(errName, "error_log")) : output.stderr;
     if (err !== output.stderr) output.fallbacks.unshift(err);
@@ -1938,8 +2056,8 @@ export class Logger {
   }
 
   /** The console only: for --check, whose verdict belongs on stdout. */
-  static console(output: Output, options = { quiet: false, json: false }): Logger {
-    const out = options.json ? output.stderr : output.stdout;
+  static console(output: Output, options: { quiet: boolean; format: Format }): Logger {
+    const out = options.format === "json" ? output.stderr : output.stdout;
     return new Logger(output, out, output.stderr, false, options.quiet);
   }
 
@@ -1997,32 +2115,28 @@ export interface OpensslResult {
 }
 
 /**
- * Aborted, with the signal's name as reason, by SIGTERM, SIGINT or SIGHUP:
- * child processes are stopped, waits end, and no new work starts.
+ * The run was stopped by a signal (the run's `stop`, aborted with the
+ * signal's name as reason); not a failure of the certificate at hand.
  */
-const interruption = new AbortController();
-
-/** The run was stopped by a signal; not a failure of the certificate at hand. */
 class Interrupted extends Error {
-  constructor() {
-    super(`stopped by ${interruption.signal.reason}`);
+  constructor(stop: AbortSignal) {
+    super(`stopped by ${stop.reason}`);
   }
 }
 
-/** Waits `ms`; an interruption ends the wait with Interrupted. */
-function pause(ms: number): Promise<void> {
-  const { signal } = interruption;
+/** Waits `ms`; `stop` ends the wait with Interrupted. */
+function pause(ms: number, stop: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(new Interrupted());
-    const stop = () => {
+    if (stop.aborted) return reject(new Interrupted(stop));
+    const interrupt = () => {
       clearTimeout(timer);
-      reject(new Interrupted());
+      reject(new Interrupted(stop));
     };
     const timer = setTimeout(() => {
-      signal.removeEventListener("abort", stop);
+      stop.removeEventListener("abort", interrupt);
       resolve();
     }, ms);
-    signal.addEventListener("abort", stop, { once: true });
+    stop.addEventListener("abort", interrupt, { once: true });
   });
 }
 
@@ -2034,18 +2148,19 @@ async function runProcess(
   program: string,
   args: string[],
   deadlineSeconds: number,
+  stop: AbortSignal,
   options: { env?: Record<string, string>; input?: string } = {},
 ): Promise<{ output: Deno.CommandOutput; timedOut: boolean }> {
   // One controller per process, let go of when it ends: AbortSignal.any() and
   // AbortSignal.timeout() keep every process of a run (and its output) alive.
-  const stop = new AbortController();
+  const kill = new AbortController();
   let timedOut = false;
   const deadline = setTimeout(() => {
     timedOut = true;
-    stop.abort();
+    kill.abort();
   }, deadlineSeconds * 1000);
-  const interrupt = () => stop.abort();
-  interruption.signal.addEventListener("abort", interrupt);
+  const interrupt = () => kill.abort();
+  stop.addEventListener("abort", interrupt);
   let output: Deno.CommandOutput;
   try {
     const command = new Deno.Command(program, {
@@ -2054,7 +2169,7 @@ async function runProcess(
       stdin: options.input === undefined ? "null" : "piped",
       stdout: "piped",
       stderr: "piped",
-      signal: stop.signal,
+      signal: kill.signal,
     });
     if (options.input === undefined) {
       // Collected natively at its size; a spawned child's output comes through
@@ -2069,13 +2184,13 @@ async function runProcess(
       output = await child.output();
     }
   } catch (error) {
-    if (interruption.signal.aborted) throw new Interrupted();
+    if (stop.aborted) throw new Interrupted(stop);
     throw error;
   } finally {
     clearTimeout(deadline);
-    interruption.signal.removeEventListener("abort", interrupt);
+    stop.removeEventListener("abort", interrupt);
   }
-  if (interruption.signal.aborted) throw new Interrupted();
+  if (stop.aborted) throw new Interrupted(stop);
   return { output, timedOut };
 }
 
@@ -2083,16 +2198,16 @@ async function runProcess(
  * Runs openssl; everything the bot asks openssl goes through here, so the
  * timeout and the wording of failures live in one place.
  */
-export async function runOpenssl(
-  executable: string,
+async function runOpenssl(
   args: string[],
-  timeoutSeconds: number,
+  context: Pick<RunContext, "config" | "stop">,
   input?: string,
 ): Promise<OpensslResult> {
-  const deadlineSeconds = timeoutSeconds + KILL_GRACE_SECONDS;
+  const executable = context.config.opensslExecutable;
+  const deadlineSeconds = context.config.timeoutSeconds + KILL_GRACE_SECONDS;
   let run: { output: Deno.CommandOutput; timedOut: boolean };
   try {
-    run = await runProcess(executable, args, deadlineSeconds, { input });
+    run = await runProcess(executable, args, deadlineSeconds, context.stop, { input });
   } catch (error) {
     if (error instanceof Interrupted) throw error;
     if (error instanceof Deno.errors.NotFound) {
@@ -2134,8 +2249,6 @@ interface RequestInput {
   serial: string;
 }
 
-const requestInputs = new WeakMap<Target, RequestInput>();
-
 /**
  * The leaf of the cert file and its issuer among every intermediate the cert
  * and chain files hold, whatever their order: openssl takes the first
@@ -2143,10 +2256,10 @@ const requestInputs = new WeakMap<Target, RequestInput>();
  * another certificate and fail late with "root ca not trusted". Throws
  * naming the files, before any request, when none issued the leaf.
  */
-function requestInput(target: Target): RequestInput {
-  const known = requestInputs.get(target);
-  if (known) return known;
-  const bundle = certificateBundle(target);
+function requestInput(target: Target, context: RunContext): RequestInput {
+  const parsed = parsedFiles(target, context);
+  if (parsed.request) return parsed.request;
+  const bundle = parsed.bundle;
   const chain = target.chainPath ? readBundle(target.chainPath, "chain").certificates : [];
   const candidates = [...chain, ...bundle.certificates.filter((c) => c !== bundle.leaf)];
   const index = findIssuer(bundle.leaf.x509, candidates.map((c) => c.x509));
@@ -2164,7 +2277,7 @@ function requestInput(target: Target): RequestInput {
   const input: RequestInput = index === 0 && target.chainPath
     ? { issuerFile: target.chainPath, serial }
     : { issuerFile: "/dev/stdin", issuerPem: candidates[index].pem, serial };
-  requestInputs.set(target, input);
+  parsed.request = input;
   return input;
 }
 
@@ -2202,20 +2315,11 @@ function certificatesEnd(response: Uint8Array): Date | undefined {
 }
 
 /** Verifies a stored response and reads its status and dates. */
-async function checkStoredResponse(
-  target: Target,
-  config: Config,
-): Promise<ResponseReport> {
-  const input = requestInput(target);
+async function checkStoredResponse(target: Target, context: RunContext): Promise<ResponseReport> {
+  const input = requestInput(target, context);
   const result = await runOpenssl(
-    config.opensslExecutable,
-    [
-      "ocsp",
-      "-respin",
-      target.responsePath,
-      ...verificationArgs(target, input),
-    ],
-    config.timeoutSeconds,
+    ["ocsp", "-respin", target.responsePath, ...verificationArgs(target, input)],
+    context,
     input.issuerPem,
   );
   const report = parseOcspOutput(result.stdout, result.stderr, result.code);
@@ -2236,11 +2340,11 @@ async function checkStoredResponse(
 async function fetchResponse(
   target: Target,
   responderUrl: string,
-  config: Config,
+  context: RunContext,
 ): Promise<{ report: ResponseReport; bytes: Uint8Array }> {
-  const input = requestInput(target);
+  const { config } = context;
+  const input = requestInput(target, context);
   const result = await runOpenssl(
-    config.opensslExecutable,
     [
       "ocsp",
       "-url",
@@ -2256,7 +2360,7 @@ async function fetchResponse(
       "-",
       ...verificationArgs(target, input),
     ],
-    config.timeoutSeconds,
+    context,
     input.issuerPem,
   );
   const responseLength = derLength(result.output);
@@ -2289,26 +2393,13 @@ function readInput<T>(file: string, what: string, read: (file: string) => T): T 
  * node:crypto, loaded on first use: the hourly run that finds nothing changed
  * hashes and parses nothing, and loading it costs 30 ms and 5 MiB at start.
  */
-let nodeCryptoModule: typeof import("node:crypto") | undefined;
 function nodeCrypto(): typeof import("node:crypto") {
-  return nodeCryptoModule ??= process.getBuiltinModule("node:crypto");
+  return process.getBuiltinModule("node:crypto");
 }
 
-/** One buffer for hashing every file: thousands of small reads, no garbage. */
-const hashBuffer = new Uint8Array(1 << 16);
-
-/** SHA-256 of a file, read through the shared buffer. */
+/** SHA-256 of a file: certificates and responses are a few KiB, read whole. */
 function hashFile(file: string): string {
-  const handle = Deno.openSync(file);
-  try {
-    const hash = nodeCrypto().createHash("sha256");
-    for (let read; (read = handle.readSync(hashBuffer)) !== null;) {
-      hash.update(hashBuffer.subarray(0, read));
-    }
-    return hash.digest("base64url").slice(0, HASH_CHARS);
-  } finally {
-    handle.close();
-  }
+  return sha256(Deno.readFileSync(file));
 }
 
 /**
@@ -2402,19 +2493,23 @@ function readBundle(file: string, what: string) {
   return parseBundle(readInput(file, what, Deno.readFileSync), file);
 }
 
-const certificateBundles = new WeakMap<Target, ReturnType<typeof parseBundle>>();
+/** A target's files as parsed in a run: its cert file, and what openssl is told. */
+interface ParsedFiles {
+  bundle: ReturnType<typeof parseBundle>;
+  request?: RequestInput;
+}
 
 /**
  * A target's cert file, read and parsed once a run: deciding and asking
  * openssl both need it, but only when the state cannot answer.
  */
-function certificateBundle(target: Target): ReturnType<typeof parseBundle> {
-  let bundle = certificateBundles.get(target);
-  if (!bundle) {
-    bundle = readBundle(target.certPath, "certificate");
-    certificateBundles.set(target, bundle);
+function parsedFiles(target: Target, context: RunContext): ParsedFiles {
+  let parsed = context.parsed.get(target);
+  if (!parsed) {
+    parsed = { bundle: readBundle(target.certPath, "certificate") };
+    context.parsed.set(target, parsed);
   }
-  return bundle;
+  return parsed;
 }
 
 /** Reads a certificate's dates and OCSP URLs in-process: no openssl needed. */
@@ -2450,13 +2545,13 @@ class State {
   ) {}
 
   /** A missing state is empty; a broken one only costs a verification of every response. */
-  static load(file: string, log: Logger): State {
+  static load(file: string, log: Logger, files: Files): State {
     const empty = new State(file, new Map());
     let text: string;
     try {
       // Another user's link here could point at any file, which a warning would then describe.
       const info = Deno.lstatSync(file);
-      if (info.isSymlink && !trustedLink(info)) {
+      if (info.isSymlink && !files.trusts(info)) {
         log.warn(
           `Ignoring state file: ${
             untrustedLinkText(file, info)
@@ -2540,22 +2635,21 @@ class State {
    * Writes the state atomically when it changed. Records of other configs
    * sharing the folder are kept while their response exists.
    */
-  async save(targets: Target[]): Promise<string[]> {
+  async save(targets: Target[], files: Files): Promise<string[]> {
     if (!this.#changed) return [];
     const covered = new Set(targets.map((target) => target.responsePath));
     const responses: Record<string, StateRecord> = {};
     for (const [responsePath, record] of this.records) {
       if (!record.verified && !record.attempt) continue;
-      if (covered.has(responsePath) || listings.entry(responsePath)) {
+      if (covered.has(responsePath) || files.entry(responsePath)) {
         responses[responsePath] = record;
       }
     }
-    const warnings = await writeFileAtomically(
+    const warnings = await files.write(
       this.file,
       encoder.encode(
         JSON.stringify({ version: 2, responses, scans: Object.fromEntries(this.scans) }) + "\n",
       ),
-      listings,
     );
     this.#changed = false;
     return warnings;
@@ -2579,109 +2673,12 @@ function removeIfPresent(file: string): void {
 }
 
 /**
- * What the folders ocspbot reads responses from and writes into hold, each
- * listed once per run: whether a response exists yet is a lookup, not a
- * failed stat, which costs an exception apiece on a first run.
+ * node:fs, for what Deno's own file API lacks: O_NOFOLLOW, and changing
+ * owner and mode through an open file rather than by a name someone could
+ * swap. Loaded on first use, as node:crypto.
  */
-class FolderListings {
-  #folders = new Map<string, Map<string, Deno.DirEntry>>();
-
-  #listing(folder: string): Map<string, Deno.DirEntry> {
-    let entries = this.#folders.get(folder);
-    if (!entries) {
-      entries = new Map();
-      try {
-        for (const entry of Deno.readDirSync(folder)) entries.set(entry.name, entry);
-      } catch (error) {
-        // A folder not made yet holds nothing; it is made when written to.
-        if (!(error instanceof Deno.errors.NotFound)) {
-          throw new Error(`Cannot list folder "${folder}": ${errorText(error)}`);
-        }
-      }
-      this.#folders.set(folder, entries);
-    }
-    return entries;
-  }
-
-  /** What is at `file`, a dangling link included; undefined when nothing is. */
-  entry(file: string): Deno.DirEntry | undefined {
-    return this.#listing(path.dirname(file)).get(path.basename(file));
-  }
-
-  /** The names in a folder. */
-  names(folder: string): IterableIterator<string> {
-    return this.#listing(folder).keys();
-  }
-
-  added(file: string): void {
-    const name = path.basename(file);
-    this.#listing(path.dirname(file)).set(name, {
-      name,
-      isFile: true,
-      isDirectory: false,
-      isSymlink: false,
-    });
-  }
-
-  removed(file: string): void {
-    this.#listing(path.dirname(file)).delete(path.basename(file));
-  }
-}
-
-/** One run per process: the folders as this run has seen and changed them. */
-const listings = new FolderListings();
-
-/** Removes a file ocspbot left, if the listing has it. */
-function removeListed(file: string): void {
-  if (!listings.entry(file)) return;
-  removeIfPresent(file);
-  listings.removed(file);
-}
-
-/**
- * Temporary files being written now, so that a run ended by a signal can
- * remove them; they never outlive a failed write either.
- */
-const temporaryFiles = new Set<string>();
-
-/**
- * node:fs, loaded on first write, for what Deno's own file API lacks:
- * O_NOFOLLOW, and changing owner and mode through an open file rather than
- * by a name someone could swap.
- */
-let nodeFsModule: typeof import("node:fs") | undefined;
 function nodeFs(): typeof import("node:fs") {
-  return nodeFsModule ??= process.getBuiltinModule("node:fs");
-}
-
-/**
- * The uid ocspbot runs as, asked of `id` once, and only when a link that is
- * not root's needs judging: Deno tells a script its uid only with
- * --allow-sys. null when `id` cannot say, and then only root's links count.
- */
-let runningUidMemo: number | null | undefined;
-function runningUid(): number | null {
-  if (runningUidMemo === undefined) {
-    try {
-      const output = new Deno.Command("id", { args: ["-u"], stdin: "null", stderr: "null" })
-        .outputSync();
-      const uid = Number(new TextDecoder().decode(output.stdout).trim());
-      runningUidMemo = output.success && Number.isInteger(uid) ? uid : null;
-    } catch {
-      runningUidMemo = null;
-    }
-  }
-  return runningUidMemo;
-}
-
-/**
- * Whether a link may be followed to write: root or the user ocspbot runs as
- * made it. Anybody else who may write into its folder could have planted it
- * to make ocspbot, often root, overwrite a file of their choosing; this is
- * the rule Linux's fs.protected_symlinks applies in shared folders.
- */
-function trustedLink(info: Deno.FileInfo): boolean {
-  return info.uid === 0 || (info.uid !== null && info.uid === runningUid());
+  return process.getBuiltinModule("node:fs");
 }
 
 function untrustedLinkText(link: string, info: Deno.FileInfo): string {
@@ -2701,47 +2698,6 @@ function readTrustedLink(link: string, info: Deno.FileInfo): string {
   return target;
 }
 
-/**
- * The folder a write into `folder` lands in, every link resolved: links of
- * root or of ocspbot's user are followed, another user's link stops the
- * write. Missing folders are made one at a time, so none is made through a
- * link. Where part of the path is a file, the error names that part: mkdir's
- * own "File exists" says nothing useful.
- */
-function vetFolder(folder: string): string {
-  const parts = path.resolve(folder).split("/").filter(Boolean);
-  let real = "/";
-  for (let hops = 0; parts.length > 0;) {
-    const part = parts.shift()!;
-    if (part === ".") continue;
-    if (part === "..") {
-      real = path.dirname(real);
-      continue;
-    }
-    const next = path.join(real, part);
-    let info: Deno.FileInfo;
-    try {
-      info = Deno.lstatSync(next);
-    } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
-      Deno.mkdirSync(next);
-      real = next;
-      continue;
-    }
-    if (info.isSymlink) {
-      if (!trustedLink(info)) throw new Error(untrustedLinkText(next, info));
-      if (++hops > 40) throw new Error(`"${folder}" is a loop of symbolic links`);
-      const target = readTrustedLink(next, info);
-      parts.unshift(...target.split("/").filter(Boolean));
-      if (target.startsWith("/")) real = "/";
-      continue;
-    }
-    if (!info.isDirectory) throw new Error(`"${next}" is a file, not a folder`);
-    real = next;
-  }
-  return real;
-}
-
 /** Where a write of `file` lands: a folder without links, and a name in it. */
 interface Landing {
   folder: string;
@@ -2750,36 +2706,6 @@ interface Landing {
   existing?: Deno.FileInfo;
   /** Another user's link found at the name: replaced, never written through. */
   untrustedLink?: string;
-}
-
-/**
- * Resolves where a write of `file` lands. A link at the file itself is
- * followed when trusted, so that "symlinks stay links" (a server pointed at
- * a shared file); another user's link is replaced, not followed. `absent`:
- * the caller knows nothing is there, which spares a failing lstat.
- */
-function landingOf(file: string, absent = false): Landing {
-  let folder = vetFolder(path.dirname(path.resolve(file)));
-  let name = path.basename(file);
-  for (let hops = 0; !absent; hops++) {
-    const here = path.join(folder, name);
-    let info: Deno.FileInfo;
-    try {
-      info = Deno.lstatSync(here);
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) break;
-      throw error;
-    }
-    if (!info.isSymlink) return { folder, name, existing: info };
-    if (!trustedLink(info)) {
-      return { folder, name, existing: info, untrustedLink: untrustedLinkText(here, info) };
-    }
-    if (hops >= 40) throw new Error(`"${file}" is a loop of symbolic links`);
-    const target = path.resolve(folder, readTrustedLink(here, info));
-    folder = vetFolder(path.dirname(target));
-    name = path.basename(target);
-  }
-  return { folder, name };
 }
 
 /** Eight random bytes in hex: a temporary file's name nobody can guess ahead. */
@@ -2829,102 +2755,292 @@ function keepAttributes(fd: number, old: Deno.FileInfo, file: string): string | 
 }
 
 /**
- * Replaces `file` with `bytes` by one rename, so a reader sees the old file or
- * the new one whole, never none or part of one. The bytes go to a hidden
- * temporary file beside it (HAProxy's `crt <dir>` skips names starting with a
- * dot) with a name nobody can guess, created only if no such name exists, so
- * a link planted there is never followed; they are synced to disk, checked by
- * size, and take the old file's mode, owner and group. Missing folders are
- * created. Throws naming the folder and the cause, with the temporary file
- * removed; returns warnings: an owner, group or mode that could not be kept,
- * another user's link that was replaced.
+ * The files of a run, as ocspbot sees and changes them. Each folder it reads
+ * responses from or writes into is listed once per run: whether a response
+ * exists yet is a lookup, not a failed stat, which costs an exception apiece
+ * on a first run. Every write goes through here, and follows a link only
+ * when root or the user ocspbot runs as made it.
  */
-async function writeFileAtomically(
-  file: string,
-  bytes: Uint8Array,
-  listings: FolderListings,
-): Promise<string[]> {
-  const fs = nodeFs();
-  const warnings: string[] = [];
-  let landing: Landing = { folder: path.dirname(path.resolve(file)), name: path.basename(file) };
-  let temporary: string | undefined;
-  try {
-    landing = landingOf(file, listings.entry(file) === undefined);
-    const { folder, name, existing, untrustedLink } = landing;
-    temporary = path.join(folder, `.${name}.${randomSuffix()}.tmp`);
-    temporaryFiles.add(temporary);
-    const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
-    const fd = fs.openSync(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o666);
-    try {
-      writeAll({ writeSync: (chunk) => fs.writeSync(fd, chunk) }, bytes);
-      await new Promise<void>((resolve, reject) =>
-        fs.fsync(fd, (error) => error ? reject(error) : resolve())
-      );
-      const written = fs.fstatSync(fd).size;
-      if (written !== bytes.length) throw new Error(`${written} of ${bytes.length} bytes written`);
-      const lost = existing?.isFile ? keepAttributes(fd, existing, file) : undefined;
-      if (lost) warnings.push(lost);
-    } finally {
-      fs.closeSync(fd);
-    }
-    // A link planted in the folder's path meanwhile would move the rename elsewhere.
-    if (Deno.realPathSync(folder) !== folder) {
-      throw new Error("a link appeared in its path while it was written; nothing was replaced");
-    }
-    Deno.renameSync(temporary, path.join(folder, name));
-    if (untrustedLink) warnings.push(`${untrustedLink}: replaced by the file itself`);
-    listings.added(file);
-    return warnings;
-  } catch (error) {
-    if (temporary) {
+class Files {
+  #folders = new Map<string, Map<string, Deno.DirEntry>>();
+  /**
+   * Temporary files being written now, so that a run ended by a signal can
+   * remove them; they never outlive a failed write either.
+   */
+  readonly temporary = new Set<string>();
+  #uid: number | null | undefined;
+
+  #listing(folder: string): Map<string, Deno.DirEntry> {
+    let entries = this.#folders.get(folder);
+    if (!entries) {
+      entries = new Map();
       try {
-        removeIfPresent(temporary);
+        for (const entry of Deno.readDirSync(folder)) entries.set(entry.name, entry);
+      } catch (error) {
+        // A folder not made yet holds nothing; it is made when written to.
+        if (!(error instanceof Deno.errors.NotFound)) {
+          throw new Error(`Cannot list folder "${folder}": ${errorText(error)}`);
+        }
+      }
+      this.#folders.set(folder, entries);
+    }
+    return entries;
+  }
+
+  /** What is at `file`, a dangling link included; undefined when nothing is. */
+  entry(file: string): Deno.DirEntry | undefined {
+    return this.#listing(path.dirname(file)).get(path.basename(file));
+  }
+
+  /** The names in a folder. */
+  names(folder: string): IterableIterator<string> {
+    return this.#listing(folder).keys();
+  }
+
+  #added(file: string): void {
+    const name = path.basename(file);
+    this.#listing(path.dirname(file)).set(name, {
+      name,
+      isFile: true,
+      isDirectory: false,
+      isSymlink: false,
+    });
+  }
+
+  /** Removes a file, if the listing has it. */
+  remove(file: string): void {
+    if (!this.entry(file)) return;
+    removeIfPresent(file);
+    this.#listing(path.dirname(file)).delete(path.basename(file));
+  }
+
+  /**
+   * Whether a link may be followed to write: root or the user ocspbot runs
+   * as made it. Anybody else who may write into its folder could have
+   * planted it to make ocspbot, often root, overwrite a file of their
+   * choosing; this is the rule Linux's fs.protected_symlinks applies in
+   * shared folders.
+   */
+  trusts(link: Deno.FileInfo): boolean {
+    return link.uid === 0 || (link.uid !== null && link.uid === this.#runningUid());
+  }
+
+  /**
+   * The uid ocspbot runs as, asked of `id` once, and only when a link that is
+   * not root's needs judging: Deno tells a script its uid only with
+   * --allow-sys. null when `id` cannot say, and then only root's links count.
+   */
+  #runningUid(): number | null {
+    if (this.#uid === undefined) {
+      try {
+        const output = new Deno.Command("id", { args: ["-u"], stdin: "null", stderr: "null" })
+          .outputSync();
+        const uid = Number(new TextDecoder().decode(output.stdout).trim());
+        this.#uid = output.success && Number.isInteger(uid) ? uid : null;
       } catch {
-        // The folder refused the file in the first place.
+        this.#uid = null;
       }
     }
-    throw new Error(
-      `Cannot write "${landing.name}" in folder "${landing.folder}": ${errorText(error)}`,
-    );
-  } finally {
-    if (temporary) temporaryFiles.delete(temporary);
+    return this.#uid;
   }
-}
 
-/**
- * Opens a log to append to, never through a link another user could have
- * planted (such a link is removed and a file made in its place) and never a
- * FIFO or device, which could hang or harm the run. The open itself follows
- * no link, so a link swapped in after the check fails it rather than
- * redirecting it.
- */
-function openLog(file: string, key: string, warnings: string[]): Destination {
-  const fs = nodeFs();
-  const { O_WRONLY, O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
-  for (let tries = 0;; tries++) {
-    const { folder, name, untrustedLink } = landingOf(file);
-    const target = path.join(folder, name);
-    if (untrustedLink) {
-      Deno.removeSync(target);
-      warnings.push(`${key} ${untrustedLink}: removed, and a file made in its place`);
+  /**
+   * The folder a write into `folder` lands in, every link resolved: links of
+   * root or of ocspbot's user are followed, another user's link stops the
+   * write. Missing folders are made one at a time, so none is made through a
+   * link. Where part of the path is a file, the error names that part: mkdir's
+   * own "File exists" says nothing useful.
+   */
+  #vetFolder(folder: string): string {
+    const parts = path.resolve(folder).split("/").filter(Boolean);
+    let real = "/";
+    for (let hops = 0; parts.length > 0;) {
+      const part = parts.shift()!;
+      if (part === ".") continue;
+      if (part === "..") {
+        real = path.dirname(real);
+        continue;
+      }
+      const next = path.join(real, part);
+      let info: Deno.FileInfo;
+      try {
+        info = Deno.lstatSync(next);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+        Deno.mkdirSync(next);
+        real = next;
+        continue;
+      }
+      if (info.isSymlink) {
+        if (!this.trusts(info)) throw new Error(untrustedLinkText(next, info));
+        if (++hops > 40) throw new Error(`"${folder}" is a loop of symbolic links`);
+        const target = readTrustedLink(next, info);
+        parts.unshift(...target.split("/").filter(Boolean));
+        if (target.startsWith("/")) real = "/";
+        continue;
+      }
+      if (!info.isDirectory) throw new Error(`"${next}" is a file, not a folder`);
+      real = next;
     }
-    let fd: number;
+    return real;
+  }
+
+  /**
+   * Resolves where a write of `file` lands. A link at the file itself is
+   * followed when trusted, so that "symlinks stay links" (a server pointed at
+   * a shared file); another user's link is replaced, not followed. `absent`:
+   * the caller knows nothing is there, which spares a failing lstat.
+   */
+  #landingOf(file: string, absent = false): Landing {
+    let folder = this.#vetFolder(path.dirname(path.resolve(file)));
+    let name = path.basename(file);
+    for (let hops = 0; !absent; hops++) {
+      const here = path.join(folder, name);
+      let info: Deno.FileInfo;
+      try {
+        info = Deno.lstatSync(here);
+      } catch (error) {
+        if (error instanceof Deno.errors.NotFound) break;
+        throw error;
+      }
+      if (!info.isSymlink) return { folder, name, existing: info };
+      if (!this.trusts(info)) {
+        return { folder, name, existing: info, untrustedLink: untrustedLinkText(here, info) };
+      }
+      if (hops >= 40) throw new Error(`"${file}" is a loop of symbolic links`);
+      const target = path.resolve(folder, readTrustedLink(here, info));
+      folder = this.#vetFolder(path.dirname(target));
+      name = path.basename(target);
+    }
+    return { folder, name };
+  }
+
+  /**
+   * Replaces `file` with `bytes` by one rename, so a reader sees the old file or
+   * the new one whole, never none or part of one. The bytes go to a hidden
+   * temporary file beside it (HAProxy's `crt <dir>` skips names starting with a
+   * dot) with a name nobody can guess, created only if no such name exists, so
+   * a link planted there is never followed; they are synced to disk, checked by
+   * size, and take the old file's mode, owner and group. Missing folders are
+   * created. Throws naming the folder and the cause, with the temporary file
+   * removed; returns warnings: an owner, group or mode that could not be kept,
+   * another user's link that was replaced.
+   */
+  async write(file: string, bytes: Uint8Array): Promise<string[]> {
+    const fs = nodeFs();
+    const warnings: string[] = [];
+    let landing: Landing = { folder: path.dirname(path.resolve(file)), name: path.basename(file) };
+    let temporary: string | undefined;
     try {
-      fd = fs.openSync(target, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0o666);
+      landing = this.#landingOf(file, this.entry(file) === undefined);
+      const { folder, name, existing, untrustedLink } = landing;
+      temporary = path.join(folder, `.${name}.${randomSuffix()}.tmp`);
+      this.temporary.add(temporary);
+      const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+      const fd = fs.openSync(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o666);
+      try {
+        writeAll({ writeSync: (chunk) => fs.writeSync(fd, chunk) }, bytes);
+        await new Promise<void>((resolve, reject) =>
+          fs.fsync(fd, (error) => error ? reject(error) : resolve())
+        );
+        const written = fs.fstatSync(fd).size;
+        if (written !== bytes.length) {
+          throw new Error(`${written} of ${bytes.length} bytes written`);
+        }
+        const lost = existing?.isFile ? keepAttributes(fd, existing, file) : undefined;
+        if (lost) warnings.push(lost);
+      } finally {
+        fs.closeSync(fd);
+      }
+      // A link planted in the folder's path meanwhile would move the rename elsewhere.
+      if (Deno.realPathSync(folder) !== folder) {
+        throw new Error("a link appeared in its path while it was written; nothing was replaced");
+      }
+      Deno.renameSync(temporary, path.join(folder, name));
+      if (untrustedLink) warnings.push(`${untrustedLink}: replaced by the file itself`);
+      this.#added(file);
+      return warnings;
     } catch (error) {
-      // ELOOP: a link appeared since it was judged; judge it again.
-      if ((error as { code?: string }).code === "ELOOP" && tries < 3) continue;
-      throw error;
+      if (temporary) {
+        try {
+          removeIfPresent(temporary);
+        } catch {
+          // The folder refused the file in the first place.
+        }
+      }
+      throw new Error(
+        `Cannot write "${landing.name}" in folder "${landing.folder}": ${errorText(error)}`,
+      );
+    } finally {
+      if (temporary) this.temporary.delete(temporary);
     }
-    if (!fs.fstatSync(fd).isFile()) {
-      fs.closeSync(fd);
-      throw new Error(`"${target}" is not a regular file`);
+  }
+
+  /**
+   * Opens a log to append to, never through a link another user could have
+   * planted (such a link is removed and a file made in its place) and never a
+   * FIFO or device, which could hang or harm the run. The open itself follows
+   * no link, so a link swapped in after the check fails it rather than
+   * redirecting it.
+   */
+  openLog(file: string, key: string, warnings: string[]): Destination {
+    const fs = nodeFs();
+    const { O_WRONLY, O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+    for (let tries = 0;; tries++) {
+      const { folder, name, untrustedLink } = this.#landingOf(file);
+      const target = path.join(folder, name);
+      if (untrustedLink) {
+        Deno.removeSync(target);
+        warnings.push(`${key} ${untrustedLink}: removed, and a file made in its place`);
+      }
+      let fd: number;
+      try {
+        fd = fs.openSync(target, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0o666);
+      } catch (error) {
+        // ELOOP: a link appeared since it was judged; judge it again.
+        if ((error as { code?: string }).code === "ELOOP" && tries < 3) continue;
+        throw error;
+      }
+      if (!fs.fstatSync(fd).isFile()) {
+        fs.closeSync(fd);
+        throw new Error(`"${target}" is not a regular file`);
+      }
+      return new Destination(
+        `${key} "${file}"`,
+        { writeSync: (bytes) => fs.writeSync(fd, bytes) },
+        () => fs.closeSync(fd),
+      );
     }
-    return new Destination(
-      `${key} "${file}"`,
-      { writeSync: (bytes) => fs.writeSync(fd, bytes) },
-      () => fs.closeSync(fd),
-    );
+  }
+
+  /**
+   * Opens the lock file, read only: a flock needs no more, and one left by a
+   * root run must not lock out a later run as another user. A missing one is
+   * made only if its name is still free, so a link planted there is never
+   * followed to make a file (think /etc/nologin); another user's link is
+   * removed first.
+   */
+  openLock(file: string, warnings: string[]): Deno.FsFile {
+    for (let tries = 0;; tries++) {
+      const { folder, name, existing, untrustedLink } = this.#landingOf(file);
+      const target = path.join(folder, name);
+      if (untrustedLink) {
+        Deno.removeSync(target);
+        warnings.push(`The lock file ${untrustedLink}: removed, and a file made in its place`);
+      }
+      try {
+        if (!existing || untrustedLink) {
+          return Deno.openSync(target, { write: true, createNew: true });
+        }
+        const handle = Deno.openSync(target, { read: true });
+        const opened = handle.statSync();
+        if (opened.ino === existing.ino && opened.dev === existing.dev) return handle;
+        handle.close(); // Swapped since it was judged: judge it again.
+      } catch (error) {
+        if (!(error instanceof Deno.errors.AlreadyExists) || tries >= 3) throw error;
+      }
+      if (tries >= 3) throw new Error("it keeps changing while it is opened");
+    }
   }
 }
 
@@ -2946,22 +3062,23 @@ async function makeBackup(
   response: Uint8Array,
   now: Date,
   log: Logger,
+  files: Files,
 ): Promise<string> {
   const base = backupName(stem, now);
   for (let n = 1;; n++) {
     const name = n === 1 ? base : `${base}.${n}`;
-    if (listings.entry(name)) continue;
-    for (const warning of await writeFileAtomically(name, response, listings)) log.warn(warning);
+    if (files.entry(name)) continue;
+    for (const warning of await files.write(name, response)) log.warn(warning);
     return name;
   }
 }
 
 /** Deletes all but the `keep` newest backups of a response; returns their names. */
-function pruneBackups(stem: string, keep: number): string[] {
+function pruneBackups(stem: string, keep: number, files: Files): string[] {
   const dir = path.dirname(stem);
   const name = escapeRegExp(path.basename(stem));
   const pattern = new RegExp(`^${name}-\\d{8}-\\d{6}(\\.\\d+)?$`);
-  const backups = [...listings.names(dir)]
+  const backups = [...files.names(dir)]
     .filter((entry) => pattern.test(entry))
     .map((entry) => {
       const file = path.join(dir, entry);
@@ -2970,10 +3087,7 @@ function pruneBackups(stem: string, keep: number): string[] {
     // Newest first by time written: the names are local time, which can repeat an hour.
     .sort((a, b) => b.time - a.time || b.file.localeCompare(a.file));
   const removed = backups.slice(keep).map((backup) => backup.file);
-  for (const file of removed) {
-    Deno.removeSync(file);
-    listings.removed(file);
-  }
+  for (const file of removed) files.remove(file);
   return removed;
 }
 
@@ -3017,19 +3131,17 @@ function inFolder(dir: string, name: string): string {
  * `{domain}` in its first folder, as certbot's `{domain}/cert.pem`, takes
  * the domain from a subfolder's name; links are followed.
  */
-function scanForTargets(
-  entry: ScanEntry,
-  ocspFolder: string,
-  haproxySocket: string | undefined,
-  memo: ScanMemo | undefined,
-): Target[] {
+function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undefined): Target[] {
+  const { ocspFolder } = config;
+  const settings = certificateSettings(entry, config);
+  const source = `scan_keys folder "${entry.folder}" of config "${entry.file}"`;
   const root = path.resolve(entry.folder);
   try {
     if (!Deno.statSync(root).isDirectory) throw new Error("not a folder");
   } catch (error) {
     const problem = error instanceof Deno.errors.NotFound ? "does not exist" : errorText(error);
     throw new ExitError(
-      `Cannot scan ${entry.source}: "${root}" ${problem}`,
+      `Cannot scan ${source}: "${root}" ${problem}`,
       EXIT.configInvalid,
     );
   }
@@ -3065,7 +3177,7 @@ function scanForTargets(
     } catch (error) {
       // Skipped quietly, its certificates' responses would expire unnoticed.
       throw new ExitError(
-        `Cannot scan ${entry.source}: cannot list "${dir}": ${
+        `Cannot scan ${source}: cannot list "${dir}": ${
           errorText(error)
         }; let the user running ocspbot read it`,
         EXIT.configInvalid,
@@ -3112,8 +3224,8 @@ function scanForTargets(
         chainPath: chain && inFolder(dir, chain),
         rootchainPath: rootchain && inFolder(dir, rootchain),
         responsePath,
-        haproxySocket: entry.haproxySocket ?? haproxySocket,
-        source: entry.source,
+        source,
+        ...settings,
       });
     }
     if (entry.recursive) {
@@ -3124,11 +3236,8 @@ function scanForTargets(
   return targets;
 }
 
-function domainTarget(
-  entry: DomainEntry,
-  ocspFolder: string,
-  haproxySocket: string | undefined,
-): Target {
+function domainTarget(entry: DomainEntry, config: Config, files: Files): Target {
+  const { ocspFolder } = config;
   for (const key of ["cert", "chain", "rootchain"] as const) {
     if (entry[key] !== undefined && !isFile(entry[key])) {
       throw new ExitError(
@@ -3149,7 +3258,7 @@ function domainTarget(
   }
   try {
     // Most responses do not exist on a first run: a lookup, not a failing stat.
-    if (listings.entry(responsePath) && !Deno.statSync(responsePath).isFile) {
+    if (files.entry(responsePath) && !Deno.statSync(responsePath).isFile) {
       throw new ExitError(
         `Config "${entry.file}": "domains.${entry.id}.ocsp" names "${responsePath}", which exists but is not a file`,
         EXIT.configInvalid,
@@ -3167,9 +3276,8 @@ function domainTarget(
     chainPath: entry.chain,
     rootchainPath: entry.rootchain,
     responsePath,
-    responderUri: entry.responderUri,
-    haproxySocket: entry.haproxySocket ?? haproxySocket,
     source: `domains of config "${entry.file}"`,
+    ...certificateSettings(entry, config),
   };
 }
 
@@ -3284,12 +3392,10 @@ export function loadConfig(file: string, warnings: string[], yaml: YamlReader): 
  * Every certificate of the config: scanned ones first, then `domains`.
  * Two targets with one id, or one response file, are a config error.
  */
-export function discoverTargets(config: Config, memo?: ScanMemo): Target[] {
+export function discoverTargets(config: Config, files: Files, memo?: ScanMemo): Target[] {
   const targets = [
-    ...config.scanKeys.flatMap((entry) =>
-      scanForTargets(entry, config.ocspFolder, config.haproxySocket, memo)
-    ),
-    ...config.domains.map((entry) => domainTarget(entry, config.ocspFolder, config.haproxySocket)),
+    ...config.scanKeys.flatMap((entry) => scanForTargets(entry, config, memo)),
+    ...config.domains.map((entry) => domainTarget(entry, config, files)),
   ];
   const byId = new Map<string, Target>();
   const byResponse = new Map<string, Target>();
@@ -3316,26 +3422,24 @@ export function discoverTargets(config: Config, memo?: ScanMemo): Target[] {
 
 // ------------------------------------------------------------ I/O: run --
 
-/** What every target's work shares. */
+/**
+ * What a run shares, built by main(): nothing of a run lives in the module,
+ * so main() also runs in-process, as often as a test likes.
+ */
 interface RunContext {
   config: Config;
   now: Date;
   log: Logger;
   /** Verified responses by path, shared by the workers, saved after the run. */
   state: State;
+  /** The files as this run sees and changes them. */
+  files: Files;
+  /** Aborted by SIGTERM, SIGINT or SIGHUP: children stop, waits end, no new work starts. */
+  stop: AbortSignal;
+  /** Each target's files, parsed once a run when needed. */
+  parsed: Map<Target, ParsedFiles>;
   /** --force: renew every certificate the run covers now. */
   forced: boolean;
-}
-
-/** What is known of a target before anything is fetched. */
-interface Inspection {
-  cert: CertificateInfo;
-  /** The stored response as a FileEntry, when there is one. */
-  storedEntry?: string;
-  stored?: ResponseReport;
-  decision: Decision;
-  /** The certificate, chain and rootchain as FileEntry: what a new response is verified with. */
-  inputs: string[];
 }
 
 /**
@@ -3358,12 +3462,16 @@ function identify(file: string, info: Deno.FileInfo, recorded: string | undefine
  * the run). One the state remembers is looked at directly; for others the
  * folder's listing says whether there is one, without a failing stat.
  */
-function storedResponseInfo(file: string, remembered: boolean): Deno.FileInfo | string | undefined {
+function storedResponseInfo(
+  file: string,
+  remembered: boolean,
+  files: Files,
+): Deno.FileInfo | string | undefined {
   try {
-    if (!remembered && !listings.entry(file)) return undefined;
+    if (!remembered && !files.entry(file)) return undefined;
     let info = Deno.lstatSync(file);
     if (info.isSymlink) {
-      if (!trustedLink(info)) return untrustedLinkText(file, info);
+      if (!files.trusts(info)) return untrustedLinkText(file, info);
       info = Deno.statSync(file);
     }
     return info.isFile ? info : `"${file}" is not a regular file`;
@@ -3380,7 +3488,7 @@ function storedResponseInfo(file: string, remembered: boolean): Deno.FileInfo | 
  * costs four stats: no file is read, no openssl process started. A file whose
  * stat changed is hashed, and only a changed byte means verifying again.
  */
-async function inspect(target: Target, context: RunContext): Promise<Inspection> {
+async function inspect(target: Target, context: RunContext): Promise<Facts> {
   const { config, now, state } = context;
   const record = state.verified(target.responsePath);
   const inputs = ([
@@ -3393,7 +3501,7 @@ async function inspect(target: Target, context: RunContext): Promise<Inspection>
       ? ""
       : identify(file, readInput(file, what, Deno.statSync), record?.files?.[i + 1], what)
   );
-  const found = storedResponseInfo(target.responsePath, record !== undefined);
+  const found = storedResponseInfo(target.responsePath, record !== undefined, context.files);
   const storedInfo = typeof found === "string" ? undefined : found;
   const storedEntry = storedInfo &&
     identify(target.responsePath, storedInfo, record?.files?.[0], "stored response");
@@ -3402,8 +3510,7 @@ async function inspect(target: Target, context: RunContext): Promise<Inspection>
   if (recalled && files.some((entry, i) => entry !== record!.files[i])) {
     state.setVerified(target.responsePath, { ...record!, files });
   }
-  const cert = recalled?.cert ??
-    certificateInfo(certificateBundle(target).leaf.x509);
+  const cert = recalled?.cert ?? certificateInfo(parsedFiles(target, context).bundle.leaf.x509);
   let stored: ResponseReport | undefined = recalled?.report;
   if (typeof found === "string") {
     stored = { verified: false, problem: found };
@@ -3411,30 +3518,28 @@ async function inspect(target: Target, context: RunContext): Promise<Inspection>
   } else if (storedInfo && !stored) {
     stored = storedInfo.size === 0
       ? { verified: false, problem: "the file is empty" }
-      : await checkStoredResponse(target, config);
+      : await checkStoredResponse(target, context);
     const staple = stored.verified && isStaple(stored, config.policy);
     state.setVerified(target.responsePath, staple ? recordOf(stored, cert, files) : undefined);
   }
-  const decision = context.forced
-    ? { due: true, reason: "renewal forced (--force)" }
-    : planRenewal(config.policy, cert, stored, now);
-  return { cert, storedEntry, stored, decision, inputs };
+  const urls = target.responderUri ? [target.responderUri] : cert.ocspUrls;
+  return { cert, storedEntry, stored, inputs, urls };
 }
 
 /** The facts of an outcome: what the response says, when it is due, the last attempt. */
 function describe(
   target: Target,
-  cert: CertificateInfo | undefined,
-  report: ResponseReport | undefined,
-  renewAt: Date | undefined,
   attempt: Attempt | undefined,
+  facts?: Pick<Facts, "cert" | "urls">,
+  report?: ResponseReport,
+  renewAt?: Date,
 ): Omit<Outcome, "action"> {
   return {
     id: target.id,
     certPath: target.certPath,
     responsePath: target.responsePath,
-    responderUrl: target.responderUri ?? cert?.ocspUrls[0],
-    mustStaple: cert?.mustStaple,
+    responderUrl: facts?.urls[0],
+    mustStaple: facts?.cert.mustStaple,
     status: report?.status,
     thisUpdate: report?.thisUpdate,
     nextUpdate: report?.nextUpdate,
@@ -3453,17 +3558,20 @@ function describe(
 async function fetchWithRetries(
   target: Target,
   urls: string[],
-  config: Config,
+  context: RunContext,
   log: Logger,
 ): Promise<{ report: ResponseReport; bytes: Uint8Array; url: string }> {
+  const { config } = context;
   const attempts = config.retries + 1;
   let unverified: { report: ResponseReport; bytes: Uint8Array; url: string } | undefined;
   let lastProblem = "";
   for (let round = 1; round <= attempts; round++) {
-    if (round > 1) await pause(Math.min(2 ** (round - 2), config.timeoutSeconds) * 1000);
+    if (round > 1) {
+      await pause(Math.min(2 ** (round - 2), config.timeoutSeconds) * 1000, context.stop);
+    }
     for (const url of urls) {
       try {
-        const answer = { ...await fetchResponse(target, url, config), url };
+        const answer = { ...await fetchResponse(target, url, context), url };
         const { report } = answer;
         if (report.verified && report.status) return answer;
         if (report.responderError && DEFINITIVE_ERROR_STATUSES.includes(report.responderError)) {
@@ -3494,21 +3602,21 @@ async function fetchWithRetries(
 async function installResponse(
   target: Target,
   response: Uint8Array,
-  config: Config,
-  now: Date,
+  context: RunContext,
   log: Logger,
 ): Promise<string> {
+  const { config, files } = context;
   let backup = "";
   try {
     if (config.makeBackups) {
       const stem = backupStem(config, target.responsePath);
-      backup = `, backup "${await makeBackup(stem, response, now, log)}"`;
+      backup = `, backup "${await makeBackup(stem, response, context.now, log, files)}"`;
       if (config.keepBackups) {
-        const removed = pruneBackups(stem, config.keepBackups);
+        const removed = pruneBackups(stem, config.keepBackups, files);
         if (removed.length > 0) backup += ` (${removed.length} older removed)`;
       }
     }
-    const warnings = await writeFileAtomically(target.responsePath, response, listings);
+    const warnings = await files.write(target.responsePath, response);
     for (const warning of warnings) log.warn(warning);
   } catch (error) {
     throw new Error(`${errorText(error)}; the stored response stays as it was`);
@@ -3520,10 +3628,14 @@ async function installResponse(
  * Keeps an answer that failed its checks for inspection; returns the words
  * that say where it is, or why it is not.
  */
-async function keepRejected(responsePath: string, answer: Uint8Array): Promise<string> {
+async function keepRejected(
+  responsePath: string,
+  answer: Uint8Array,
+  files: Files,
+): Promise<string> {
   const kept = rejectedPath(responsePath);
   try {
-    await writeFileAtomically(kept, answer, listings);
+    await files.write(kept, answer);
     return `the answer is in "${kept}" for inspection`;
   } catch (error) {
     return `the answer could not be kept: ${errorText(error)}`;
@@ -3531,62 +3643,39 @@ async function keepRejected(responsePath: string, answer: Uint8Array): Promise<s
 }
 
 /**
- * One certificate of the hourly run: inspect what is stored, decide, and
+ * One certificate of the hourly run: inspect what is stored, plan, and
  * renew when due.
  */
 async function processTarget(target: Target, context: RunContext): Promise<Outcome> {
   const log = context.log.forDomain(target.id);
   const attempt = context.state.attempt(target.responsePath);
-  let facts = describe(target, undefined, undefined, undefined, attempt);
+  let outcome = describe(target, attempt);
   try {
-    const inspection = await inspect(target, context);
-    const { cert, stored, decision } = inspection;
-    facts = describe(target, cert, stored, decision.renewAt, attempt);
-    const skipped = reasonToSkip(target, cert, context.now, log);
-    if (skipped) return { ...facts, action: "skipped", skipReason: skipped };
-    if (!decision.due) {
-      log.info(`OCSP response is fine: ${decision.reason}`);
-      return { ...facts, action: "unchanged" };
+    const facts = await inspect(target, context);
+    const plan = planTarget(facts, context.config.policy, context.now, context);
+    outcome = describe(target, attempt, facts, facts.stored, plan.renewAt);
+    switch (plan.kind) {
+      case "skip":
+        if (plan.why === "expired") log.warn(`Certificate "${target.certPath}" ${plan.reason}`);
+        else log.info(`Certificate "${target.certPath}" ${plan.reason}`);
+        return { ...outcome, action: "skipped", skipReason: plan.why };
+      case "fresh":
+        log.info(`OCSP response is fine: ${plan.reason}`);
+        return { ...outcome, action: "unchanged" };
+      case "renew":
+        return await renew(target, facts, plan, context, log, outcome);
     }
-    return await renew(target, inspection, context, log, facts);
   } catch (error) {
     // The run says once that it was stopped, not once per certificate.
-    if (error instanceof Interrupted) return { ...facts, action: "interrupted" };
+    if (error instanceof Interrupted) return { ...outcome, action: "interrupted" };
     log.error(errorText(error));
     return {
-      ...facts,
+      ...outcome,
       attempt: context.state.attempt(target.responsePath),
       action: "failed",
       error: errorText(error),
     };
   }
-}
-
-/**
- * Why a certificate is left alone: it has expired (renewing it would succeed
- * every hour, and reload a server every hour), or it names no responder, as
- * public CAs' certificates no longer do (said without a warning, so that cron
- * stays quiet).
- */
-function reasonToSkip(
-  target: Target,
-  cert: CertificateInfo,
-  now: Date,
-  log: Logger,
-): SkipReason | undefined {
-  if (now.getTime() >= cert.notAfter.getTime()) {
-    log.warn(
-      `Certificate "${target.certPath}" expired on ${
-        formatTime(cert.notAfter)
-      }; skipped, no responder asked: renew the certificate`,
-    );
-    return "expired";
-  }
-  if (!target.responderUri && cert.ocspUrls.length === 0) {
-    log.info(`Certificate "${target.certPath}" names no OCSP responder (no OCSP URL); skipped`);
-    return "no OCSP URL";
-  }
-  return undefined;
 }
 
 /**
@@ -3596,24 +3685,24 @@ function reasonToSkip(
  */
 async function renew(
   target: Target,
-  inspection: Inspection,
+  facts: Facts,
+  plan: Extract<Plan, { kind: "renew" }>,
   context: RunContext,
   log: Logger,
-  facts: Omit<Outcome, "action">,
+  outcome: Omit<Outcome, "action">,
 ): Promise<Outcome> {
-  const { config, now, state } = context;
-  const { cert, storedEntry, stored, decision, inputs } = inspection;
+  const { config, now, state, files } = context;
+  const { cert, storedEntry, stored, inputs } = facts;
   let attempt: Attempt | undefined;
-  const remember = (outcome: AttemptOutcome, details?: Parameters<typeof nextAttempt>[3]) => {
-    attempt = nextAttempt(facts.attempt, outcome, now, details);
+  const remember = (result: AttemptOutcome, details?: Parameters<typeof nextAttempt>[3]) => {
+    attempt = nextAttempt(outcome.attempt, result, now, details);
     state.setAttempt(target.responsePath, attempt);
   };
   try {
-    const urls = target.responderUri ? [target.responderUri] : cert.ocspUrls;
-    log.info(`Renewing OCSP response from ${urls[0]}: ${decision.reason}`);
+    log.info(`Renewing OCSP response from ${plan.urls[0]}: ${plan.reason}`);
     // ocspbot 1.0 and the Python bot left answers here; HAProxy's `crt <dir>` chokes on them.
-    removeListed(`${target.responsePath}.new`);
-    const fetched = await fetchWithRetries(target, urls, config, log);
+    files.remove(`${target.responsePath}.new`);
+    const fetched = await fetchWithRetries(target, plan.urls, context, log);
     const { report } = fetched;
     const revocation = report.verified && report.status === "revoked"
       ? {
@@ -3626,26 +3715,26 @@ async function renew(
       if (revocation) remember("revoked", { message: rejection, ...revocation });
       const kept = storedEntry ? "the stored response stays" : "nothing is stored";
       throw new Error(
-        `${rejection}; ${kept}, ${await keepRejected(target.responsePath, fetched.bytes)}`,
+        `${rejection}; ${kept}, ${await keepRejected(target.responsePath, fetched.bytes, files)}`,
       );
     }
     const fetchedHash = sha256(fetched.bytes);
     if (entryHash(storedEntry) === fetchedHash) {
       remember("same");
-      sameResponseAgain(stored!, decision, now, log);
-      return { ...facts, attempt, action: "unchanged" };
+      sameResponseAgain(stored!, plan.renewAt, now, log);
+      return { ...outcome, attempt, action: "unchanged" };
     }
-    const backup = await installResponse(target, fetched.bytes, config, now, log);
-    removeListed(rejectedPath(target.responsePath));
+    const backup = await installResponse(target, fetched.bytes, context, log);
+    files.remove(rejectedPath(target.responsePath));
     // Just written, so no stamp yet: the next run reads it once more.
-    const files = [fileEntry("", fetchedHash), ...inputs];
-    state.setVerified(target.responsePath, recordOf(report, cert, files));
+    const entries = [fileEntry("", fetchedHash), ...inputs];
+    state.setVerified(target.responsePath, recordOf(report, cert, entries));
     if (revocation) remember("revoked", { message: "revoked", ...revocation });
     else remember("renewed");
     announce(report, stored, backup, log);
     if (target.haproxySocket) await pushOrExplain(target, fetched.bytes, config, log);
     return {
-      ...describe(target, cert, report, renewalTime(config.policy, cert, report), attempt),
+      ...describe(target, attempt, facts, report, renewalTime(config.policy, cert, report)),
       responderUrl: fetched.url,
       action: "renewed",
     };
@@ -3664,13 +3753,13 @@ async function renew(
  */
 function sameResponseAgain(
   stored: ResponseReport,
-  decision: Decision,
+  renewAt: Date | undefined,
   now: Date,
   log: Logger,
 ): void {
   const expiry = responseExpiry(stored);
   const left = formatDuration(expiry - now.getTime());
-  if (runsShort(stored, decision.renewAt, now)) {
+  if (runsShort(stored, renewAt, now)) {
     log.warn(
       `Responder has had nothing newer since ${formatTime(stored.thisUpdate!)}; ${left} left`,
     );
@@ -3726,20 +3815,22 @@ async function checkTarget(target: Target, context: RunContext): Promise<Outcome
   const log = context.log.forDomain(target.id);
   const attempt = context.state.attempt(target.responsePath);
   try {
-    const { cert, stored, decision } = await inspect(target, context);
-    const facts = describe(target, cert, stored, decision.renewAt, attempt);
-    if (!target.responderUri && cert.ocspUrls.length === 0) {
+    const facts = await inspect(target, context);
+    // The plan a run would make; --check never forces.
+    const plan = planTarget(facts, context.config.policy, context.now);
+    const outcome = describe(target, attempt, facts, facts.stored, plan.renewAt);
+    if (plan.kind === "skip" && plan.why === "no OCSP URL") {
       log.info("no OCSP URL in the certificate: skipped");
-      return { ...facts, action: "skipped", skipReason: "no OCSP URL" };
+      return { ...outcome, action: "skipped", skipReason: plan.why };
     }
-    const { health, line } = assess(stored, decision, cert, attempt, context.now);
+    const { health, line } = assess(plan, facts, attempt, context.now);
     log.info(line);
-    return { ...facts, action: "unchanged", health };
+    return { ...outcome, action: "unchanged", health };
   } catch (error) {
     if (error instanceof Interrupted) throw error;
     log.error(errorText(error));
     return {
-      ...describe(target, undefined, undefined, undefined, attempt),
+      ...describe(target, attempt),
       action: "failed",
       health: "critical",
       error: errorText(error),
@@ -3752,11 +3843,12 @@ async function runOnChange(
   command: string[],
   renewed: string[],
   timeoutSeconds: number,
+  stop: AbortSignal,
 ): Promise<void> {
   const shown = JSON.stringify(command);
   let run: { output: Deno.CommandOutput; timedOut: boolean };
   try {
-    run = await runProcess(command[0], command.slice(1), timeoutSeconds, {
+    run = await runProcess(command[0], command.slice(1), timeoutSeconds, stop, {
       env: { OCSPBOT_RENEWED: renewed.join(" ") },
     });
   } catch (error) {
@@ -3821,36 +3913,6 @@ async function pushToHaproxy(
 }
 
 /**
- * Opens the lock file, read only: a flock needs no more, and one left by a
- * root run must not lock out a later run as another user. A missing one is
- * made only if its name is still free, so a link planted there is never
- * followed to make a file (think /etc/nologin); another user's link is
- * removed first.
- */
-function openLockFile(file: string, warnings: string[]): Deno.FsFile {
-  for (let tries = 0;; tries++) {
-    const { folder, name, existing, untrustedLink } = landingOf(file);
-    const target = path.join(folder, name);
-    if (untrustedLink) {
-      Deno.removeSync(target);
-      warnings.push(`The lock file ${untrustedLink}: removed, and a file made in its place`);
-    }
-    try {
-      if (!existing || untrustedLink) {
-        return Deno.openSync(target, { write: true, createNew: true });
-      }
-      const handle = Deno.openSync(target, { read: true });
-      const opened = handle.statSync();
-      if (opened.ino === existing.ino && opened.dev === existing.dev) return handle;
-      handle.close(); // Swapped since it was judged: judge it again.
-    } catch (error) {
-      if (!(error instanceof Deno.errors.AlreadyExists) || tries >= 3) throw error;
-    }
-    if (tries >= 3) throw new Error("it keeps changing while it is opened");
-  }
-}
-
-/**
  * Takes the run's lock: an OS file lock, which the kernel releases however
  * the process ends. Waits up to `waitSeconds` for another run to finish. An
  * existing lock file needs only to be readable: one left by a root run must
@@ -3860,10 +3922,12 @@ async function acquireLock(
   file: string,
   waitSeconds: number,
   warnings: string[],
+  files: Files,
+  stop: AbortSignal,
 ): Promise<Deno.FsFile> {
   let handle: Deno.FsFile;
   try {
-    handle = openLockFile(file, warnings);
+    handle = files.openLock(file, warnings);
   } catch (error) {
     throw new ExitError(
       `Cannot open the lock file "${file}": ${
@@ -3881,7 +3945,7 @@ async function acquireLock(
           EXIT.failure,
         );
       }
-      await pause(Math.min(250, Math.max(deadline - Date.now(), 0)));
+      await pause(Math.min(250, Math.max(deadline - Date.now(), 0)), stop);
     }
   } catch (error) {
     handle.close();
@@ -3952,9 +4016,9 @@ async function runChecks(targets: Target[], context: RunContext): Promise<RunRep
     targets,
     config.parallelThreads,
     (target) => checkTarget(target, context),
-    () => interruption.signal.aborted,
+    () => context.stop.aborted,
   );
-  if (interruption.signal.aborted) throw new Interrupted();
+  if (context.stop.aborted) throw new Interrupted(context.stop);
   const { line, status } = checkSummary(results, now);
   log.result(line);
   const count = (health: Health) => results.filter((o) => o.health === health).length;
@@ -3973,23 +4037,24 @@ async function runChecks(targets: Target[], context: RunContext): Promise<RunRep
  * after renewals. A signal stops it early, keeping what finished.
  */
 async function runRenewals(targets: Target[], context: RunContext): Promise<RunReport> {
-  const { config, log } = context;
+  const { config, log, stop } = context;
   const { results, notStarted } = await runPool(
     targets,
     config.parallelThreads,
     (target) => processTarget(target, context),
-    (outcome) => interruption.signal.aborted || (config.stopOnError && outcome.action === "failed"),
+    (outcome) => stop.aborted || (config.stopOnError && outcome.action === "failed"),
   );
   try {
-    for (const warning of await context.state.save(targets)) log.warn(`State file ${warning}`);
+    const warnings = await context.state.save(targets, context.files);
+    for (const warning of warnings) log.warn(`State file ${warning}`);
   } catch (error) {
     log.warn(`${errorText(error)}; the next run verifies every response again`);
   }
   const renewed = results.filter((o) => o.action === "renewed").map((o) => o.id);
   let onChangeFailed = false;
-  if (config.onChange && renewed.length > 0 && !interruption.signal.aborted) {
+  if (config.onChange && renewed.length > 0 && !stop.aborted) {
     try {
-      await runOnChange(config.onChange, renewed, config.timeoutSeconds);
+      await runOnChange(config.onChange, renewed, config.timeoutSeconds, stop);
       log.info(`Ran on_change ${JSON.stringify(config.onChange)} for ${renewed.join(" ")}`);
     } catch (error) {
       if (!(error instanceof Interrupted)) {
@@ -4001,11 +4066,11 @@ async function runRenewals(targets: Target[], context: RunContext): Promise<RunR
   const summary = summarize(results, notStarted, onChangeFailed);
   const { unchanged, skipped, failed, notProcessed } = summary;
   const totals = { renewed: summary.renewed, unchanged, skipped, failed, notProcessed };
-  if (interruption.signal.aborted) {
+  if (stop.aborted) {
     const unfinished = targets.length - results.length +
       results.filter((o) => o.action === "interrupted").length;
     log.error(
-      `Stopped by ${interruption.signal.reason}: ${renewed.length} renewed responses are in place${
+      `Stopped by ${stop.reason}: ${renewed.length} renewed responses are in place${
         renewed.length > 0 && config.onChange ? " (on_change was not run)" : ""
       }, ${unfinished} certificates were left as they were; state saved`,
     );
@@ -4037,15 +4102,15 @@ function selectTargets(targets: Target[], only: string[]): Target[] {
  */
 async function writeMetrics(
   file: string,
-  mode: "run" | "check",
+  mode: Mode,
   report: RunReport,
-  now: Date,
   durationSeconds: number,
-  log: Logger,
+  context: RunContext,
 ): Promise<void> {
+  const { now, log, files } = context;
   try {
     const other = mode === "run" ? 'mode="check"' : 'mode="run"';
-    const previous = listings.entry(file) ? Deno.readTextFileSync(file).split("\n") : [];
+    const previous = files.entry(file) ? Deno.readTextFileSync(file).split("\n") : [];
     const otherRuns = previous.filter((line) =>
       line.startsWith("ocspbot_run_") && line.includes(other)
     );
@@ -4058,7 +4123,7 @@ async function writeMetrics(
       durationSeconds,
       otherRuns,
     );
-    const warnings = await writeFileAtomically(file, encoder.encode(text), listings);
+    const warnings = await files.write(file, encoder.encode(text));
     for (const warning of warnings) log.warn(`metrics_file ${warning}`);
   } catch (error) {
     log.warn(`Cannot write metrics_file: ${errorText(error)}`);
@@ -4071,9 +4136,13 @@ async function writeMetrics(
  * than STOP_GRACE_SECONDS, ends the process at once, still with 255: a
  * status of 1..251 would read as "that many renewed".
  */
-function listenForStopSignals(output: Output): () => void {
+function listenForStopSignals(
+  output: Output,
+  stop: AbortController,
+  files: Files,
+): () => void {
   const exitNow = (why: string) => {
-    for (const file of temporaryFiles) {
+    for (const file of files.temporary) {
       try {
         Deno.removeSync(file);
       } catch {
@@ -4085,8 +4154,8 @@ function listenForStopSignals(output: Output): () => void {
   };
   const listeners = STOP_SIGNALS.map((name) => {
     const listener = () => {
-      if (interruption.signal.aborted) exitNow(`${name} while stopping`);
-      interruption.abort(name);
+      if (stop.signal.aborted) exitNow(`${name} while stopping`);
+      stop.abort(name);
       const timer = setTimeout(
         () => exitNow(`did not stop within ${STOP_GRACE_SECONDS} s of ${name}`),
         STOP_GRACE_SECONDS * 1000,
@@ -4121,16 +4190,16 @@ function unexpected(error: unknown): string {
 function cannotGoOn(
   output: Output,
   log: Logger,
-  invocation: { check: boolean; json: boolean },
+  invocation: Pick<Invocation, "mode" | "format">,
   message: string,
   status: number,
   now: Date,
 ): number {
-  const exit = invocation.check ? NAGIOS.unknown : status;
-  if (invocation.check) log.result(`OCSP UNKNOWN - ${message}`);
+  const exit = invocation.mode === "check" ? NAGIOS.unknown : status;
+  if (invocation.mode === "check") log.result(`OCSP UNKNOWN - ${message}`);
   else log.error(message);
-  if (invocation.json) {
-    printJson(output, jsonReport(invocation.check ? "check" : "run", [], {}, exit, now, message));
+  if (invocation.format === "json") {
+    printJson(output, jsonReport(invocation.mode, [], {}, exit, now, message));
   }
   return exit;
 }
@@ -4159,9 +4228,12 @@ export async function main(args: string[], output = new Output()): Promise<numbe
 async function run(args: string[], output: Output): Promise<number> {
   const started = performance.now();
   // What the raw arguments say, for reporting a command line that does not parse.
-  const asked = { check: args.includes("--check"), json: args.includes("--json") };
-  if (asked.json) output.reserveStdout();
-  const terminal = Logger.console(output, { quiet: false, json: asked.json });
+  const asked: Pick<Invocation, "mode" | "format"> = {
+    mode: args.includes("--check") ? "check" : "run",
+    format: args.includes("--json") ? "json" : "text",
+  };
+  if (asked.format === "json") output.reserveStdout();
+  const terminal = Logger.console(output, { quiet: false, format: asked.format });
   let invocation: Invocation;
   let now: Date;
   try {
@@ -4170,7 +4242,7 @@ async function run(args: string[], output: Output): Promise<number> {
   } catch (error) {
     const { message, status } = failureOf(error);
     const exit = cannotGoOn(output, terminal, asked, message, status, new Date());
-    if (!asked.check && !asked.json) output.write(output.stderr, "\n" + HELP);
+    if (asked.mode === "run" && asked.format === "text") output.write(output.stderr, "\n" + HELP);
     return exit;
   }
   if (invocation.help || invocation.version) {
@@ -4178,49 +4250,60 @@ async function run(args: string[], output: Output): Promise<number> {
     return 0;
   }
 
-  const options = { quiet: invocation.quiet, json: invocation.json };
+  const { mode, format } = invocation;
+  const options = { quiet: invocation.quiet, format };
   const warnings: string[] = [];
+  const files = new Files();
   let config: Config;
   let log: Logger;
   try {
     config = loadConfig(invocation.configPath, warnings, await loadYamlReader());
-    log = invocation.check
+    log = mode === "check"
       ? Logger.console(output, options)
-      : Logger.open(output, config, now, options, warnings);
+      : Logger.open(output, config, now, options, warnings, files);
   } catch (error) {
     for (const warning of warnings) terminal.warn(warning);
     const { message, status } = failureOf(error);
     return cannotGoOn(output, terminal, invocation, message, status, now);
   }
-  const stopListening = listenForStopSignals(output);
+  const stop = new AbortController();
+  const stopListening = listenForStopSignals(output, stop, files);
   let lock: Deno.FsFile | undefined;
   try {
     for (const warning of warnings.splice(0)) log.warn(warning);
     // --check changes nothing, so it needs no lock and never waits for one.
-    if (!invocation.check) {
-      lock = await acquireLock(`${config.stateFile}.lock`, config.lockTimeoutSeconds, warnings);
+    if (mode === "run") {
+      lock = await acquireLock(
+        `${config.stateFile}.lock`,
+        config.lockTimeoutSeconds,
+        warnings,
+        files,
+        stop.signal,
+      );
     }
     for (const warning of warnings.splice(0)) log.warn(warning);
-    const state = State.load(config.stateFile, log);
-    const targets = selectTargets(discoverTargets(config, state), invocation.only);
+    const state = State.load(config.stateFile, log, files);
+    const targets = selectTargets(discoverTargets(config, files, state), invocation.only);
     if (targets.length === 0) log.warn("No certificates found in the configuration");
     const context: RunContext = {
       config,
       now,
       log,
       state,
+      files,
+      stop: stop.signal,
+      parsed: new Map(),
       // --check reports what is; forcing a renewal it will not make would skew that.
-      forced: invocation.force && !invocation.check,
+      forced: invocation.force && mode === "run",
     };
-    const mode = invocation.check ? "check" : "run";
-    const report = invocation.check
+    const report = mode === "check"
       ? await runChecks(targets, context)
       : await runRenewals(targets, context);
     if (config.metricsFile) {
       const seconds = (performance.now() - started) / 1000;
-      await writeMetrics(config.metricsFile, mode, report, now, seconds, log);
+      await writeMetrics(config.metricsFile, mode, report, seconds, context);
     }
-    if (invocation.json) {
+    if (format === "json") {
       printJson(output, jsonReport(mode, report.outcomes, report.totals, report.status, now));
     }
     return report.status;
