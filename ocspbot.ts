@@ -22,6 +22,24 @@
  * `--json` prints a report, `-q` keeps cron quiet, `--force` renews now;
  * `ocspbot --help` lists them with the exit statuses.
  *
+ * How data flows, and the section of this file where each step lives:
+ *
+ * ```
+ * argv ─parseCommandLine─▶ Invocation {configPath, mode, format, only}  command line
+ * file ─loadConfig(CONFIG_KEYS)─▶ Config          one row per key         config
+ * Config ─discoverTargets─▶ Target[]              domains, scan_keys      targets
+ * Target ─inspect─▶ Facts        certificate, stored response, URLs;      run, reading
+ *                                certificates, state and files; decides nothing
+ * Facts ─planTarget(policy, now, forced)─▶ Plan   skip | fresh | renew    plan
+ * Plan ─renew─▶ Outcome          fetch and verify (openssl), replace      run, openssl,
+ *                                the file (files), remember (state)       files, state
+ * Plan ─checkTarget─▶ Outcome + Health            --check: same Plan      run, reports
+ * Outcome[] ─report─▶ text | json | metrics ─▶ exit status                reports, output
+ * ```
+ *
+ * main() builds one RunContext (log, state, files, stop signal) and passes
+ * it down; nothing of a run lives in the module, so main() runs in-process.
+ *
  * Permissions: read (config, certificates, responses), write (responses,
  * backups, logs, the state file and its lock), run (openssl, on_change),
  * env (`OCSPBOT_FAKE_NOW`, tests only; `OCSPBOT_DEBUG=1` adds stack traces to
@@ -192,12 +210,35 @@ export interface ScanRecord {
 /** Where scans are remembered from one run to the next: the State. */
 type ScanMemo = Pick<State, "scanned" | "setScanned">;
 
+/** What inspect() found of a certificate and its stored response: read, not judged. */
+export interface Facts {
+  cert: CertificateInfo;
+  stored?: ResponseReport;
+  /** The stored response as a FileEntry, when there is one. */
+  storedEntry?: string;
+  /** The certificate, chain and rootchain as FileEntry: what a new response is verified with. */
+  inputs: string[];
+  /** The responders to ask, in order: `ocsp_responder_uri`, else the certificate's. */
+  urls: string[];
+}
+
 /** Whether a certificate's response is renewed now, and why. */
 export interface Decision {
   due: boolean;
   reason: string;
   renewAt?: Date;
 }
+
+/**
+ * What to do with a certificate: leave it alone (and why), keep its fresh
+ * response until `renewAt`, or renew it now from `urls`.
+ */
+export type Plan =
+  | { kind: "skip"; why: SkipReason; reason: string; renewAt?: undefined }
+  | { kind: "fresh"; renewAt: Date; reason: string }
+  | { kind: "renew"; urls: string[]; reason: string; renewAt?: Date };
+
+export type SkipReason = "no OCSP URL" | "expired";
 
 /** What a run did with a certificate; "interrupted" when a signal stopped it. */
 export type Action = "renewed" | "unchanged" | "skipped" | "failed" | "interrupted";
@@ -229,8 +270,6 @@ export interface Outcome {
   error?: string;
 }
 
-export type SkipReason = "no OCSP URL" | "expired";
-
 /** Counts of a run; `notProcessed` counts what stop_on_error left out. */
 export interface Summary {
   renewed: number;
@@ -248,6 +287,17 @@ export class ExitError extends Error {
   constructor(message: string, readonly status: number) {
     super(message);
   }
+}
+
+/**
+ * Deno's `No such file or directory (os error 2): readfile 'x'`, or node:fs's
+ * `ENOSPC: no space left on device, write`, without the noise.
+ */
+export function errorText(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const node = /^E[A-Z]+: (.+?), \w+(?: '.*')?$/s.exec(message);
+  if (node) return node[1][0].toUpperCase() + node[1].slice(1);
+  return message.replace(/ \(os error \d+\).*$/s, "");
 }
 
 // ------------------------------------------------------------ constants --
@@ -348,7 +398,7 @@ under half the renewal window left (or any problem of a must-staple
 certificate), 3 the check could not run or found no certificate.
 `;
 
-// ------------------------------------------------- pure: command line --
+// --------------------------------------------------------- command line --
 
 /**
  * Reads argv: `[config] [--check] [--json] [-q] [--force] [--only id ...]` in
@@ -398,7 +448,7 @@ export function parseCommandLine(args: string[]): Invocation {
   return invocation;
 }
 
-// ----------------------------------------------------- pure: intervals --
+// --------------------------------------------------------------- config --
 
 /**
  * Reads `minimum_validity`: tokens `<int><unit>` or `<int> <unit>`, as the
@@ -433,19 +483,6 @@ export function parseInterval(text: string): number {
     throw new Error(`"${text}" is empty; expected e.g. "3d" or "2 hours"`);
   }
   return seconds * 1000;
-}
-
-// -------------------------------------------------------- pure: config --
-
-/**
- * Deno's `No such file or directory (os error 2): readfile 'x'`, or node:fs's
- * `ENOSPC: no space left on device, write`, without the noise.
- */
-export function errorText(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  const node = /^E[A-Z]+: (.+?), \w+(?: '.*')?$/s.exec(message);
-  if (node) return node[1][0].toUpperCase() + node[1].slice(1);
-  return message.replace(/ \(os error \d+\).*$/s, "");
 }
 
 /**
@@ -859,17 +896,6 @@ export function configKeys(): { name: string; places: readonly Place[] }[] {
     .map(({ name, places }) => ({ name, places }));
 }
 
-/** The settings a certificate of `entry` carries: the entry's own, else the top level's. */
-function certificateSettings(entry: DomainEntry | ScanEntry, config: Config): CertificateSettings {
-  const settings: Record<string, unknown> = {};
-  for (const [field, row] of Object.entries(ENTRY_KEYS as Record<string, KeyRow<unknown>>)) {
-    if (!row.perCertificate) continue;
-    settings[field] = (entry as unknown as Record<string, unknown>)[field] ??
-      (config as unknown as Record<string, unknown>)[field];
-  }
-  return settings as CertificateSettings;
-}
-
 /** The names the rows of a place know, for unknown-key warnings. */
 function keyNames(place: Place): string[] {
   return Object.values(CONFIG_KEYS as Record<string, KeyRow<unknown>>)
@@ -995,9 +1021,124 @@ export function formatLogName(template: string, now: Date): string {
   );
 }
 
-/** `R-YYYYMMDD-HHMMSS` in local time, the Python bot's backup name. */
-export function backupName(responsePath: string, now: Date): string {
-  return responsePath + formatLogName("-{year}{month}{day}-{hour}{minute}{second}", now);
+/** Parses YAML as the Python bot's PyYAML did; `json` lets a repeated key overwrite. */
+export interface YamlReader {
+  load(text: string, json: boolean): unknown;
+}
+
+/**
+ * Imports js-yaml at run time, not at the top of the file: a module Deno
+ * cannot fetch (an offline server whose cache lacks it) then ends the run
+ * with 254 and a message, not with Deno's own status 1, "1 renewed".
+ *
+ * PyYAML reads YAML 1.1, where yes/no/on/off are booleans; js-yaml reads
+ * 1.2, where they are strings. Configs written for the Python bot must keep
+ * their meaning, so the 1.1 booleans replace the 1.2 ones.
+ */
+export async function loadYamlReader(): Promise<YamlReader> {
+  let yaml: typeof JsYaml;
+  try {
+    yaml = (await import("npm:js-yaml@4.1.0")).default as typeof JsYaml;
+  } catch (error) {
+    throw new ExitError(
+      `Cannot load the YAML parser (npm:js-yaml): ${
+        errorText(error).split("\n")[0]
+      }; run "deno cache" on ocspbot.ts once where the npm registry can be reached (see the README's Install)`,
+      EXIT.configUnloadable,
+    );
+  }
+  const boolean = new yaml.Type("tag:yaml.org,2002:bool", {
+    kind: "scalar",
+    resolve: (text: string) =>
+      /^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$/
+        .test(text),
+    construct: (text: string) => /^(?:yes|Yes|YES|true|True|TRUE|on|On|ON)$/.test(text),
+    predicate: (value: unknown) => typeof value === "boolean",
+  });
+  const schema = yaml.DEFAULT_SCHEMA.extend({ implicit: [boolean] });
+  return { load: (text, json) => yaml.load(text, { schema, json }) };
+}
+
+/** Reads a YAML file; ExitError(254) when it cannot be read or parsed. */
+function readYaml(file: string, warnings: string[], yaml: YamlReader): unknown {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch (error) {
+    throw new ExitError(
+      `Cannot read config "${file}": ${errorText(error)}`,
+      EXIT.configUnloadable,
+    );
+  }
+  try {
+    return yaml.load(text, false);
+  } catch (error) {
+    // PyYAML lets a repeated key overwrite the earlier one; so do we, loudly.
+    if (!/duplicated mapping key/.test(errorText(error))) {
+      throw new ExitError(
+        `Cannot parse config "${file}": ${errorText(error)}`,
+        EXIT.configUnloadable,
+      );
+    }
+    warnings.push(
+      `Config "${file}": a key appears twice; the last one counts, as with the Python bot: ${
+        errorText(error).split("\n")[0]
+      }`,
+    );
+    return yaml.load(text, true);
+  }
+}
+
+/** Reads the main config and its includes. */
+export function loadConfig(file: string, warnings: string[], yaml: YamlReader): Config {
+  const config = interpretConfig(readYaml(file, warnings, yaml), file, warnings);
+  for (const folder of config.includes) {
+    let names: string[];
+    try {
+      names = [...Deno.readDirSync(folder)]
+        .filter((entry) => /\.ya?ml$/.test(entry.name))
+        .map((entry) => entry.name)
+        .sort();
+    } catch (error) {
+      // The Python bot only warned, and the certificates it held went unmanaged.
+      const problem = error instanceof Deno.errors.NotFound
+        ? "does not exist"
+        : error instanceof Deno.errors.NotADirectory
+        ? "is not a folder"
+        : errorText(error);
+      throw new ExitError(
+        `Config "${file}": include folder "${folder}" ${problem}; fix or remove it in "includes"`,
+        EXIT.configInvalid,
+      );
+    }
+    for (const name of names) {
+      // The Python bot tested these names against the working directory, so
+      // includes did nothing unless it was started inside the include folder.
+      const included = path.join(folder, name);
+      if (!isFile(included)) continue;
+      const { domains, scanKeys } = interpretInclude(
+        readYaml(included, warnings, yaml),
+        included,
+        warnings,
+      );
+      config.domains.push(...domains);
+      config.scanKeys.push(...scanKeys);
+    }
+  }
+  return config;
+}
+
+// -------------------------------------------------------------- targets --
+
+/** The settings a certificate of `entry` carries: the entry's own, else the top level's. */
+function certificateSettings(entry: DomainEntry | ScanEntry, config: Config): CertificateSettings {
+  const settings: Record<string, unknown> = {};
+  for (const [field, row] of Object.entries(ENTRY_KEYS as Record<string, KeyRow<unknown>>)) {
+    if (!row.perCertificate) continue;
+    settings[field] = (entry as unknown as Record<string, unknown>)[field] ??
+      (config as unknown as Record<string, unknown>)[field];
+  }
+  return settings as CertificateSettings;
 }
 
 /** Whether `file` lies inside `folder`, both resolved, by their names. */
@@ -1062,7 +1203,907 @@ export class Mask {
   }
 }
 
-// ------------------------------------------------- pure: openssl output --
+function isFile(file: string): boolean {
+  try {
+    return Deno.statSync(file).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Lists a folder's files and subfolders, following links as os.walk does.
+ * `links`: whether any entry is a link, whose target may change while the
+ * folder does not.
+ */
+function listFolder(dir: string): { files: Set<string>; folders: string[]; links: boolean } {
+  const files = new Set<string>();
+  const folders: string[] = [];
+  let links = false;
+  for (const entry of Deno.readDirSync(dir)) {
+    if (entry.isFile) files.add(entry.name);
+    else if (entry.isDirectory) folders.push(entry.name);
+    else if (entry.isSymlink) {
+      links = true;
+      if (isFile(path.join(dir, entry.name))) files.add(entry.name);
+    }
+  }
+  return { files, folders: folders.sort(), links };
+}
+
+/** `path.join` for a normalized folder, without its cost when `name` is plain. */
+function inFolder(dir: string, name: string): string {
+  if (name.includes("/")) return path.join(dir, name);
+  return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
+}
+
+/**
+ * Finds the certificates of one scan_keys entry: a file matching cert_mask
+ * whose chain and rootchain (where masks name them) exist. A cert_mask with
+ * `{domain}` in its first folder, as certbot's `{domain}/cert.pem`, takes
+ * the domain from a subfolder's name; links are followed.
+ */
+function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undefined): Target[] {
+  const { ocspFolder } = config;
+  const settings = certificateSettings(entry, config);
+  const source = `scan_keys folder "${entry.folder}" of config "${entry.file}"`;
+  const root = path.resolve(entry.folder);
+  try {
+    if (!Deno.statSync(root).isDirectory) throw new Error("not a folder");
+  } catch (error) {
+    const problem = error instanceof Deno.errors.NotFound ? "does not exist" : errorText(error);
+    throw new ExitError(
+      `Cannot scan ${source}: "${root}" ${problem}`,
+      EXIT.configInvalid,
+    );
+  }
+  const certMask = new Mask(entry.certMask);
+  const ocspMask = new Mask(entry.ocspMask);
+  const [chainMask, rootchainMask] = [entry.chainMask, entry.rootchainMask]
+    .map((mask) => mask === undefined ? undefined : new Mask(mask));
+  const slash = entry.certMask.indexOf("/");
+  // `{domain}/cert.pem`: the domain is a folder's name, the file is inside it.
+  const folderMask = slash < 0 ? undefined : new Mask(entry.certMask.slice(0, slash));
+  const masks = [entry.certMask, entry.chainMask ?? "", entry.rootchainMask ?? ""].join("\n");
+  const exists = (dir: string, files: Set<string>, name: string) =>
+    name.includes("/") ? isFile(path.join(dir, name)) : files.has(name);
+  /**
+   * The domains of the certificates in `dir`, in file name order, and its
+   * subfolders. While the folder's stamp stays as the state recorded it, no
+   * entry can have been added, removed or renamed, and the record answers.
+   * Not for links (a target may change while the folder does not) or
+   * `{domain}/` masks (what decides is inside the subfolders).
+   */
+  const scanFolder = (dir: string): { domains: string[]; folders: string[] } => {
+    let stamp = "";
+    try {
+      stamp = folderMask ? "" : fileStamp(Deno.statSync(dir), Date.now());
+    } catch {
+      // Listing it says what is wrong.
+    }
+    const remembered = stamp ? memo?.scanned(dir, masks, stamp) : undefined;
+    if (remembered) return remembered;
+    let listed: ReturnType<typeof listFolder>;
+    try {
+      listed = listFolder(dir);
+    } catch (error) {
+      // Skipped quietly, its certificates' responses would expire unnoticed.
+      throw new ExitError(
+        `Cannot scan ${source}: cannot list "${dir}": ${
+          errorText(error)
+        }; let the user running ocspbot read it`,
+        EXIT.configInvalid,
+      );
+    }
+    const { files, folders, links } = listed;
+    const found: [cert: string, domain: string][] = [];
+    for (const name of folderMask ? folders : files) {
+      const domain = (folderMask ?? certMask).match(name);
+      if (domain === undefined) continue;
+      const cert = certMask.fill(domain);
+      const chain = chainMask?.fill(domain);
+      const rootchain = rootchainMask?.fill(domain);
+      if (folderMask && !exists(dir, files, cert)) continue;
+      if (chain && !exists(dir, files, chain)) continue;
+      if (rootchain && !exists(dir, files, rootchain)) continue;
+      found.push([cert, domain]);
+    }
+    // In file name order, so that runs go the same way every time.
+    found.sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
+    const scan = { domains: found.map(([, domain]) => domain), folders };
+    if (stamp && !links) memo?.setScanned(dir, masks, { stamp, ...scan });
+    return scan;
+  };
+  const targets: Target[] = [];
+  const walk = (relative: string) => {
+    const dir = path.join(root, relative);
+    const responseDir = path.resolve(ocspFolder, relative);
+    const { domains, folders } = scanFolder(dir);
+    for (const domain of domains) {
+      const chain = chainMask?.fill(domain);
+      const rootchain = rootchainMask?.fill(domain);
+      const responsePath = inFolder(responseDir, ocspMask.fill(domain));
+      const outside = entry.fromInclude && outsideOcspFolder(responsePath, ocspFolder);
+      if (outside) {
+        throw new ExitError(
+          `Config "${entry.file}": "${entry.key}.ocsp_mask" ("${entry.ocspMask}") puts the response of "${domain}" at "${responsePath}", ${outside}`,
+          EXIT.configInvalid,
+        );
+      }
+      targets.push({
+        id: domain,
+        certPath: inFolder(dir, certMask.fill(domain)),
+        chainPath: chain && inFolder(dir, chain),
+        rootchainPath: rootchain && inFolder(dir, rootchain),
+        responsePath,
+        source,
+        ...settings,
+      });
+    }
+    if (entry.recursive) {
+      for (const folder of folders) walk(path.join(relative, folder));
+    }
+  };
+  walk("");
+  return targets;
+}
+
+function domainTarget(entry: DomainEntry, config: Config, files: Files): Target {
+  const { ocspFolder } = config;
+  for (const key of ["cert", "chain", "rootchain"] as const) {
+    if (entry[key] !== undefined && !isFile(entry[key])) {
+      throw new ExitError(
+        `Config "${entry.file}": "domains.${entry.id}.${key}" names "${
+          entry[key]
+        }", which is not a file`,
+        EXIT.configInvalid,
+      );
+    }
+  }
+  const responsePath = path.resolve(ocspFolder, entry.ocsp);
+  const outside = entry.fromInclude && outsideOcspFolder(responsePath, ocspFolder);
+  if (outside) {
+    throw new ExitError(
+      `Config "${entry.file}": "domains.${entry.id}.ocsp" names "${entry.ocsp}", ${outside}`,
+      EXIT.configInvalid,
+    );
+  }
+  try {
+    // Most responses do not exist on a first run: a lookup, not a failing stat.
+    if (files.entry(responsePath) && !Deno.statSync(responsePath).isFile) {
+      throw new ExitError(
+        `Config "${entry.file}": "domains.${entry.id}.ocsp" names "${responsePath}", which exists but is not a file`,
+        EXIT.configInvalid,
+      );
+    }
+  } catch (error) {
+    if (error instanceof ExitError) throw error;
+    if (!(error instanceof Deno.errors.NotFound)) {
+      throw new ExitError(errorText(error), EXIT.failure);
+    }
+  }
+  return {
+    id: entry.id,
+    certPath: entry.cert,
+    chainPath: entry.chain,
+    rootchainPath: entry.rootchain,
+    responsePath,
+    source: `domains of config "${entry.file}"`,
+    ...certificateSettings(entry, config),
+  };
+}
+
+/**
+ * Every certificate of the config: scanned ones first, then `domains`.
+ * Two targets with one id, or one response file, are a config error.
+ */
+export function discoverTargets(config: Config, files: Files, memo?: ScanMemo): Target[] {
+  const targets = [
+    ...config.scanKeys.flatMap((entry) => scanForTargets(entry, config, memo)),
+    ...config.domains.map((entry) => domainTarget(entry, config, files)),
+  ];
+  const byId = new Map<string, Target>();
+  const byResponse = new Map<string, Target>();
+  for (const target of targets) {
+    const sameId = byId.get(target.id);
+    if (sameId) {
+      throw new ExitError(
+        `Certificate id "${target.id}" appears twice: "${sameId.certPath}" (${sameId.source}) and "${target.certPath}" (${target.source})`,
+        EXIT.configInvalid,
+      );
+    }
+    const sameResponse = byResponse.get(target.responsePath);
+    if (sameResponse) {
+      throw new ExitError(
+        `Certificates "${sameResponse.id}" and "${target.id}" would both write the response "${target.responsePath}"`,
+        EXIT.configInvalid,
+      );
+    }
+    byId.set(target.id, target);
+    byResponse.set(target.responsePath, target);
+  }
+  return targets;
+}
+
+/** The certificates `--only` asks for, all without it; an id not configured is 252. */
+function selectTargets(targets: Target[], only: string[]): Target[] {
+  if (only.length === 0) return targets;
+  const unknown = only.filter((id) => !targets.some((target) => target.id === id));
+  if (unknown.length > 0) {
+    throw new ExitError(
+      `--only names certificate ids that are not configured: ${
+        unknown.map((id) => `"${id}"`).join(", ")
+      }`,
+      EXIT.badArguments,
+    );
+  }
+  return targets.filter((target) => only.includes(target.id));
+}
+
+// --------------------------------------------------------- certificates --
+
+/**
+ * node:crypto, loaded on first use: the hourly run that finds nothing changed
+ * hashes and parses nothing, and loading it costs 30 ms and 5 MiB at start.
+ */
+function nodeCrypto(): typeof import("node:crypto") {
+  return process.getBuiltinModule("node:crypto");
+}
+
+/** Reads one input file with `read`; the error names what it is and where. */
+function readInput<T>(file: string, what: string, read: (file: string) => T): T {
+  try {
+    return read(file);
+  } catch (error) {
+    throw new Error(`Cannot read ${what} "${file}": ${errorText(error)}`);
+  }
+}
+
+/**
+ * The DER of OID 1.3.6.1.5.5.7.1.24 (TLS Feature, RFC 7633). node:crypto
+ * lists no extensions, and this OID appears in a certificate only as the
+ * extension's name.
+ */
+const TLS_FEATURE_OID = new Uint8Array([
+  0x06,
+  0x08,
+  0x2b,
+  0x06,
+  0x01,
+  0x05,
+  0x05,
+  0x07,
+  0x01,
+  0x18,
+]);
+
+function containsBytes(haystack: Uint8Array, needle: Uint8Array): boolean {
+  outer: for (let i = 0; i <= haystack.length - needle.length; i++) {
+    for (let j = 0; j < needle.length; j++) {
+      if (haystack[i + j] !== needle[j]) continue outer;
+    }
+    return true;
+  }
+  return false;
+}
+
+export function sha256(bytes: Uint8Array | string): string {
+  return nodeCrypto().createHash("sha256").update(bytes).digest("base64url").slice(0, HASH_CHARS);
+}
+
+/** SHA-256 of a file: certificates and responses are a few KiB, read whole. */
+function hashFile(file: string): string {
+  return sha256(Deno.readFileSync(file));
+}
+
+/** The PEM certificate blocks of a file, in order; keys and other blocks are left out. */
+export function pemCertificates(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+}
+
+/**
+ * Which of `candidates` issued `cert`: its issuer name and authority key
+ * identifier match (OpenSSL's X509_check_issued) and the signature verifies.
+ * -1 when none did.
+ */
+export function findIssuer(cert: X509Certificate, candidates: X509Certificate[]): number {
+  return candidates.findIndex((candidate) =>
+    cert.checkIssued(candidate) && cert.verify(candidate.publicKey)
+  );
+}
+
+function readX509(certificate: Uint8Array | string, file: string): X509Certificate {
+  try {
+    return new (nodeCrypto().X509Certificate)(certificate);
+  } catch (error) {
+    throw new Error(`Cannot read certificate "${file}": ${errorText(error)}`);
+  }
+}
+
+/** A certificate of a file, parsed, with its PEM text. */
+interface FileCertificate {
+  x509: X509Certificate;
+  pem: string;
+}
+
+/**
+ * The certificates of a PEM file a server uses, in order, and its leaf: the
+ * one that issued no other (HAProxy's crt bundles hold the key, the leaf and
+ * the intermediates in any order; nginx's fullchain the leaf first). Blocks
+ * that are not certificates, a private key among them, are skipped and not
+ * kept. A DER file is one certificate.
+ */
+export function parseBundle(bytes: Uint8Array, file: string): {
+  certificates: FileCertificate[];
+  leaf: FileCertificate;
+} {
+  const pems = pemCertificates(new TextDecoder().decode(bytes));
+  if (pems.length === 0) {
+    const x509 = readX509(bytes, file);
+    const only = { x509, pem: x509.toString() };
+    return { certificates: [only], leaf: only };
+  }
+  const certificates = pems.map((pem) => ({ x509: readX509(pem, file), pem }));
+  const leaf =
+    certificates.find((candidate) =>
+      !certificates.some((other) => other !== candidate && other.x509.checkIssued(candidate.x509))
+    ) ?? certificates[0];
+  return { certificates, leaf };
+}
+
+function readBundle(file: string, what: string) {
+  return parseBundle(readInput(file, what, Deno.readFileSync), file);
+}
+
+/** Reads a certificate's dates and OCSP URLs in-process: no openssl needed. */
+export function parseCertificate(bytes: Uint8Array, file: string): CertificateInfo {
+  return certificateInfo(parseBundle(bytes, file).leaf.x509);
+}
+
+function certificateInfo(cert: X509Certificate): CertificateInfo {
+  const ocspUrls = (cert.infoAccess ?? "").split("\n")
+    .filter((line) => line.startsWith("OCSP - URI:"))
+    .map((line) => line.slice("OCSP - URI:".length).trim());
+  return {
+    notBefore: new Date(cert.validFrom),
+    notAfter: new Date(cert.validTo),
+    ocspUrls,
+    mustStaple: containsBytes(cert.raw, TLS_FEATURE_OID),
+  };
+}
+
+/** A target's files as parsed in a run: its cert file, and what openssl is told. */
+interface ParsedFiles {
+  bundle: ReturnType<typeof parseBundle>;
+  request?: RequestInput;
+}
+
+/**
+ * A target's cert file, read and parsed once a run: deciding and asking
+ * openssl both need it, but only when the state cannot answer.
+ */
+function parsedFiles(target: Target, context: RunContext): ParsedFiles {
+  let parsed = context.parsed.get(target);
+  if (!parsed) {
+    parsed = { bundle: readBundle(target.certPath, "certificate") };
+    context.parsed.set(target, parsed);
+  }
+  return parsed;
+}
+
+/**
+ * What openssl is told about a certificate: its issuer (the chain file when
+ * its first certificate is the one, else the issuer's PEM on stdin) and the
+ * leaf's serial. With -serial, openssl needs no file holding the leaf alone.
+ */
+interface RequestInput {
+  issuerFile: string;
+  issuerPem?: string;
+  serial: string;
+}
+
+/**
+ * The leaf of the cert file and its issuer among every intermediate the cert
+ * and chain files hold, whatever their order: openssl takes the first
+ * certificate of `-issuer`'s file, and the wrong one makes it ask about
+ * another certificate and fail late with "root ca not trusted". Throws
+ * naming the files, before any request, when none issued the leaf.
+ */
+function requestInput(target: Target, context: RunContext): RequestInput {
+  const parsed = parsedFiles(target, context);
+  if (parsed.request) return parsed.request;
+  const bundle = parsed.bundle;
+  const chain = target.chainPath ? readBundle(target.chainPath, "chain").certificates : [];
+  const candidates = [...chain, ...bundle.certificates.filter((c) => c !== bundle.leaf)];
+  const index = findIssuer(bundle.leaf.x509, candidates.map((c) => c.x509));
+  if (index < 0) {
+    const where = target.chainPath
+      ? `Chain "${target.chainPath}" and certificate "${target.certPath}" hold`
+      : `Certificate "${target.certPath}" holds`;
+    throw new Error(
+      `${where} no certificate that issued "${target.certPath}" (issuer "${bundle.leaf.x509.issuer}"); put the intermediate that signed it in ${
+        target.chainPath ? "the chain file" : "the certificate file, or give a chain"
+      }; no responder was asked`,
+    );
+  }
+  const serial = bundle.leaf.x509.serialNumber;
+  const input: RequestInput = index === 0 && target.chainPath
+    ? { issuerFile: target.chainPath, serial }
+    : { issuerFile: "/dev/stdin", issuerPem: candidates[index].pem, serial };
+  parsed.request = input;
+  return input;
+}
+
+// ---------------------------------------------------------------- state --
+
+/**
+ * What stat says of a file, so that an unchanged file need not be read
+ * again, as git's index does: size, mtime, ctime, inode and device. A user
+ * can set mtime back, but ctime moves with every change. Deno gives ctime in
+ * whole seconds only, so a file changed in the last STAMP_SETTLE_MS gets no
+ * stamp (""): it could change again within the same second, unseen.
+ */
+export function fileStamp(info: Deno.FileInfo, realNowMs: number): string {
+  const mtime = info.mtime?.getTime();
+  const ctime = info.ctime?.getTime();
+  if (mtime === undefined || ctime === undefined || info.ino === null || info.dev === null) {
+    return "";
+  }
+  if (realNowMs - Math.max(mtime, ctime) < STAMP_SETTLE_MS) return "";
+  return `${info.size}:${mtime}:${ctime / 1000}:${info.ino}:${info.dev}`;
+}
+
+/** Seconds since 1970: how the state keeps times. */
+export function epochSeconds(time: Date): number {
+  return Math.floor(time.getTime() / 1000);
+}
+
+/** `<stamp> <sha256>`: a file as the state remembers it. */
+export function fileEntry(stamp: string, sha256: string): string {
+  return `${stamp} ${sha256}`;
+}
+
+/** The hash part of a FileEntry. */
+export function entryHash(entry: string | undefined): string | undefined {
+  return entry?.slice(entry.indexOf(" ") + 1);
+}
+
+/** The recorded entry, when its stamp says the file is unchanged. */
+export function unchangedEntry(recorded: string | undefined, stamp: string): string | undefined {
+  return stamp !== "" && recorded?.startsWith(`${stamp} `) ? recorded : undefined;
+}
+
+/** The record to keep of a good response that verified. */
+export function recordOf(
+  report: ResponseReport,
+  cert: CertificateInfo,
+  files: string[],
+): VerifiedRecord {
+  return {
+    files,
+    ...(report.status === "revoked"
+      ? {
+        revoked: {
+          time: report.revocationTime && epochSeconds(report.revocationTime),
+          reason: report.revocationReason,
+        },
+      }
+      : {}),
+    thisUpdate: epochSeconds(report.thisUpdate!),
+    nextUpdate: report.nextUpdate && epochSeconds(report.nextUpdate),
+    signerNotAfter: report.signerNotAfter && epochSeconds(report.signerNotAfter),
+    notBefore: epochSeconds(cert.notBefore),
+    notAfter: epochSeconds(cert.notAfter),
+    ocspUrls: cert.ocspUrls,
+    mustStaple: cert.mustStaple,
+  };
+}
+
+/**
+ * The attempt to remember after asking a responder at `now`: failures and
+ * revocations carry the time the failing began, which a success forgets.
+ */
+export function nextAttempt(
+  previous: Attempt | undefined,
+  outcome: AttemptOutcome,
+  now: Date,
+  details: Pick<Attempt, "message" | "revocationTime" | "revocationReason"> = {},
+): Attempt {
+  const time = epochSeconds(now);
+  if (outcome === "renewed" || outcome === "same") return { time, outcome };
+  const failing = previous?.outcome === "failed" || previous?.outcome === "revoked";
+  return {
+    time,
+    outcome,
+    ...details,
+    failingSince: failing ? previous.failingSince ?? previous.time : time,
+  };
+}
+
+/**
+ * What a record says about a stored response, if it may be trusted without
+ * asking openssl: the response, certificate and chains are byte for byte
+ * those it was verified with (`files`, as FileEntry), and it has not expired since.
+ */
+export function recallReport(
+  record: VerifiedRecord | undefined,
+  files: string[],
+  now: Date,
+): { report: ResponseReport; cert: CertificateInfo } | undefined {
+  if (
+    !Array.isArray(record?.files) || !Array.isArray(record.ocspUrls) ||
+    record.files.length !== files.length ||
+    files.some((entry, i) =>
+      entry !== record.files[i] && entryHash(entry) !== entryHash(record.files[i])
+    )
+  ) {
+    return undefined;
+  }
+  const time = (seconds: number) => new Date(seconds * 1000);
+  const thisUpdate = time(record.thisUpdate);
+  const nextUpdate = record.nextUpdate ? time(record.nextUpdate) : undefined;
+  const cert = {
+    notBefore: time(record.notBefore),
+    notAfter: time(record.notAfter),
+    ocspUrls: record.ocspUrls,
+    mustStaple: record.mustStaple === true,
+  };
+  const signerNotAfter = record.signerNotAfter ? time(record.signerNotAfter) : undefined;
+  const end = responseExpiry({ thisUpdate, nextUpdate, signerNotAfter });
+  const times = [end, thisUpdate.getTime(), cert.notBefore.getTime(), cert.notAfter.getTime()];
+  if (times.some(Number.isNaN) || now.getTime() >= end) return undefined;
+  const report: ResponseReport = record.revoked
+    ? {
+      status: "revoked",
+      verified: true,
+      thisUpdate,
+      nextUpdate,
+      revocationTime: record.revoked.time === undefined ? undefined : time(record.revoked.time),
+      revocationReason: record.revoked.reason,
+    }
+    : { status: "good", verified: true, thisUpdate, nextUpdate };
+  if (signerNotAfter) report.signerNotAfter = signerNotAfter;
+  return { report, cert };
+}
+
+/**
+ * The state file: by response path, the good response ocspbot verified and
+ * the last request to a responder. Read once at the start, changed in
+ * memory as the run learns, written at the end only when a record changed.
+ * The state is ocspbot's own: this is the only place that reads or writes it.
+ */
+class State {
+  #changed = false;
+
+  private constructor(
+    readonly file: string,
+    private readonly records: Map<string, StateRecord>,
+    private readonly scans: Map<string, ScanRecord> = new Map(),
+  ) {}
+
+  /** A missing state is empty; a broken one only costs a verification of every response. */
+  static load(file: string, log: Logger, files: Files): State {
+    const empty = new State(file, new Map());
+    let text: string;
+    try {
+      // Another user's link here could point at any file, which a warning would then describe.
+      const info = Deno.lstatSync(file);
+      if (info.isSymlink && !files.trusts(info)) {
+        log.warn(
+          `Ignoring state file: ${
+            untrustedLinkText(file, info)
+          }; verifying every response, and the link is replaced by the state`,
+        );
+        return empty;
+      }
+      text = Deno.readTextFileSync(file);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) {
+        log.warn(`Cannot read state file "${file}": ${errorText(error)}; verifying every response`);
+      }
+      return empty;
+    }
+    let parsed;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      // JSON.parse's message quotes the file, which need not be ocspbot's to show.
+      parsed = undefined;
+    }
+    // Version 1 (ocspbot 1.0) kept no stamps: verifying once more is all it costs.
+    if (parsed?.version === 1) return empty;
+    if (parsed?.version !== 2 || typeof parsed.responses !== "object" || !parsed.responses) {
+      log.warn(
+        `Ignoring state file "${file}": not an ocspbot state file of version 2; verifying every response`,
+      );
+      return empty;
+    }
+    const records = new Map<string, StateRecord>();
+    for (const responsePath in parsed.responses) {
+      records.set(responsePath, parsed.responses[responsePath]);
+    }
+    return new State(file, records, new Map(Object.entries(parsed.scans ?? {})));
+  }
+
+  verified(responsePath: string): VerifiedRecord | undefined {
+    return this.records.get(responsePath)?.verified;
+  }
+
+  attempt(responsePath: string): Attempt | undefined {
+    return this.records.get(responsePath)?.attempt;
+  }
+
+  setVerified(responsePath: string, verified: VerifiedRecord | undefined): void {
+    const record = this.records.get(responsePath);
+    if (verified === undefined && record?.verified === undefined) return;
+    this.records.set(responsePath, { ...record, verified });
+    this.#changed = true;
+  }
+
+  /** What the last scan of `folder` with `masks` found, while its stamp is `stamp`. */
+  scanned(folder: string, masks: string, stamp: string): ScanRecord | undefined {
+    const scan = this.scans.get(`${folder}\n${masks}`);
+    return scan?.stamp === stamp ? scan : undefined;
+  }
+
+  /**
+   * Records a scan. Only a scan that found something else is worth writing
+   * the state for: a folder whose other files change every run (logs, the
+   * state itself) would otherwise rewrite the state every run. A new stamp
+   * alone is kept when the state is written anyway.
+   */
+  setScanned(folder: string, masks: string, scan: ScanRecord): void {
+    const key = `${folder}\n${masks}`;
+    const before = this.scans.get(key);
+    this.scans.set(key, scan);
+    const same = (a: string[] = [], b: string[]) =>
+      a.length === b.length && a.every((item, i) => item === b[i]);
+    if (!same(before?.domains, scan.domains) || !same(before?.folders, scan.folders)) {
+      this.#changed = true;
+    }
+  }
+
+  setAttempt(responsePath: string, attempt: Attempt): void {
+    this.records.set(responsePath, { ...this.records.get(responsePath), attempt });
+    this.#changed = true;
+  }
+
+  /**
+   * Writes the state atomically when it changed. Records of other configs
+   * sharing the folder are kept while their response exists.
+   */
+  async save(targets: Target[], files: Files): Promise<string[]> {
+    if (!this.#changed) return [];
+    const covered = new Set(targets.map((target) => target.responsePath));
+    const responses: Record<string, StateRecord> = {};
+    for (const [responsePath, record] of this.records) {
+      if (!record.verified && !record.attempt) continue;
+      if (covered.has(responsePath) || files.entry(responsePath)) {
+        responses[responsePath] = record;
+      }
+    }
+    const warnings = await files.write(
+      this.file,
+      encoder.encode(
+        JSON.stringify({ version: 2, responses, scans: Object.fromEntries(this.scans) }) + "\n",
+      ),
+    );
+    this.#changed = false;
+    return warnings;
+  }
+}
+
+// ----------------------------------------------------------------- plan --
+
+/** A time as a person reads it in a log: `2026-11-24 01:55:18 UTC`. */
+export function formatTime(time: Date): string {
+  const iso = time.toISOString();
+  return `${iso.slice(0, 10)} ${iso.slice(11, 19)} UTC`;
+}
+
+/**
+ * When a response stops being one a TLS client accepts: its nextUpdate, or
+ * for a response without one (RFC 6960 allows it) thisUpdate plus the
+ * assumed 12 hours; earlier when the responder certificate it carries ends
+ * first. Only for a response with a thisUpdate.
+ */
+export function responseExpiry(
+  report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter">,
+): number {
+  const expiry = report.nextUpdate?.getTime() ??
+    report.thisUpdate!.getTime() + ASSUMED_LIFESPAN_MS;
+  return Math.min(expiry, report.signerNotAfter?.getTime() ?? Infinity);
+}
+
+/** The stretch a response is good for: its dates clipped to the certificate's. */
+export function responseLifespan(
+  cert: Validity,
+  report: ResponseReport,
+): { start: Date; end: Date } {
+  const thisUpdate = report.thisUpdate!;
+  return {
+    start: new Date(Math.max(cert.notBefore.getTime(), thisUpdate.getTime())),
+    end: new Date(
+      Math.min(
+        cert.notAfter.getTime(),
+        responseExpiry(report),
+      ),
+    ),
+  };
+}
+
+/**
+ * When a good response is due: the earlier of `end - minimum_validity` and
+ * the point where only `minimum_validity_percentage` of its lifespan is left.
+ */
+export function renewalTime(
+  policy: RenewalPolicy,
+  cert: Validity,
+  report: ResponseReport,
+): Date {
+  const { start, end } = responseLifespan(cert, report);
+  const candidates: number[] = [];
+  if (policy.minimumValidityMs !== undefined) {
+    candidates.push(end.getTime() - policy.minimumValidityMs);
+  }
+  if (policy.minimumValidityPercentage !== undefined) {
+    const elapsedShare = 1 - policy.minimumValidityPercentage / 100;
+    candidates.push(
+      start.getTime() + elapsedShare * (end.getTime() - start.getTime()),
+    );
+  }
+  return new Date(Math.min(...candidates));
+}
+
+/** `, but its responder's certificate ends at <time>`, when that comes first. */
+export function signerEndsFirst(report: ResponseReport): string {
+  const { signerNotAfter } = report;
+  if (!signerNotAfter || responseExpiry(report) !== signerNotAfter.getTime()) return "";
+  return `, but its responder's certificate ends at ${formatTime(signerNotAfter)}`;
+}
+
+/** ` since <time> (<reason>)`, as far as a revoked answer says them. */
+export function revocationText(
+  revocation: { revocationTime?: Date; revocationReason?: string },
+): string {
+  const { revocationTime: time, revocationReason: reason } = revocation;
+  return `${time ? ` since ${formatTime(time)}` : ""}${reason ? ` (${reason})` : ""}`;
+}
+
+/** Whether a verified response is one to staple: good, or revoked under `on_revoked: staple`. */
+export function isStaple(report: ResponseReport, policy: RenewalPolicy): boolean {
+  return report.status === "good" || (policy.stapleRevoked === true && report.status === "revoked");
+}
+
+/** Decides whether to renew, from what is stored and the time given. */
+export function planRenewal(
+  policy: RenewalPolicy,
+  cert: Validity,
+  stored: ResponseReport | undefined,
+  now: Date,
+): Decision {
+  if (!stored) return { due: true, reason: "no response stored yet" };
+  if (!stored.verified) {
+    return {
+      due: true,
+      reason: `stored response does not verify: ${stored.problem}`,
+    };
+  }
+  if (!isStaple(stored, policy) || !stored.thisUpdate) {
+    return {
+      due: true,
+      reason: `stored response says "${stored.status ?? "nothing"}"`,
+    };
+  }
+  const expiredAt = new Date(responseExpiry(stored));
+  if (now.getTime() >= expiredAt.getTime()) {
+    // Whatever the policy computes: a certificate not yet valid can put its renewal time later.
+    return {
+      due: true,
+      renewAt: expiredAt,
+      reason: `stored response expired at ${formatTime(expiredAt)}`,
+    };
+  }
+  const renewAt = renewalTime(policy, cert, stored);
+  const due = now.getTime() >= renewAt.getTime();
+  const expiry =
+    (stored.nextUpdate
+      ? `${stored.status} until ${formatTime(stored.nextUpdate)}`
+      : `${stored.status}, without nextUpdate (assumed to live 12 hours)`) +
+    signerEndsFirst(stored);
+  return {
+    due,
+    renewAt,
+    reason: due
+      ? `stored response is ${expiry}, due since ${formatTime(renewAt)}`
+      : `stored response is ${expiry}, renewal due at ${formatTime(renewAt)}`,
+  };
+}
+
+/**
+ * The one decision about a certificate, made alike by a run and by --check.
+ * An expired certificate is left alone (renewing its response would succeed
+ * every hour, and reload a server every hour), as is one that names no
+ * responder, as public CAs' certificates no longer do. Else the response is
+ * renewed when due, or now when forced.
+ */
+export function planTarget(
+  facts: Pick<Facts, "cert" | "stored" | "urls">,
+  policy: RenewalPolicy,
+  now: Date,
+  options: { forced?: boolean } = {},
+): Plan {
+  const { cert, stored, urls } = facts;
+  if (now.getTime() >= cert.notAfter.getTime()) {
+    return {
+      kind: "skip",
+      why: "expired",
+      reason: `expired on ${
+        formatTime(cert.notAfter)
+      }; skipped, no responder asked: renew the certificate`,
+    };
+  }
+  if (urls.length === 0) {
+    return {
+      kind: "skip",
+      why: "no OCSP URL",
+      reason: "names no OCSP responder (no OCSP URL); skipped",
+    };
+  }
+  if (options.forced) return { kind: "renew", urls, reason: "renewal forced (--force)" };
+  const decision = planRenewal(policy, cert, stored, now);
+  return decision.due
+    ? { kind: "renew", urls, reason: decision.reason, renewAt: decision.renewAt }
+    : { kind: "fresh", reason: decision.reason, renewAt: decision.renewAt! };
+}
+
+/**
+ * Whether a good response has less than half of its renewal window left:
+ * the window runs from the renewal time to expiry, and the first half is
+ * the responder's to produce something newer. Past that, a responder that
+ * keeps failing, or keeps sending the same response, needs a person.
+ */
+export function runsShort(stored: ResponseReport, renewAt: Date | undefined, now: Date): boolean {
+  if (!stored.thisUpdate || !renewAt) return false;
+  const expiry = responseExpiry(stored);
+  return expiry - now.getTime() < (expiry - renewAt.getTime()) / 2;
+}
+
+/**
+ * Why a fetched response must not replace the stored one, or undefined when
+ * it may: it must verify, say good, be current, and be no older.
+ */
+export function rejectFetched(
+  fetched: ResponseReport,
+  stored: ResponseReport | undefined,
+  now: Date,
+  policy: RenewalPolicy = {},
+): string | undefined {
+  if (fetched.responderError) return fetched.problem!;
+  if (!fetched.verified) return `new response does not verify: ${fetched.problem}`;
+  if (!isStaple(fetched, policy)) {
+    const revoked = fetched.status === "revoked" ? revocationText(fetched) : "";
+    return `responder says the certificate is ${fetched.status}${revoked}`;
+  }
+  if (!fetched.thisUpdate) return "new response has no thisUpdate";
+  if (fetched.thisUpdate.getTime() > now.getTime() + CLOCK_SKEW_MS) {
+    return `new response's thisUpdate ${formatTime(fetched.thisUpdate)} lies in the future`;
+  }
+  if (fetched.nextUpdate && fetched.nextUpdate.getTime() <= now.getTime()) {
+    return `new response expired already (nextUpdate ${formatTime(fetched.nextUpdate)})`;
+  }
+  if (
+    stored?.verified && isStaple(stored, policy) && stored.thisUpdate &&
+    fetched.thisUpdate.getTime() < stored.thisUpdate.getTime()
+  ) {
+    return `new response (thisUpdate ${
+      formatTime(fetched.thisUpdate)
+    }) is older than the stored one (${formatTime(stored.thisUpdate)})`;
+  }
+  return undefined;
+}
+
+// -------------------------------------------------------------- openssl --
 
 const MONTHS = "JanFebMarAprMayJunJulAugSepOctNovDec";
 
@@ -1206,906 +2247,6 @@ export function responseCertificates(response: Uint8Array): Uint8Array[] {
   }
 }
 
-// ------------------------------------------------------- pure: timing --
-
-/** A time as a person reads it in a log: `2026-11-24 01:55:18 UTC`. */
-export function formatTime(time: Date): string {
-  const iso = time.toISOString();
-  return `${iso.slice(0, 10)} ${iso.slice(11, 19)} UTC`;
-}
-
-/**
- * When a response stops being one a TLS client accepts: its nextUpdate, or
- * for a response without one (RFC 6960 allows it) thisUpdate plus the
- * assumed 12 hours; earlier when the responder certificate it carries ends
- * first. Only for a response with a thisUpdate.
- */
-export function responseExpiry(
-  report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter">,
-): number {
-  const expiry = report.nextUpdate?.getTime() ??
-    report.thisUpdate!.getTime() + ASSUMED_LIFESPAN_MS;
-  return Math.min(expiry, report.signerNotAfter?.getTime() ?? Infinity);
-}
-
-/** The stretch a response is good for: its dates clipped to the certificate's. */
-export function responseLifespan(
-  cert: Validity,
-  report: ResponseReport,
-): { start: Date; end: Date } {
-  const thisUpdate = report.thisUpdate!;
-  return {
-    start: new Date(Math.max(cert.notBefore.getTime(), thisUpdate.getTime())),
-    end: new Date(
-      Math.min(
-        cert.notAfter.getTime(),
-        responseExpiry(report),
-      ),
-    ),
-  };
-}
-
-/**
- * When a good response is due: the earlier of `end - minimum_validity` and
- * the point where only `minimum_validity_percentage` of its lifespan is left.
- */
-export function renewalTime(
-  policy: RenewalPolicy,
-  cert: Validity,
-  report: ResponseReport,
-): Date {
-  const { start, end } = responseLifespan(cert, report);
-  const candidates: number[] = [];
-  if (policy.minimumValidityMs !== undefined) {
-    candidates.push(end.getTime() - policy.minimumValidityMs);
-  }
-  if (policy.minimumValidityPercentage !== undefined) {
-    const elapsedShare = 1 - policy.minimumValidityPercentage / 100;
-    candidates.push(
-      start.getTime() + elapsedShare * (end.getTime() - start.getTime()),
-    );
-  }
-  return new Date(Math.min(...candidates));
-}
-
-/** `, but its responder's certificate ends at <time>`, when that comes first. */
-export function signerEndsFirst(report: ResponseReport): string {
-  const { signerNotAfter } = report;
-  if (!signerNotAfter || responseExpiry(report) !== signerNotAfter.getTime()) return "";
-  return `, but its responder's certificate ends at ${formatTime(signerNotAfter)}`;
-}
-
-/** ` since <time> (<reason>)`, as far as a revoked answer says them. */
-export function revocationText(
-  revocation: { revocationTime?: Date; revocationReason?: string },
-): string {
-  const { revocationTime: time, revocationReason: reason } = revocation;
-  return `${time ? ` since ${formatTime(time)}` : ""}${reason ? ` (${reason})` : ""}`;
-}
-
-/** Whether a verified response is one to staple: good, or revoked under `on_revoked: staple`. */
-export function isStaple(report: ResponseReport, policy: RenewalPolicy): boolean {
-  return report.status === "good" || (policy.stapleRevoked === true && report.status === "revoked");
-}
-
-/** Decides whether to renew, from what is stored and the time given. */
-export function planRenewal(
-  policy: RenewalPolicy,
-  cert: Validity,
-  stored: ResponseReport | undefined,
-  now: Date,
-): Decision {
-  if (!stored) return { due: true, reason: "no response stored yet" };
-  if (!stored.verified) {
-    return {
-      due: true,
-      reason: `stored response does not verify: ${stored.problem}`,
-    };
-  }
-  if (!isStaple(stored, policy) || !stored.thisUpdate) {
-    return {
-      due: true,
-      reason: `stored response says "${stored.status ?? "nothing"}"`,
-    };
-  }
-  const expiredAt = new Date(responseExpiry(stored));
-  if (now.getTime() >= expiredAt.getTime()) {
-    // Whatever the policy computes: a certificate not yet valid can put its renewal time later.
-    return {
-      due: true,
-      renewAt: expiredAt,
-      reason: `stored response expired at ${formatTime(expiredAt)}`,
-    };
-  }
-  const renewAt = renewalTime(policy, cert, stored);
-  const due = now.getTime() >= renewAt.getTime();
-  const expiry =
-    (stored.nextUpdate
-      ? `${stored.status} until ${formatTime(stored.nextUpdate)}`
-      : `${stored.status}, without nextUpdate (assumed to live 12 hours)`) +
-    signerEndsFirst(stored);
-  return {
-    due,
-    renewAt,
-    reason: due
-      ? `stored response is ${expiry}, due since ${formatTime(renewAt)}`
-      : `stored response is ${expiry}, renewal due at ${formatTime(renewAt)}`,
-  };
-}
-
-/** What inspect() found of a certificate and its stored response: read, not judged. */
-export interface Facts {
-  cert: CertificateInfo;
-  stored?: ResponseReport;
-  /** The stored response as a FileEntry, when there is one. */
-  storedEntry?: string;
-  /** The certificate, chain and rootchain as FileEntry: what a new response is verified with. */
-  inputs: string[];
-  /** The responders to ask, in order: `ocsp_responder_uri`, else the certificate's. */
-  urls: string[];
-}
-
-/**
- * What to do with a certificate: leave it alone (and why), keep its fresh
- * response until `renewAt`, or renew it now from `urls`.
- */
-export type Plan =
-  | { kind: "skip"; why: SkipReason; reason: string; renewAt?: undefined }
-  | { kind: "fresh"; renewAt: Date; reason: string }
-  | { kind: "renew"; urls: string[]; reason: string; renewAt?: Date };
-
-/**
- * The one decision about a certificate, made alike by a run and by --check.
- * An expired certificate is left alone (renewing its response would succeed
- * every hour, and reload a server every hour), as is one that names no
- * responder, as public CAs' certificates no longer do. Else the response is
- * renewed when due, or now when forced.
- */
-export function planTarget(
-  facts: Pick<Facts, "cert" | "stored" | "urls">,
-  policy: RenewalPolicy,
-  now: Date,
-  options: { forced?: boolean } = {},
-): Plan {
-  const { cert, stored, urls } = facts;
-  if (now.getTime() >= cert.notAfter.getTime()) {
-    return {
-      kind: "skip",
-      why: "expired",
-      reason: `expired on ${
-        formatTime(cert.notAfter)
-      }; skipped, no responder asked: renew the certificate`,
-    };
-  }
-  if (urls.length === 0) {
-    return {
-      kind: "skip",
-      why: "no OCSP URL",
-      reason: "names no OCSP responder (no OCSP URL); skipped",
-    };
-  }
-  if (options.forced) return { kind: "renew", urls, reason: "renewal forced (--force)" };
-  const decision = planRenewal(policy, cert, stored, now);
-  return decision.due
-    ? { kind: "renew", urls, reason: decision.reason, renewAt: decision.renewAt }
-    : { kind: "fresh", reason: decision.reason, renewAt: decision.renewAt! };
-}
-
-/**
- * What stat says of a file, so that an unchanged file need not be read
- * again, as git's index does: size, mtime, ctime, inode and device. A user
- * can set mtime back, but ctime moves with every change. Deno gives ctime in
- * whole seconds only, so a file changed in the last STAMP_SETTLE_MS gets no
- * stamp (""): it could change again within the same second, unseen.
- */
-export function fileStamp(info: Deno.FileInfo, realNowMs: number): string {
-  const mtime = info.mtime?.getTime();
-  const ctime = info.ctime?.getTime();
-  if (mtime === undefined || ctime === undefined || info.ino === null || info.dev === null) {
-    return "";
-  }
-  if (realNowMs - Math.max(mtime, ctime) < STAMP_SETTLE_MS) return "";
-  return `${info.size}:${mtime}:${ctime / 1000}:${info.ino}:${info.dev}`;
-}
-
-/** Seconds since 1970: how the state keeps times. */
-export function epochSeconds(time: Date): number {
-  return Math.floor(time.getTime() / 1000);
-}
-
-/** `<stamp> <sha256>`: a file as the state remembers it. */
-export function fileEntry(stamp: string, sha256: string): string {
-  return `${stamp} ${sha256}`;
-}
-
-/** The hash part of a FileEntry. */
-export function entryHash(entry: string | undefined): string | undefined {
-  return entry?.slice(entry.indexOf(" ") + 1);
-}
-
-/** The recorded entry, when its stamp says the file is unchanged. */
-export function unchangedEntry(recorded: string | undefined, stamp: string): string | undefined {
-  return stamp !== "" && recorded?.startsWith(`${stamp} `) ? recorded : undefined;
-}
-
-/** The record to keep of a good response that verified. */
-export function recordOf(
-  report: ResponseReport,
-  cert: CertificateInfo,
-  files: string[],
-): VerifiedRecord {
-  return {
-    files,
-    ...(report.status === "revoked"
-      ? {
-        revoked: {
-          time: report.revocationTime && epochSeconds(report.revocationTime),
-          reason: report.revocationReason,
-        },
-      }
-      : {}),
-    thisUpdate: epochSeconds(report.thisUpdate!),
-    nextUpdate: report.nextUpdate && epochSeconds(report.nextUpdate),
-    signerNotAfter: report.signerNotAfter && epochSeconds(report.signerNotAfter),
-    notBefore: epochSeconds(cert.notBefore),
-    notAfter: epochSeconds(cert.notAfter),
-    ocspUrls: cert.ocspUrls,
-    mustStaple: cert.mustStaple,
-  };
-}
-
-/**
- * The attempt to remember after asking a responder at `now`: failures and
- * revocations carry the time the failing began, which a success forgets.
- */
-export function nextAttempt(
-  previous: Attempt | undefined,
-  outcome: AttemptOutcome,
-  now: Date,
-  details: Pick<Attempt, "message" | "revocationTime" | "revocationReason"> = {},
-): Attempt {
-  const time = epochSeconds(now);
-  if (outcome === "renewed" || outcome === "same") return { time, outcome };
-  const failing = previous?.outcome === "failed" || previous?.outcome === "revoked";
-  return {
-    time,
-    outcome,
-    ...details,
-    failingSince: failing ? previous.failingSince ?? previous.time : time,
-  };
-}
-
-/**
- * Whether a good response has less than half of its renewal window left:
- * the window runs from the renewal time to expiry, and the first half is
- * the responder's to produce something newer. Past that, a responder that
- * keeps failing, or keeps sending the same response, needs a person.
- */
-export function runsShort(stored: ResponseReport, renewAt: Date | undefined, now: Date): boolean {
-  if (!stored.thisUpdate || !renewAt) return false;
-  const expiry = responseExpiry(stored);
-  return expiry - now.getTime() < (expiry - renewAt.getTime()) / 2;
-}
-
-/**
- * What a record says about a stored response, if it may be trusted without
- * asking openssl: the response, certificate and chains are byte for byte
- * those it was verified with (`files`, as FileEntry), and it has not expired since.
- */
-export function recallReport(
-  record: VerifiedRecord | undefined,
-  files: string[],
-  now: Date,
-): { report: ResponseReport; cert: CertificateInfo } | undefined {
-  if (
-    !Array.isArray(record?.files) || !Array.isArray(record.ocspUrls) ||
-    record.files.length !== files.length ||
-    files.some((entry, i) =>
-      entry !== record.files[i] && entryHash(entry) !== entryHash(record.files[i])
-    )
-  ) {
-    return undefined;
-  }
-  const time = (seconds: number) => new Date(seconds * 1000);
-  const thisUpdate = time(record.thisUpdate);
-  const nextUpdate = record.nextUpdate ? time(record.nextUpdate) : undefined;
-  const cert = {
-    notBefore: time(record.notBefore),
-    notAfter: time(record.notAfter),
-    ocspUrls: record.ocspUrls,
-    mustStaple: record.mustStaple === true,
-  };
-  const signerNotAfter = record.signerNotAfter ? time(record.signerNotAfter) : undefined;
-  const end = responseExpiry({ thisUpdate, nextUpdate, signerNotAfter });
-  const times = [end, thisUpdate.getTime(), cert.notBefore.getTime(), cert.notAfter.getTime()];
-  if (times.some(Number.isNaN) || now.getTime() >= end) return undefined;
-  const report: ResponseReport = record.revoked
-    ? {
-      status: "revoked",
-      verified: true,
-      thisUpdate,
-      nextUpdate,
-      revocationTime: record.revoked.time === undefined ? undefined : time(record.revoked.time),
-      revocationReason: record.revoked.reason,
-    }
-    : { status: "good", verified: true, thisUpdate, nextUpdate };
-  if (signerNotAfter) report.signerNotAfter = signerNotAfter;
-  return { report, cert };
-}
-
-/**
- * Why a fetched response must not replace the stored one, or undefined when
- * it may: it must verify, say good, be current, and be no older.
- */
-export function rejectFetched(
-  fetched: ResponseReport,
-  stored: ResponseReport | undefined,
-  now: Date,
-  policy: RenewalPolicy = {},
-): string | undefined {
-  if (fetched.responderError) return fetched.problem!;
-  if (!fetched.verified) return `new response does not verify: ${fetched.problem}`;
-  if (!isStaple(fetched, policy)) {
-    const revoked = fetched.status === "revoked" ? revocationText(fetched) : "";
-    return `responder says the certificate is ${fetched.status}${revoked}`;
-  }
-  if (!fetched.thisUpdate) return "new response has no thisUpdate";
-  if (fetched.thisUpdate.getTime() > now.getTime() + CLOCK_SKEW_MS) {
-    return `new response's thisUpdate ${formatTime(fetched.thisUpdate)} lies in the future`;
-  }
-  if (fetched.nextUpdate && fetched.nextUpdate.getTime() <= now.getTime()) {
-    return `new response expired already (nextUpdate ${formatTime(fetched.nextUpdate)})`;
-  }
-  if (
-    stored?.verified && isStaple(stored, policy) && stored.thisUpdate &&
-    fetched.thisUpdate.getTime() < stored.thisUpdate.getTime()
-  ) {
-    return `new response (thisUpdate ${
-      formatTime(fetched.thisUpdate)
-    }) is older than the stored one (${formatTime(stored.thisUpdate)})`;
-  }
-  return undefined;
-}
-
-// ------------------------------------------------------ pure: summary --
-
-export function summarize(
-  outcomes: Outcome[],
-  notProcessed: number,
-  onChangeFailed = false,
-): Summary {
-  const count = (action: Action) => outcomes.filter((o) => o.action === action).length;
-  return {
-    renewed: count("renewed"),
-    unchanged: count("unchanged"),
-    skipped: count("skipped"),
-    expired: outcomes.filter((o) => o.skipReason === "expired").length,
-    failed: count("failed"),
-    notProcessed,
-    onChangeFailed,
-  };
-}
-
-/** The Python bot's summary line, plus what it could not count. */
-export function summaryLine(summary: Summary): string {
-  const failed = summary.failed > 0 || summary.notProcessed > 0 || summary.onChangeFailed;
-  let line = `${
-    failed ? "Failure" : "Success"
-  }: ${summary.unchanged} unchanged OCSP responses, ${summary.renewed} updated OCSP responses and ${summary.failed} failures.`;
-  if (summary.skipped > 0) {
-    const noUrl = summary.skipped - summary.expired;
-    const why = summary.expired === 0
-      ? "no OCSP URL"
-      : noUrl === 0
-      ? "expired"
-      : `${noUrl} no OCSP URL, ${summary.expired} expired`;
-    line += ` ${summary.skipped} certificates skipped (${why}).`;
-  }
-  if (summary.notProcessed > 0) {
-    line += ` ${summary.notProcessed} certificates not processed (stop_on_error).`;
-  }
-  if (summary.onChangeFailed) line += " The on_change command failed.";
-  return line;
-}
-
-/** `2d 4h`, `5h 3m`, `12m`: how long is left, as a person at 3 a.m. reads it. */
-export function formatDuration(ms: number): string {
-  if (ms <= 0) return "expired";
-  const minutes = Math.floor(ms / 60_000);
-  const [days, hours] = [Math.floor(minutes / 1440), Math.floor(minutes / 60) % 24];
-  if (days > 0) return `${days}d ${hours}h`;
-  if (hours > 0) return `${hours}h ${minutes % 60}m`;
-  return `${minutes}m`;
-}
-
-/**
- * --check's verdict on one certificate and the line that says it. CRITICAL:
- * the certificate expired, the responder said revoked, or the stored response
- * is missing, expired, not good or not verifying; failing renewals once less
- * than half the renewal window is left; any problem of a must-staple
- * certificate, as its handshakes would fail. WARNING: due and not tried yet
- * (due), or tried and failing (failing).
- */
-export function assess(
-  plan: Plan,
-  facts: Pick<Facts, "cert" | "stored">,
-  attempt: Attempt | undefined,
-  now: Date,
-): { health: Health; line: string } {
-  const { cert, stored } = facts;
-  const verdict = (health: Health, text: string) => ({
-    health,
-    line: `${text}: ${health === "critical" ? "CRITICAL" : health}${
-      cert.mustStaple ? ", must-staple" : ""
-    }`,
-  });
-  if (plan.kind === "skip") {
-    return verdict("critical", `certificate expired on ${formatTime(cert.notAfter)}; renew it`);
-  }
-  if (attempt?.outcome === "revoked") {
-    const revoked = revocationText({
-      revocationTime: attempt.revocationTime === undefined
-        ? undefined
-        : new Date(attempt.revocationTime * 1000),
-      revocationReason: attempt.revocationReason,
-    });
-    return verdict(
-      "critical",
-      `the responder said at ${
-        formatTime(new Date(attempt.time * 1000))
-      } that the certificate is revoked${revoked}; replace it`,
-    );
-  }
-  if (!stored) return verdict("critical", "no stored response");
-  if (!stored.verified) {
-    return verdict("critical", `stored response does not verify (${stored.problem})`);
-  }
-  if (stored.status !== "good" || !stored.thisUpdate) {
-    return verdict("critical", `stored response says "${stored.status}"${revocationText(stored)}`);
-  }
-  const expiry = responseExpiry(stored);
-  const good = stored.nextUpdate
-    ? `good, nextUpdate ${formatTime(stored.nextUpdate)}${signerEndsFirst(stored)} (${
-      formatDuration(expiry - now.getTime())
-    } left)`
-    : `good, no nextUpdate (${formatDuration(expiry - now.getTime())} left)`;
-  if (now.getTime() >= expiry) return verdict("critical", `stored response expired`);
-  const renewal = plan.renewAt ? `, renewal at ${formatTime(plan.renewAt)}` : "";
-  if (attempt?.outcome === "failed") {
-    const since = formatTime(new Date((attempt.failingSince ?? attempt.time) * 1000));
-    const critical = cert.mustStaple || runsShort(stored, plan.renewAt, now);
-    return verdict(
-      critical ? "critical" : "failing",
-      `${good}; renewals failing since ${since}: ${attempt.message}`,
-    );
-  }
-  if (plan.kind === "renew") return verdict(cert.mustStaple ? "critical" : "due", good + renewal);
-  return verdict("fresh", good + renewal);
-}
-
-/** The Nagios plugin line and status of a --check run. */
-export function checkSummary(outcomes: Outcome[], now: Date): { line: string; status: number } {
-  if (outcomes.length === 0) {
-    // A config whose certificates all vanished checks nothing: that is no OK.
-    return {
-      line: "OCSP UNKNOWN - no certificates found in the configuration",
-      status: NAGIOS.unknown,
-    };
-  }
-  const checked = outcomes.filter((outcome) => outcome.health);
-  const ids = (health: Health) => checked.filter((o) => o.health === health).map((o) => o.id);
-  const [critical, failing, due] = [ids("critical"), ids("failing"), ids("due")];
-  const named = (list: string[]) =>
-    ` (${list.slice(0, 5).join(", ")}${list.length > 5 ? `, ${list.length - 5} more` : ""})`;
-  const expiries = checked.flatMap((o) =>
-    o.status === "good" && o.nextUpdate ? [o.nextUpdate.getTime()] : []
-  );
-  const parts: string[] = [];
-  if (critical.length > 0) {
-    parts.push(`${critical.length} of ${checked.length} critical${named(critical)}`);
-  }
-  if (failing.length > 0) {
-    parts.push(`${failing.length} of ${checked.length} renewals failing${named(failing)}`);
-  }
-  if (due.length > 0) {
-    parts.push(`${due.length} of ${checked.length} responses due for renewal${named(due)}`);
-  }
-  if (parts.length === 0) parts.push(`${checked.length} responses fresh`);
-  if (expiries.length > 0) {
-    parts.push(`soonest expiry in ${formatDuration(Math.min(...expiries) - now.getTime())}`);
-  }
-  const skipped = outcomes.length - checked.length;
-  if (skipped > 0) parts.push(`${skipped} skipped (no OCSP URL)`);
-  const [label, status] = critical.length > 0
-    ? ["CRITICAL", NAGIOS.critical]
-    : failing.length + due.length > 0
-    ? ["WARNING", NAGIOS.warning]
-    : ["OK", NAGIOS.ok];
-  return { line: `OCSP ${label} - ${parts.join(", ")}`, status };
-}
-
-/** A time the state keeps in seconds, as JSON shows times. */
-function isoSeconds(seconds: number | undefined): string | null {
-  return seconds === undefined ? null : new Date(seconds * 1000).toISOString();
-}
-
-/**
- * The --json document: every certificate by id, and the totals; or, when
- * the run could not start (a config that cannot be read), the error.
- */
-export function jsonReport(
-  mode: Mode,
-  outcomes: Outcome[],
-  totals: Record<string, number>,
-  status: number,
-  now: Date,
-  error?: string,
-): string {
-  const certificates: Record<string, unknown> = {};
-  for (const outcome of outcomes) {
-    const attempt = outcome.attempt;
-    certificates[outcome.id] = {
-      certificate: outcome.certPath,
-      response: outcome.responsePath,
-      responderUrl: outcome.responderUrl ?? null,
-      mustStaple: outcome.mustStaple ?? null,
-      status: outcome.status ?? null,
-      thisUpdate: outcome.thisUpdate?.toISOString() ?? null,
-      nextUpdate: outcome.nextUpdate?.toISOString() ?? null,
-      renewalTime: outcome.renewAt?.toISOString() ?? null,
-      action: outcome.action,
-      ...(outcome.health ? { health: outcome.health } : {}),
-      lastAttempt: attempt
-        ? {
-          time: isoSeconds(attempt.time),
-          outcome: attempt.outcome,
-          message: attempt.message ?? null,
-        }
-        : null,
-      failingSince: isoSeconds(attempt?.failingSince),
-      revoked: attempt?.outcome === "revoked"
-        ? { time: isoSeconds(attempt.revocationTime), reason: attempt.revocationReason ?? null }
-        : null,
-      error: outcome.error ?? null,
-    };
-  }
-  return JSON.stringify(
-    {
-      ocspbot: VERSION,
-      mode,
-      time: now.toISOString(),
-      status,
-      ...(error === undefined ? {} : { error }),
-      totals,
-      certificates,
-    },
-    null,
-    2,
-  );
-}
-
-/** A label value in Prometheus' text format. */
-function labelValue(text: string): string {
-  return text.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
-}
-
-/**
- * The node_exporter textfile of a run or a --check: per certificate (label
- * `id`) the stored response's dates, the renewal time, the last attempt and
- * whether it succeeded, revoked and must-staple; per run (label `mode`) its
- * time, duration, exit status and counts. `otherRuns` are the previous
- * file's lines about the other mode's run, kept so that neither hides the other.
- */
-export function metricsText(
-  mode: Mode,
-  outcomes: Outcome[],
-  totals: Record<string, number>,
-  status: number,
-  now: Date,
-  durationSeconds: number,
-  otherRuns: string[] = [],
-): string {
-  const seconds = (time: Date | undefined) => time && time.getTime() / 1000;
-  const perCertificate: [string, string, (o: Outcome) => number | undefined][] = [
-    [
-      "response_this_update_timestamp_seconds",
-      "thisUpdate of the stored response.",
-      (o) => seconds(o.thisUpdate),
-    ],
-    [
-      "response_next_update_timestamp_seconds",
-      "nextUpdate of the stored response.",
-      (o) => seconds(o.nextUpdate),
-    ],
-    [
-      "response_renewal_timestamp_seconds",
-      "When the stored response is due for renewal.",
-      (o) => seconds(o.renewAt),
-    ],
-    ["last_attempt_timestamp_seconds", "When a responder was last asked.", (o) => o.attempt?.time],
-    [
-      "last_attempt_success",
-      "1 if the last request renewed or confirmed the response.",
-      (o) => o.attempt && (o.attempt.outcome === "renewed" || o.attempt.outcome === "same" ? 1 : 0),
-    ],
-    [
-      "certificate_revoked",
-      "1 if the responder said the certificate is revoked.",
-      (o) => o.attempt ? (o.attempt.outcome === "revoked" ? 1 : 0) : undefined,
-    ],
-    [
-      "certificate_must_staple",
-      "1 if the certificate requires a staple (RFC 7633).",
-      (o) => o.mustStaple === undefined ? undefined : o.mustStaple ? 1 : 0,
-    ],
-  ];
-  const lines: string[] = [];
-  const family = (name: string, help: string) =>
-    lines.push(`# HELP ocspbot_${name} ${help}`, `# TYPE ocspbot_${name} gauge`);
-  for (const [name, help, value] of perCertificate) {
-    family(name, help);
-    for (const outcome of outcomes) {
-      const sample = value(outcome);
-      if (sample !== undefined) {
-        lines.push(`ocspbot_${name}{id="${labelValue(outcome.id)}"} ${sample}`);
-      }
-    }
-  }
-  const run = (name: string, help: string, samples: [string, number][]) => {
-    family(name, help);
-    lines.push(...otherRuns.filter((line) => line.startsWith(`ocspbot_${name}{`)));
-    for (const [labels, sample] of samples) {
-      lines.push(`ocspbot_${name}{mode="${mode}"${labels}} ${sample}`);
-    }
-  };
-  run("run_timestamp_seconds", "When the last run (or --check) started.", [["", seconds(now)!]]);
-  run("run_duration_seconds", "How long the last run (or --check) took.", [["", durationSeconds]]);
-  run("run_exit_status", "The exit status of the last run (or --check).", [["", status]]);
-  run(
-    "run_certificates",
-    "Certificates of the last run (or --check), by result.",
-    Object.entries(totals).map(([result, count]) => [`,result="${labelValue(result)}"`, count]),
-  );
-  return lines.join("\n") + "\n";
-}
-
-export function exitStatus(summary: Summary): number {
-  if (summary.failed > 0 || summary.notProcessed > 0 || summary.onChangeFailed) {
-    return EXIT.failure;
-  }
-  return Math.min(summary.renewed, EXIT.maxRenewed);
-}
-
-// --------------------------------------------------------- I/O: logging --
-
-const encoder = new TextEncoder();
-
-type Writer = { writeSync(p: Uint8Array): number };
-
-function writeAll(writer: Writer, bytes: Uint8Array) {
-  for (let done = 0; done < bytes.length;) {
-    done += writer.writeSync(bytes.subarray(done));
-  }
-}
-
-/**
- * Where lines go: stdout, stderr or a log file. One that fails to take a
- * write (a full disk, /dev/full, a pipe whose reader has gone) is written to
- * no more, and `failure` says why.
- */
-class Destination {
-  failure?: string;
-
-  constructor(
-    readonly name: string,
-    readonly writer: Writer,
-    readonly close: () => void = () => {},
-  ) {}
-}
-
-/**
- * A run's output. Lines wait here in the order logged, whatever their
- * destination, and go out together when the event loop next turns, so that
- * 10,000 certificates with nothing due cost a few writes rather than 10,000,
- * while a run that waits on a responder still shows its lines as it goes.
- *
- * Writing never throws: a destination that fails is said once on the first
- * one that still works, and the run goes on, since a lost log line must not
- * cost a renewal. The exit status then tells (exitStatus()).
- */
-export class Output {
-  readonly stdout = new Destination("stdout", Deno.stdout);
-  readonly stderr = new Destination("stderr", Deno.stderr);
-  /** Where a failure is said: an error log first, when there is one, then the console. */
-  readonly fallbacks: Destination[] = [this.stderr, this.stdout];
-  #pending: { destination: Destination; text: string }[] = [];
-  #length = 0;
-  #failed = false;
-
-  /** With --json, stdout is the document's alone. */
-  reserveStdout(): void {
-    this.fallbacks.splice(this.fallbacks.indexOf(this.stdout), 1);
-  }
-
-  queue(destination: Destination, line: string): void {
-    if (this.#pending.length === 0) setTimeout(() => this.flush(), 0);
-    this.#pending.push({ destination, text: line + "\n" });
-    this.#length += line.length + 1;
-    if (this.#length > PENDING_LIMIT) this.flush();
-  }
-
-  /** Writes every queued line, each run of lines for one destination in one write. */
-  flush(): void {
-    const pending = this.#pending;
-    this.#pending = [];
-    this.#length = 0;
-    for (let start = 0; start < pending.length;) {
-      const { destination } = pending[start];
-      let end = start;
-      let text = "";
-      while (end < pending.length && pending[end].destination === destination) {
-        text += pending[end++].text;
-      }
-      this.write(destination, text);
-      start = end;
-    }
-  }
-
-  /** Writes `text` now, after what is queued; a failure is said, never thrown. */
-  write(destination: Destination, text: string): void {
-    if (this.#pending.length > 0) this.flush();
-    if (destination.failure !== undefined) return;
-    try {
-      writeAll(destination.writer, encoder.encode(text));
-    } catch (error) {
-      destination.failure = errorText(error);
-      this.#failed = true;
-      const witness = this.fallbacks.find((other) =>
-        other !== destination && other.failure === undefined
-      );
-      if (witness) {
-        this.write(
-          witness,
-          `ERROR: Cannot write to ${destination.name}: ${destination.failure}; ` +
-            "what ocspbot says there is lost from here on, the run goes on\n",
-        );
-      }
-    }
-  }
-
-  /** Whether a line could not be written somewhere. */
-  get failed(): boolean {
-    return this.#failed;
-  }
-
-  /**
-   * The status a run ends with once its output failed: a count of renewals
-   * stays, as they happened and a server must reload them; "nothing renewed"
-   * becomes 255, since what went wrong could not be said.
-   */
-  exitStatus(status: number): number {
-    return this.failed && status === 0 ? EXIT.failure : status;
-  }
-}
-
-/** A run that never waits (nothing due) writes its lines in chunks of this many characters. */
-const PENDING_LIMIT = 64 * 1024;
-
-/**
- * A line as it may be printed: control characters, which could end the line
- * and forge another (an id or a file name holding a newline), are escaped.
- */
-export function printable(line: string): string {
-  // deno-lint-ignore no-control-regex -- finding control characters is the point
-  return line.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029]/g, (character) => {
-    const named: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
-    const code = character.charCodeAt(0);
-    return named[character] ??
-      (code > 0xff ? `\\u${code.toString(16)}` : `\\x${code.toString(16).padStart(2, "0")}`);
-  });
-}
-
-/**
- * Output lines go to the output destination; warnings and errors to the
- * error destination, and to the output log too when that is a separate
- * file, so it tells the whole story of a run.
- */
-export class Logger {
-  constructor(
-    private readonly output: Output,
-    private readonly out: Destination,
-    private readonly err: Destination,
-    private readonly errorsAlsoToOut: boolean,
-    private readonly quiet = false,
-    private readonly prefix = "",
-  ) {}
-
-  /**
-   * Opens the configured log files, or uses stdout and stderr; with --json
-   * stdout is the JSON document's alone.
-   */
-  static open(
-    output: Output,
-    config: Config,
-    now: Date,
-    options: { quiet: boolean; format: Format },
-    warnings: string[],
-    files: Files,
-  ): Logger {
-    const outName = config.outputLog && formatLogName(config.outputLog, now);
-    const errName = config.errorLog && formatLogName(config.errorLog, now);
-    const opened: Destination[] = [];
-    const open = (name: string, key: string) => {
-      try {
-        const destination = files.openLog(name, key, warnings);
-        opened.push(destination);
-        return destination;
-      } catch (error) {
-        for (const destination of opened) destination.close();
-        throw new ExitError(
-          `Cannot open ${key} "${name}" of config "${config.file}": ${errorText(error)}`,
-          EXIT.configUnloadable,
-        );
-      }
-    };
-    const console = options.format === "json" ? output.stderr : output.stdout;
-    const out = outName ? open(outName, "output_log") : console;
-    const err = errName ? (errName === outName ? out : open(errName, "error_log")) : output.stderr;
-    if (err !== output.stderr) output.fallbacks.unshift(err);
-    return new Logger(output, out, err, Boolean(outName) && errName !== outName, options.quiet);
-  }
-
-  /** The console only: for --check, whose verdict belongs on stdout. */
-  static console(output: Output, options: { quiet: boolean; format: Format }): Logger {
-    const out = options.format === "json" ? output.stderr : output.stdout;
-    return new Logger(output, out, output.stderr, false, options.quiet);
-  }
-
-  forDomain(id: string): Logger {
-    return new Logger(
-      this.output,
-      this.out,
-      this.err,
-      this.errorsAlsoToOut,
-      this.quiet,
-      `[${id}] `,
-    );
-  }
-
-  info(message: string): void {
-    if (!this.quiet) this.#line(this.out, this.prefix + message);
-  }
-
-  /** A line --quiet keeps: --check's verdict. */
-  result(message: string): void {
-    this.#line(this.out, this.prefix + message);
-  }
-
-  warn(message: string): void {
-    this.#problem(`${this.prefix}WARNING: ${message}`);
-  }
-
-  error(message: string): void {
-    this.#problem(`${this.prefix}ERROR: ${message}`);
-  }
-
-  #problem(line: string): void {
-    this.#line(this.err, line);
-    if (this.errorsAlsoToOut) this.#line(this.out, line);
-  }
-
-  #line(destination: Destination, line: string): void {
-    this.output.queue(destination, printable(line));
-  }
-
-  close(): void {
-    this.output.flush();
-    for (const destination of new Set([this.out, this.err])) destination.close();
-  }
-}
-
-// --------------------------------------------------------- I/O: openssl --
-
 export interface OpensslResult {
   code: number;
   /** stdout's bytes: with `-respout -` the DER response comes first. */
@@ -2239,49 +2380,6 @@ class NoResponse extends Error {}
 class OpensslTimeout extends Error {}
 
 /**
- * What openssl is told about a certificate: its issuer (the chain file when
- * its first certificate is the one, else the issuer's PEM on stdin) and the
- * leaf's serial. With -serial, openssl needs no file holding the leaf alone.
- */
-interface RequestInput {
-  issuerFile: string;
-  issuerPem?: string;
-  serial: string;
-}
-
-/**
- * The leaf of the cert file and its issuer among every intermediate the cert
- * and chain files hold, whatever their order: openssl takes the first
- * certificate of `-issuer`'s file, and the wrong one makes it ask about
- * another certificate and fail late with "root ca not trusted". Throws
- * naming the files, before any request, when none issued the leaf.
- */
-function requestInput(target: Target, context: RunContext): RequestInput {
-  const parsed = parsedFiles(target, context);
-  if (parsed.request) return parsed.request;
-  const bundle = parsed.bundle;
-  const chain = target.chainPath ? readBundle(target.chainPath, "chain").certificates : [];
-  const candidates = [...chain, ...bundle.certificates.filter((c) => c !== bundle.leaf)];
-  const index = findIssuer(bundle.leaf.x509, candidates.map((c) => c.x509));
-  if (index < 0) {
-    const where = target.chainPath
-      ? `Chain "${target.chainPath}" and certificate "${target.certPath}" hold`
-      : `Certificate "${target.certPath}" holds`;
-    throw new Error(
-      `${where} no certificate that issued "${target.certPath}" (issuer "${bundle.leaf.x509.issuer}"); put the intermediate that signed it in ${
-        target.chainPath ? "the chain file" : "the certificate file, or give a chain"
-      }; no responder was asked`,
-    );
-  }
-  const serial = bundle.leaf.x509.serialNumber;
-  const input: RequestInput = index === 0 && target.chainPath
-    ? { issuerFile: target.chainPath, serial }
-    : { issuerFile: "/dev/stdin", issuerPem: candidates[index].pem, serial };
-  parsed.request = input;
-  return input;
-}
-
-/**
  * The flags that make `openssl ocsp` verify a response as a TLS client does
  * (RFC 6960 4.2.2.2): signed by the certificate's issuer, or by a responder
  * certificate the issuer issued for OCSPSigning. The rootchain (or without
@@ -2378,291 +2476,53 @@ async function fetchResponse(
   return { report, bytes };
 }
 
-// ----------------------------------------------------------- I/O: files --
-
-/** Reads one input file with `read`; the error names what it is and where. */
-function readInput<T>(file: string, what: string, read: (file: string) => T): T {
-  try {
-    return read(file);
-  } catch (error) {
-    throw new Error(`Cannot read ${what} "${file}": ${errorText(error)}`);
-  }
-}
-
 /**
- * node:crypto, loaded on first use: the hourly run that finds nothing changed
- * hashes and parses nothing, and loading it costs 30 ms and 5 MiB at start.
+ * Tries every responder URL in order, in up to 1 + retries rounds with a
+ * growing pause between rounds, until an answer verifies. When none does,
+ * returns the last answer that did not, or throws if no URL answered at all.
+ * An answer that says the responder will never serve this request (e.g.
+ * `unauthorized`) ends the tries at once.
  */
-function nodeCrypto(): typeof import("node:crypto") {
-  return process.getBuiltinModule("node:crypto");
-}
-
-/** SHA-256 of a file: certificates and responses are a few KiB, read whole. */
-function hashFile(file: string): string {
-  return sha256(Deno.readFileSync(file));
-}
-
-/**
- * The DER of OID 1.3.6.1.5.5.7.1.24 (TLS Feature, RFC 7633). node:crypto
- * lists no extensions, and this OID appears in a certificate only as the
- * extension's name.
- */
-const TLS_FEATURE_OID = new Uint8Array([
-  0x06,
-  0x08,
-  0x2b,
-  0x06,
-  0x01,
-  0x05,
-  0x05,
-  0x07,
-  0x01,
-  0x18,
-]);
-
-function containsBytes(haystack: Uint8Array, needle: Uint8Array): boolean {
-  outer: for (let i = 0; i <= haystack.length - needle.length; i++) {
-    for (let j = 0; j < needle.length; j++) {
-      if (haystack[i + j] !== needle[j]) continue outer;
+async function fetchWithRetries(
+  target: Target,
+  urls: string[],
+  context: RunContext,
+  log: Logger,
+): Promise<{ report: ResponseReport; bytes: Uint8Array; url: string }> {
+  const { config } = context;
+  const attempts = config.retries + 1;
+  let unverified: { report: ResponseReport; bytes: Uint8Array; url: string } | undefined;
+  let lastProblem = "";
+  for (let round = 1; round <= attempts; round++) {
+    if (round > 1) {
+      await pause(Math.min(2 ** (round - 2), config.timeoutSeconds) * 1000, context.stop);
     }
-    return true;
+    for (const url of urls) {
+      try {
+        const answer = { ...await fetchResponse(target, url, context), url };
+        const { report } = answer;
+        if (report.verified && report.status) return answer;
+        if (report.responderError && DEFINITIVE_ERROR_STATUSES.includes(report.responderError)) {
+          return answer;
+        }
+        unverified = answer;
+        lastProblem = report.responderError
+          ? report.problem!
+          : `answer does not verify: ${report.problem}`;
+      } catch (error) {
+        if (!(error instanceof NoResponse || error instanceof OpensslTimeout)) throw error;
+        lastProblem = errorText(error);
+      }
+      log.warn(`Attempt ${round} of ${attempts} at ${url} failed: ${lastProblem}`);
+    }
   }
-  return false;
-}
-
-export function sha256(bytes: Uint8Array | string): string {
-  return nodeCrypto().createHash("sha256").update(bytes).digest("base64url").slice(0, HASH_CHARS);
-}
-
-/** The PEM certificate blocks of a file, in order; keys and other blocks are left out. */
-export function pemCertificates(text: string): string[] {
-  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
-}
-
-/**
- * Which of `candidates` issued `cert`: its issuer name and authority key
- * identifier match (OpenSSL's X509_check_issued) and the signature verifies.
- * -1 when none did.
- */
-export function findIssuer(cert: X509Certificate, candidates: X509Certificate[]): number {
-  return candidates.findIndex((candidate) =>
-    cert.checkIssued(candidate) && cert.verify(candidate.publicKey)
+  if (unverified) return unverified;
+  throw new Error(
+    `No usable response from ${urls.join(", ")} after ${attempts} attempts: ${lastProblem}`,
   );
 }
 
-function readX509(certificate: Uint8Array | string, file: string): X509Certificate {
-  try {
-    return new (nodeCrypto().X509Certificate)(certificate);
-  } catch (error) {
-    throw new Error(`Cannot read certificate "${file}": ${errorText(error)}`);
-  }
-}
-
-/** A certificate of a file, parsed, with its PEM text. */
-interface FileCertificate {
-  x509: X509Certificate;
-  pem: string;
-}
-
-/**
- * The certificates of a PEM file a server uses, in order, and its leaf: the
- * one that issued no other (HAProxy's crt bundles hold the key, the leaf and
- * the intermediates in any order; nginx's fullchain the leaf first). Blocks
- * that are not certificates, a private key among them, are skipped and not
- * kept. A DER file is one certificate.
- */
-export function parseBundle(bytes: Uint8Array, file: string): {
-  certificates: FileCertificate[];
-  leaf: FileCertificate;
-} {
-  const pems = pemCertificates(new TextDecoder().decode(bytes));
-  if (pems.length === 0) {
-    const x509 = readX509(bytes, file);
-    const only = { x509, pem: x509.toString() };
-    return { certificates: [only], leaf: only };
-  }
-  const certificates = pems.map((pem) => ({ x509: readX509(pem, file), pem }));
-  const leaf =
-    certificates.find((candidate) =>
-      !certificates.some((other) => other !== candidate && other.x509.checkIssued(candidate.x509))
-    ) ?? certificates[0];
-  return { certificates, leaf };
-}
-
-function readBundle(file: string, what: string) {
-  return parseBundle(readInput(file, what, Deno.readFileSync), file);
-}
-
-/** A target's files as parsed in a run: its cert file, and what openssl is told. */
-interface ParsedFiles {
-  bundle: ReturnType<typeof parseBundle>;
-  request?: RequestInput;
-}
-
-/**
- * A target's cert file, read and parsed once a run: deciding and asking
- * openssl both need it, but only when the state cannot answer.
- */
-function parsedFiles(target: Target, context: RunContext): ParsedFiles {
-  let parsed = context.parsed.get(target);
-  if (!parsed) {
-    parsed = { bundle: readBundle(target.certPath, "certificate") };
-    context.parsed.set(target, parsed);
-  }
-  return parsed;
-}
-
-/** Reads a certificate's dates and OCSP URLs in-process: no openssl needed. */
-export function parseCertificate(bytes: Uint8Array, file: string): CertificateInfo {
-  return certificateInfo(parseBundle(bytes, file).leaf.x509);
-}
-
-function certificateInfo(cert: X509Certificate): CertificateInfo {
-  const ocspUrls = (cert.infoAccess ?? "").split("\n")
-    .filter((line) => line.startsWith("OCSP - URI:"))
-    .map((line) => line.slice("OCSP - URI:".length).trim());
-  return {
-    notBefore: new Date(cert.validFrom),
-    notAfter: new Date(cert.validTo),
-    ocspUrls,
-    mustStaple: containsBytes(cert.raw, TLS_FEATURE_OID),
-  };
-}
-
-/**
- * The state file: by response path, the good response ocspbot verified and
- * the last request to a responder. Read once at the start, changed in
- * memory as the run learns, written at the end only when a record changed.
- * The state is ocspbot's own: this is the only place that reads or writes it.
- */
-class State {
-  #changed = false;
-
-  private constructor(
-    readonly file: string,
-    private readonly records: Map<string, StateRecord>,
-    private readonly scans: Map<string, ScanRecord> = new Map(),
-  ) {}
-
-  /** A missing state is empty; a broken one only costs a verification of every response. */
-  static load(file: string, log: Logger, files: Files): State {
-    const empty = new State(file, new Map());
-    let text: string;
-    try {
-      // Another user's link here could point at any file, which a warning would then describe.
-      const info = Deno.lstatSync(file);
-      if (info.isSymlink && !files.trusts(info)) {
-        log.warn(
-          `Ignoring state file: ${
-            untrustedLinkText(file, info)
-          }; verifying every response, and the link is replaced by the state`,
-        );
-        return empty;
-      }
-      text = Deno.readTextFileSync(file);
-    } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) {
-        log.warn(`Cannot read state file "${file}": ${errorText(error)}; verifying every response`);
-      }
-      return empty;
-    }
-    let parsed;
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      // JSON.parse's message quotes the file, which need not be ocspbot's to show.
-      parsed = undefined;
-    }
-    // Version 1 (ocspbot 1.0) kept no stamps: verifying once more is all it costs.
-    if (parsed?.version === 1) return empty;
-    if (parsed?.version !== 2 || typeof parsed.responses !== "object" || !parsed.responses) {
-      log.warn(
-        `Ignoring state file "${file}": not an ocspbot state file of version 2; verifying every response`,
-      );
-      return empty;
-    }
-    const records = new Map<string, StateRecord>();
-    for (const responsePath in parsed.responses) {
-      records.set(responsePath, parsed.responses[responsePath]);
-    }
-    return new State(file, records, new Map(Object.entries(parsed.scans ?? {})));
-  }
-
-  verified(responsePath: string): VerifiedRecord | undefined {
-    return this.records.get(responsePath)?.verified;
-  }
-
-  attempt(responsePath: string): Attempt | undefined {
-    return this.records.get(responsePath)?.attempt;
-  }
-
-  setVerified(responsePath: string, verified: VerifiedRecord | undefined): void {
-    const record = this.records.get(responsePath);
-    if (verified === undefined && record?.verified === undefined) return;
-    this.records.set(responsePath, { ...record, verified });
-    this.#changed = true;
-  }
-
-  /** What the last scan of `folder` with `masks` found, while its stamp is `stamp`. */
-  scanned(folder: string, masks: string, stamp: string): ScanRecord | undefined {
-    const scan = this.scans.get(`${folder}\n${masks}`);
-    return scan?.stamp === stamp ? scan : undefined;
-  }
-
-  /**
-   * Records a scan. Only a scan that found something else is worth writing
-   * the state for: a folder whose other files change every run (logs, the
-   * state itself) would otherwise rewrite the state every run. A new stamp
-   * alone is kept when the state is written anyway.
-   */
-  setScanned(folder: string, masks: string, scan: ScanRecord): void {
-    const key = `${folder}\n${masks}`;
-    const before = this.scans.get(key);
-    this.scans.set(key, scan);
-    const same = (a: string[] = [], b: string[]) =>
-      a.length === b.length && a.every((item, i) => item === b[i]);
-    if (!same(before?.domains, scan.domains) || !same(before?.folders, scan.folders)) {
-      this.#changed = true;
-    }
-  }
-
-  setAttempt(responsePath: string, attempt: Attempt): void {
-    this.records.set(responsePath, { ...this.records.get(responsePath), attempt });
-    this.#changed = true;
-  }
-
-  /**
-   * Writes the state atomically when it changed. Records of other configs
-   * sharing the folder are kept while their response exists.
-   */
-  async save(targets: Target[], files: Files): Promise<string[]> {
-    if (!this.#changed) return [];
-    const covered = new Set(targets.map((target) => target.responsePath));
-    const responses: Record<string, StateRecord> = {};
-    for (const [responsePath, record] of this.records) {
-      if (!record.verified && !record.attempt) continue;
-      if (covered.has(responsePath) || files.entry(responsePath)) {
-        responses[responsePath] = record;
-      }
-    }
-    const warnings = await files.write(
-      this.file,
-      encoder.encode(
-        JSON.stringify({ version: 2, responses, scans: Object.fromEntries(this.scans) }) + "\n",
-      ),
-    );
-    this.#changed = false;
-    return warnings;
-  }
-}
-
-function isFile(file: string): boolean {
-  try {
-    return Deno.statSync(file).isFile;
-  } catch {
-    return false;
-  }
-}
+// ---------------------------------------------------------------- files --
 
 function removeIfPresent(file: string): void {
   try {
@@ -3044,6 +2904,11 @@ class Files {
   }
 }
 
+/** `R-YYYYMMDD-HHMMSS` in local time, the Python bot's backup name. */
+export function backupName(responsePath: string, now: Date): string {
+  return responsePath + formatLogName("-{year}{month}{day}-{hour}{minute}{second}", now);
+}
+
 /** Where a response's backups go: beside it, or mirrored under `backup_folder`. */
 export function backupStem(config: Config, responsePath: string): string {
   if (!config.backupFolder) return responsePath;
@@ -3100,327 +2965,585 @@ export function rejectedPath(responsePath: string): string {
 }
 
 /**
- * Lists a folder's files and subfolders, following links as os.walk does.
- * `links`: whether any entry is a link, whose target may change while the
- * folder does not.
+ * Takes the run's lock: an OS file lock, which the kernel releases however
+ * the process ends. Waits up to `waitSeconds` for another run to finish. An
+ * existing lock file needs only to be readable: one left by a root run must
+ * not lock out a later run as another user.
  */
-function listFolder(dir: string): { files: Set<string>; folders: string[]; links: boolean } {
-  const files = new Set<string>();
-  const folders: string[] = [];
-  let links = false;
-  for (const entry of Deno.readDirSync(dir)) {
-    if (entry.isFile) files.add(entry.name);
-    else if (entry.isDirectory) folders.push(entry.name);
-    else if (entry.isSymlink) {
-      links = true;
-      if (isFile(path.join(dir, entry.name))) files.add(entry.name);
-    }
-  }
-  return { files, folders: folders.sort(), links };
-}
-
-/** `path.join` for a normalized folder, without its cost when `name` is plain. */
-function inFolder(dir: string, name: string): string {
-  if (name.includes("/")) return path.join(dir, name);
-  return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
-}
-
-/**
- * Finds the certificates of one scan_keys entry: a file matching cert_mask
- * whose chain and rootchain (where masks name them) exist. A cert_mask with
- * `{domain}` in its first folder, as certbot's `{domain}/cert.pem`, takes
- * the domain from a subfolder's name; links are followed.
- */
-function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undefined): Target[] {
-  const { ocspFolder } = config;
-  const settings = certificateSettings(entry, config);
-  const source = `scan_keys folder "${entry.folder}" of config "${entry.file}"`;
-  const root = path.resolve(entry.folder);
+async function acquireLock(
+  file: string,
+  waitSeconds: number,
+  warnings: string[],
+  files: Files,
+  stop: AbortSignal,
+): Promise<Deno.FsFile> {
+  let handle: Deno.FsFile;
   try {
-    if (!Deno.statSync(root).isDirectory) throw new Error("not a folder");
+    handle = files.openLock(file, warnings);
   } catch (error) {
-    const problem = error instanceof Deno.errors.NotFound ? "does not exist" : errorText(error);
     throw new ExitError(
-      `Cannot scan ${source}: "${root}" ${problem}`,
-      EXIT.configInvalid,
+      `Cannot open the lock file "${file}": ${
+        errorText(error)
+      }; the folder must exist as a folder this user may write to (or set "state_file" elsewhere)`,
+      EXIT.failure,
     );
   }
-  const certMask = new Mask(entry.certMask);
-  const ocspMask = new Mask(entry.ocspMask);
-  const [chainMask, rootchainMask] = [entry.chainMask, entry.rootchainMask]
-    .map((mask) => mask === undefined ? undefined : new Mask(mask));
-  const slash = entry.certMask.indexOf("/");
-  // `{domain}/cert.pem`: the domain is a folder's name, the file is inside it.
-  const folderMask = slash < 0 ? undefined : new Mask(entry.certMask.slice(0, slash));
-  const masks = [entry.certMask, entry.chainMask ?? "", entry.rootchainMask ?? ""].join("\n");
-  const exists = (dir: string, files: Set<string>, name: string) =>
-    name.includes("/") ? isFile(path.join(dir, name)) : files.has(name);
-  /**
-   * The domains of the certificates in `dir`, in file name order, and its
-   * subfolders. While the folder's stamp stays as the state recorded it, no
-   * entry can have been added, removed or renamed, and the record answers.
-   * Not for links (a target may change while the folder does not) or
-   * `{domain}/` masks (what decides is inside the subfolders).
-   */
-  const scanFolder = (dir: string): { domains: string[]; folders: string[] } => {
-    let stamp = "";
-    try {
-      stamp = folderMask ? "" : fileStamp(Deno.statSync(dir), Date.now());
-    } catch {
-      // Listing it says what is wrong.
-    }
-    const remembered = stamp ? memo?.scanned(dir, masks, stamp) : undefined;
-    if (remembered) return remembered;
-    let listed: ReturnType<typeof listFolder>;
-    try {
-      listed = listFolder(dir);
-    } catch (error) {
-      // Skipped quietly, its certificates' responses would expire unnoticed.
-      throw new ExitError(
-        `Cannot scan ${source}: cannot list "${dir}": ${
-          errorText(error)
-        }; let the user running ocspbot read it`,
-        EXIT.configInvalid,
-      );
-    }
-    const { files, folders, links } = listed;
-    const found: [cert: string, domain: string][] = [];
-    for (const name of folderMask ? folders : files) {
-      const domain = (folderMask ?? certMask).match(name);
-      if (domain === undefined) continue;
-      const cert = certMask.fill(domain);
-      const chain = chainMask?.fill(domain);
-      const rootchain = rootchainMask?.fill(domain);
-      if (folderMask && !exists(dir, files, cert)) continue;
-      if (chain && !exists(dir, files, chain)) continue;
-      if (rootchain && !exists(dir, files, rootchain)) continue;
-      found.push([cert, domain]);
-    }
-    // In file name order, so that runs go the same way every time.
-    found.sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
-    const scan = { domains: found.map(([, domain]) => domain), folders };
-    if (stamp && !links) memo?.setScanned(dir, masks, { stamp, ...scan });
-    return scan;
-  };
-  const targets: Target[] = [];
-  const walk = (relative: string) => {
-    const dir = path.join(root, relative);
-    const responseDir = path.resolve(ocspFolder, relative);
-    const { domains, folders } = scanFolder(dir);
-    for (const domain of domains) {
-      const chain = chainMask?.fill(domain);
-      const rootchain = rootchainMask?.fill(domain);
-      const responsePath = inFolder(responseDir, ocspMask.fill(domain));
-      const outside = entry.fromInclude && outsideOcspFolder(responsePath, ocspFolder);
-      if (outside) {
+  const deadline = Date.now() + waitSeconds * 1000;
+  try {
+    while (!(await handle.tryLock(true))) {
+      if (Date.now() >= deadline) {
         throw new ExitError(
-          `Config "${entry.file}": "${entry.key}.ocsp_mask" ("${entry.ocspMask}") puts the response of "${domain}" at "${responsePath}", ${outside}`,
-          EXIT.configInvalid,
+          `Another ocspbot run holds the lock "${file}"; gave up after ${waitSeconds} s (config key "lock_timeout")`,
+          EXIT.failure,
         );
       }
-      targets.push({
-        id: domain,
-        certPath: inFolder(dir, certMask.fill(domain)),
-        chainPath: chain && inFolder(dir, chain),
-        rootchainPath: rootchain && inFolder(dir, rootchain),
-        responsePath,
-        source,
-        ...settings,
-      });
-    }
-    if (entry.recursive) {
-      for (const folder of folders) walk(path.join(relative, folder));
-    }
-  };
-  walk("");
-  return targets;
-}
-
-function domainTarget(entry: DomainEntry, config: Config, files: Files): Target {
-  const { ocspFolder } = config;
-  for (const key of ["cert", "chain", "rootchain"] as const) {
-    if (entry[key] !== undefined && !isFile(entry[key])) {
-      throw new ExitError(
-        `Config "${entry.file}": "domains.${entry.id}.${key}" names "${
-          entry[key]
-        }", which is not a file`,
-        EXIT.configInvalid,
-      );
-    }
-  }
-  const responsePath = path.resolve(ocspFolder, entry.ocsp);
-  const outside = entry.fromInclude && outsideOcspFolder(responsePath, ocspFolder);
-  if (outside) {
-    throw new ExitError(
-      `Config "${entry.file}": "domains.${entry.id}.ocsp" names "${entry.ocsp}", ${outside}`,
-      EXIT.configInvalid,
-    );
-  }
-  try {
-    // Most responses do not exist on a first run: a lookup, not a failing stat.
-    if (files.entry(responsePath) && !Deno.statSync(responsePath).isFile) {
-      throw new ExitError(
-        `Config "${entry.file}": "domains.${entry.id}.ocsp" names "${responsePath}", which exists but is not a file`,
-        EXIT.configInvalid,
-      );
+      await pause(Math.min(250, Math.max(deadline - Date.now(), 0)), stop);
     }
   } catch (error) {
-    if (error instanceof ExitError) throw error;
-    if (!(error instanceof Deno.errors.NotFound)) {
-      throw new ExitError(errorText(error), EXIT.failure);
-    }
+    handle.close();
+    throw error;
   }
+  return handle;
+}
+
+// -------------------------------------------------------------- reports --
+
+export function summarize(
+  outcomes: Outcome[],
+  notProcessed: number,
+  onChangeFailed = false,
+): Summary {
+  const count = (action: Action) => outcomes.filter((o) => o.action === action).length;
   return {
-    id: entry.id,
-    certPath: entry.cert,
-    chainPath: entry.chain,
-    rootchainPath: entry.rootchain,
-    responsePath,
-    source: `domains of config "${entry.file}"`,
-    ...certificateSettings(entry, config),
+    renewed: count("renewed"),
+    unchanged: count("unchanged"),
+    skipped: count("skipped"),
+    expired: outcomes.filter((o) => o.skipReason === "expired").length,
+    failed: count("failed"),
+    notProcessed,
+    onChangeFailed,
   };
 }
 
-/** Parses YAML as the Python bot's PyYAML did; `json` lets a repeated key overwrite. */
-export interface YamlReader {
-  load(text: string, json: boolean): unknown;
+/** The Python bot's summary line, plus what it could not count. */
+export function summaryLine(summary: Summary): string {
+  const failed = summary.failed > 0 || summary.notProcessed > 0 || summary.onChangeFailed;
+  let line = `${
+    failed ? "Failure" : "Success"
+  }: ${summary.unchanged} unchanged OCSP responses, ${summary.renewed} updated OCSP responses and ${summary.failed} failures.`;
+  if (summary.skipped > 0) {
+    const noUrl = summary.skipped - summary.expired;
+    const why = summary.expired === 0
+      ? "no OCSP URL"
+      : noUrl === 0
+      ? "expired"
+      : `${noUrl} no OCSP URL, ${summary.expired} expired`;
+    line += ` ${summary.skipped} certificates skipped (${why}).`;
+  }
+  if (summary.notProcessed > 0) {
+    line += ` ${summary.notProcessed} certificates not processed (stop_on_error).`;
+  }
+  if (summary.onChangeFailed) line += " The on_change command failed.";
+  return line;
+}
+
+/** `2d 4h`, `5h 3m`, `12m`: how long is left, as a person at 3 a.m. reads it. */
+export function formatDuration(ms: number): string {
+  if (ms <= 0) return "expired";
+  const minutes = Math.floor(ms / 60_000);
+  const [days, hours] = [Math.floor(minutes / 1440), Math.floor(minutes / 60) % 24];
+  if (days > 0) return `${days}d ${hours}h`;
+  if (hours > 0) return `${hours}h ${minutes % 60}m`;
+  return `${minutes}m`;
 }
 
 /**
- * Imports js-yaml at run time, not at the top of the file: a module Deno
- * cannot fetch (an offline server whose cache lacks it) then ends the run
- * with 254 and a message, not with Deno's own status 1, "1 renewed".
- *
- * PyYAML reads YAML 1.1, where yes/no/on/off are booleans; js-yaml reads
- * 1.2, where they are strings. Configs written for the Python bot must keep
- * their meaning, so the 1.1 booleans replace the 1.2 ones.
+ * --check's verdict on one certificate and the line that says it. CRITICAL:
+ * the certificate expired, the responder said revoked, or the stored response
+ * is missing, expired, not good or not verifying; failing renewals once less
+ * than half the renewal window is left; any problem of a must-staple
+ * certificate, as its handshakes would fail. WARNING: due and not tried yet
+ * (due), or tried and failing (failing).
  */
-export async function loadYamlReader(): Promise<YamlReader> {
-  let yaml: typeof JsYaml;
-  try {
-    yaml = (await import("npm:js-yaml@4.1.0")).default as typeof JsYaml;
-  } catch (error) {
-    throw new ExitError(
-      `Cannot load the YAML parser (npm:js-yaml): ${
-        errorText(error).split("\n")[0]
-      }; run "deno cache" on ocspbot.ts once where the npm registry can be reached (see the README's Install)`,
-      EXIT.configUnloadable,
-    );
-  }
-  const boolean = new yaml.Type("tag:yaml.org,2002:bool", {
-    kind: "scalar",
-    resolve: (text: string) =>
-      /^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$/
-        .test(text),
-    construct: (text: string) => /^(?:yes|Yes|YES|true|True|TRUE|on|On|ON)$/.test(text),
-    predicate: (value: unknown) => typeof value === "boolean",
+export function assess(
+  plan: Plan,
+  facts: Pick<Facts, "cert" | "stored">,
+  attempt: Attempt | undefined,
+  now: Date,
+): { health: Health; line: string } {
+  const { cert, stored } = facts;
+  const verdict = (health: Health, text: string) => ({
+    health,
+    line: `${text}: ${health === "critical" ? "CRITICAL" : health}${
+      cert.mustStaple ? ", must-staple" : ""
+    }`,
   });
-  const schema = yaml.DEFAULT_SCHEMA.extend({ implicit: [boolean] });
-  return { load: (text, json) => yaml.load(text, { schema, json }) };
-}
-
-/** Reads a YAML file; ExitError(254) when it cannot be read or parsed. */
-function readYaml(file: string, warnings: string[], yaml: YamlReader): unknown {
-  let text: string;
-  try {
-    text = Deno.readTextFileSync(file);
-  } catch (error) {
-    throw new ExitError(
-      `Cannot read config "${file}": ${errorText(error)}`,
-      EXIT.configUnloadable,
+  if (plan.kind === "skip") {
+    return verdict("critical", `certificate expired on ${formatTime(cert.notAfter)}; renew it`);
+  }
+  if (attempt?.outcome === "revoked") {
+    const revoked = revocationText({
+      revocationTime: attempt.revocationTime === undefined
+        ? undefined
+        : new Date(attempt.revocationTime * 1000),
+      revocationReason: attempt.revocationReason,
+    });
+    return verdict(
+      "critical",
+      `the responder said at ${
+        formatTime(new Date(attempt.time * 1000))
+      } that the certificate is revoked${revoked}; replace it`,
     );
   }
-  try {
-    return yaml.load(text, false);
-  } catch (error) {
-    // PyYAML lets a repeated key overwrite the earlier one; so do we, loudly.
-    if (!/duplicated mapping key/.test(errorText(error))) {
-      throw new ExitError(
-        `Cannot parse config "${file}": ${errorText(error)}`,
-        EXIT.configUnloadable,
-      );
-    }
-    warnings.push(
-      `Config "${file}": a key appears twice; the last one counts, as with the Python bot: ${
-        errorText(error).split("\n")[0]
-      }`,
-    );
-    return yaml.load(text, true);
+  if (!stored) return verdict("critical", "no stored response");
+  if (!stored.verified) {
+    return verdict("critical", `stored response does not verify (${stored.problem})`);
   }
+  if (stored.status !== "good" || !stored.thisUpdate) {
+    return verdict("critical", `stored response says "${stored.status}"${revocationText(stored)}`);
+  }
+  const expiry = responseExpiry(stored);
+  const good = stored.nextUpdate
+    ? `good, nextUpdate ${formatTime(stored.nextUpdate)}${signerEndsFirst(stored)} (${
+      formatDuration(expiry - now.getTime())
+    } left)`
+    : `good, no nextUpdate (${formatDuration(expiry - now.getTime())} left)`;
+  if (now.getTime() >= expiry) return verdict("critical", `stored response expired`);
+  const renewal = plan.renewAt ? `, renewal at ${formatTime(plan.renewAt)}` : "";
+  if (attempt?.outcome === "failed") {
+    const since = formatTime(new Date((attempt.failingSince ?? attempt.time) * 1000));
+    const critical = cert.mustStaple || runsShort(stored, plan.renewAt, now);
+    return verdict(
+      critical ? "critical" : "failing",
+      `${good}; renewals failing since ${since}: ${attempt.message}`,
+    );
+  }
+  if (plan.kind === "renew") return verdict(cert.mustStaple ? "critical" : "due", good + renewal);
+  return verdict("fresh", good + renewal);
 }
 
-/** Reads the main config and its includes. */
-export function loadConfig(file: string, warnings: string[], yaml: YamlReader): Config {
-  const config = interpretConfig(readYaml(file, warnings, yaml), file, warnings);
-  for (const folder of config.includes) {
-    let names: string[];
-    try {
-      names = [...Deno.readDirSync(folder)]
-        .filter((entry) => /\.ya?ml$/.test(entry.name))
-        .map((entry) => entry.name)
-        .sort();
-    } catch (error) {
-      // The Python bot only warned, and the certificates it held went unmanaged.
-      const problem = error instanceof Deno.errors.NotFound
-        ? "does not exist"
-        : error instanceof Deno.errors.NotADirectory
-        ? "is not a folder"
-        : errorText(error);
-      throw new ExitError(
-        `Config "${file}": include folder "${folder}" ${problem}; fix or remove it in "includes"`,
-        EXIT.configInvalid,
-      );
-    }
-    for (const name of names) {
-      // The Python bot tested these names against the working directory, so
-      // includes did nothing unless it was started inside the include folder.
-      const included = path.join(folder, name);
-      if (!isFile(included)) continue;
-      const { domains, scanKeys } = interpretInclude(
-        readYaml(included, warnings, yaml),
-        included,
-        warnings,
-      );
-      config.domains.push(...domains);
-      config.scanKeys.push(...scanKeys);
-    }
+/** The Nagios plugin line and status of a --check run. */
+export function checkSummary(outcomes: Outcome[], now: Date): { line: string; status: number } {
+  if (outcomes.length === 0) {
+    // A config whose certificates all vanished checks nothing: that is no OK.
+    return {
+      line: "OCSP UNKNOWN - no certificates found in the configuration",
+      status: NAGIOS.unknown,
+    };
   }
-  return config;
+  const checked = outcomes.filter((outcome) => outcome.health);
+  const ids = (health: Health) => checked.filter((o) => o.health === health).map((o) => o.id);
+  const [critical, failing, due] = [ids("critical"), ids("failing"), ids("due")];
+  const named = (list: string[]) =>
+    ` (${list.slice(0, 5).join(", ")}${list.length > 5 ? `, ${list.length - 5} more` : ""})`;
+  const expiries = checked.flatMap((o) =>
+    o.status === "good" && o.nextUpdate ? [o.nextUpdate.getTime()] : []
+  );
+  const parts: string[] = [];
+  if (critical.length > 0) {
+    parts.push(`${critical.length} of ${checked.length} critical${named(critical)}`);
+  }
+  if (failing.length > 0) {
+    parts.push(`${failing.length} of ${checked.length} renewals failing${named(failing)}`);
+  }
+  if (due.length > 0) {
+    parts.push(`${due.length} of ${checked.length} responses due for renewal${named(due)}`);
+  }
+  if (parts.length === 0) parts.push(`${checked.length} responses fresh`);
+  if (expiries.length > 0) {
+    parts.push(`soonest expiry in ${formatDuration(Math.min(...expiries) - now.getTime())}`);
+  }
+  const skipped = outcomes.length - checked.length;
+  if (skipped > 0) parts.push(`${skipped} skipped (no OCSP URL)`);
+  const [label, status] = critical.length > 0
+    ? ["CRITICAL", NAGIOS.critical]
+    : failing.length + due.length > 0
+    ? ["WARNING", NAGIOS.warning]
+    : ["OK", NAGIOS.ok];
+  return { line: `OCSP ${label} - ${parts.join(", ")}`, status };
+}
+
+/** A time the state keeps in seconds, as JSON shows times. */
+function isoSeconds(seconds: number | undefined): string | null {
+  return seconds === undefined ? null : new Date(seconds * 1000).toISOString();
 }
 
 /**
- * Every certificate of the config: scanned ones first, then `domains`.
- * Two targets with one id, or one response file, are a config error.
+ * The --json document: every certificate by id, and the totals; or, when
+ * the run could not start (a config that cannot be read), the error.
  */
-export function discoverTargets(config: Config, files: Files, memo?: ScanMemo): Target[] {
-  const targets = [
-    ...config.scanKeys.flatMap((entry) => scanForTargets(entry, config, memo)),
-    ...config.domains.map((entry) => domainTarget(entry, config, files)),
-  ];
-  const byId = new Map<string, Target>();
-  const byResponse = new Map<string, Target>();
-  for (const target of targets) {
-    const sameId = byId.get(target.id);
-    if (sameId) {
-      throw new ExitError(
-        `Certificate id "${target.id}" appears twice: "${sameId.certPath}" (${sameId.source}) and "${target.certPath}" (${target.source})`,
-        EXIT.configInvalid,
-      );
-    }
-    const sameResponse = byResponse.get(target.responsePath);
-    if (sameResponse) {
-      throw new ExitError(
-        `Certificates "${sameResponse.id}" and "${target.id}" would both write the response "${target.responsePath}"`,
-        EXIT.configInvalid,
-      );
-    }
-    byId.set(target.id, target);
-    byResponse.set(target.responsePath, target);
+export function jsonReport(
+  mode: Mode,
+  outcomes: Outcome[],
+  totals: Record<string, number>,
+  status: number,
+  now: Date,
+  error?: string,
+): string {
+  const certificates: Record<string, unknown> = {};
+  for (const outcome of outcomes) {
+    const attempt = outcome.attempt;
+    certificates[outcome.id] = {
+      certificate: outcome.certPath,
+      response: outcome.responsePath,
+      responderUrl: outcome.responderUrl ?? null,
+      mustStaple: outcome.mustStaple ?? null,
+      status: outcome.status ?? null,
+      thisUpdate: outcome.thisUpdate?.toISOString() ?? null,
+      nextUpdate: outcome.nextUpdate?.toISOString() ?? null,
+      renewalTime: outcome.renewAt?.toISOString() ?? null,
+      action: outcome.action,
+      ...(outcome.health ? { health: outcome.health } : {}),
+      lastAttempt: attempt
+        ? {
+          time: isoSeconds(attempt.time),
+          outcome: attempt.outcome,
+          message: attempt.message ?? null,
+        }
+        : null,
+      failingSince: isoSeconds(attempt?.failingSince),
+      revoked: attempt?.outcome === "revoked"
+        ? { time: isoSeconds(attempt.revocationTime), reason: attempt.revocationReason ?? null }
+        : null,
+      error: outcome.error ?? null,
+    };
   }
-  return targets;
+  return JSON.stringify(
+    {
+      ocspbot: VERSION,
+      mode,
+      time: now.toISOString(),
+      status,
+      ...(error === undefined ? {} : { error }),
+      totals,
+      certificates,
+    },
+    null,
+    2,
+  );
 }
 
-// ------------------------------------------------------------ I/O: run --
+/** A label value in Prometheus' text format. */
+function labelValue(text: string): string {
+  return text.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
+}
+
+/**
+ * The node_exporter textfile of a run or a --check: per certificate (label
+ * `id`) the stored response's dates, the renewal time, the last attempt and
+ * whether it succeeded, revoked and must-staple; per run (label `mode`) its
+ * time, duration, exit status and counts. `otherRuns` are the previous
+ * file's lines about the other mode's run, kept so that neither hides the other.
+ */
+export function metricsText(
+  mode: Mode,
+  outcomes: Outcome[],
+  totals: Record<string, number>,
+  status: number,
+  now: Date,
+  durationSeconds: number,
+  otherRuns: string[] = [],
+): string {
+  const seconds = (time: Date | undefined) => time && time.getTime() / 1000;
+  const perCertificate: [string, string, (o: Outcome) => number | undefined][] = [
+    [
+      "response_this_update_timestamp_seconds",
+      "thisUpdate of the stored response.",
+      (o) => seconds(o.thisUpdate),
+    ],
+    [
+      "response_next_update_timestamp_seconds",
+      "nextUpdate of the stored response.",
+      (o) => seconds(o.nextUpdate),
+    ],
+    [
+      "response_renewal_timestamp_seconds",
+      "When the stored response is due for renewal.",
+      (o) => seconds(o.renewAt),
+    ],
+    ["last_attempt_timestamp_seconds", "When a responder was last asked.", (o) => o.attempt?.time],
+    [
+      "last_attempt_success",
+      "1 if the last request renewed or confirmed the response.",
+      (o) => o.attempt && (o.attempt.outcome === "renewed" || o.attempt.outcome === "same" ? 1 : 0),
+    ],
+    [
+      "certificate_revoked",
+      "1 if the responder said the certificate is revoked.",
+      (o) => o.attempt ? (o.attempt.outcome === "revoked" ? 1 : 0) : undefined,
+    ],
+    [
+      "certificate_must_staple",
+      "1 if the certificate requires a staple (RFC 7633).",
+      (o) => o.mustStaple === undefined ? undefined : o.mustStaple ? 1 : 0,
+    ],
+  ];
+  const lines: string[] = [];
+  const family = (name: string, help: string) =>
+    lines.push(`# HELP ocspbot_${name} ${help}`, `# TYPE ocspbot_${name} gauge`);
+  for (const [name, help, value] of perCertificate) {
+    family(name, help);
+    for (const outcome of outcomes) {
+      const sample = value(outcome);
+      if (sample !== undefined) {
+        lines.push(`ocspbot_${name}{id="${labelValue(outcome.id)}"} ${sample}`);
+      }
+    }
+  }
+  const run = (name: string, help: string, samples: [string, number][]) => {
+    family(name, help);
+    lines.push(...otherRuns.filter((line) => line.startsWith(`ocspbot_${name}{`)));
+    for (const [labels, sample] of samples) {
+      lines.push(`ocspbot_${name}{mode="${mode}"${labels}} ${sample}`);
+    }
+  };
+  run("run_timestamp_seconds", "When the last run (or --check) started.", [["", seconds(now)!]]);
+  run("run_duration_seconds", "How long the last run (or --check) took.", [["", durationSeconds]]);
+  run("run_exit_status", "The exit status of the last run (or --check).", [["", status]]);
+  run(
+    "run_certificates",
+    "Certificates of the last run (or --check), by result.",
+    Object.entries(totals).map(([result, count]) => [`,result="${labelValue(result)}"`, count]),
+  );
+  return lines.join("\n") + "\n";
+}
+
+export function exitStatus(summary: Summary): number {
+  if (summary.failed > 0 || summary.notProcessed > 0 || summary.onChangeFailed) {
+    return EXIT.failure;
+  }
+  return Math.min(summary.renewed, EXIT.maxRenewed);
+}
+
+// --------------------------------------------------------------- output --
+
+const encoder = new TextEncoder();
+
+type Writer = { writeSync(p: Uint8Array): number };
+
+function writeAll(writer: Writer, bytes: Uint8Array) {
+  for (let done = 0; done < bytes.length;) {
+    done += writer.writeSync(bytes.subarray(done));
+  }
+}
+
+/**
+ * Where lines go: stdout, stderr or a log file. One that fails to take a
+ * write (a full disk, /dev/full, a pipe whose reader has gone) is written to
+ * no more, and `failure` says why.
+ */
+class Destination {
+  failure?: string;
+
+  constructor(
+    readonly name: string,
+    readonly writer: Writer,
+    readonly close: () => void = () => {},
+  ) {}
+}
+
+/**
+ * A run's output. Lines wait here in the order logged, whatever their
+ * destination, and go out together when the event loop next turns, so that
+ * 10,000 certificates with nothing due cost a few writes rather than 10,000,
+ * while a run that waits on a responder still shows its lines as it goes.
+ *
+ * Writing never throws: a destination that fails is said once on the first
+ * one that still works, and the run goes on, since a lost log line must not
+ * cost a renewal. The exit status then tells (exitStatus()).
+ */
+export class Output {
+  readonly stdout = new Destination("stdout", Deno.stdout);
+  readonly stderr = new Destination("stderr", Deno.stderr);
+  /** Where a failure is said: an error log first, when there is one, then the console. */
+  readonly fallbacks: Destination[] = [this.stderr, this.stdout];
+  #pending: { destination: Destination; text: string }[] = [];
+  #length = 0;
+  #failed = false;
+
+  /** With --json, stdout is the document's alone. */
+  reserveStdout(): void {
+    this.fallbacks.splice(this.fallbacks.indexOf(this.stdout), 1);
+  }
+
+  queue(destination: Destination, line: string): void {
+    if (this.#pending.length === 0) setTimeout(() => this.flush(), 0);
+    this.#pending.push({ destination, text: line + "\n" });
+    this.#length += line.length + 1;
+    if (this.#length > PENDING_LIMIT) this.flush();
+  }
+
+  /** Writes every queued line, each run of lines for one destination in one write. */
+  flush(): void {
+    const pending = this.#pending;
+    this.#pending = [];
+    this.#length = 0;
+    for (let start = 0; start < pending.length;) {
+      const { destination } = pending[start];
+      let end = start;
+      let text = "";
+      while (end < pending.length && pending[end].destination === destination) {
+        text += pending[end++].text;
+      }
+      this.write(destination, text);
+      start = end;
+    }
+  }
+
+  /** Writes `text` now, after what is queued; a failure is said, never thrown. */
+  write(destination: Destination, text: string): void {
+    if (this.#pending.length > 0) this.flush();
+    if (destination.failure !== undefined) return;
+    try {
+      writeAll(destination.writer, encoder.encode(text));
+    } catch (error) {
+      destination.failure = errorText(error);
+      this.#failed = true;
+      const witness = this.fallbacks.find((other) =>
+        other !== destination && other.failure === undefined
+      );
+      if (witness) {
+        this.write(
+          witness,
+          `ERROR: Cannot write to ${destination.name}: ${destination.failure}; ` +
+            "what ocspbot says there is lost from here on, the run goes on\n",
+        );
+      }
+    }
+  }
+
+  /** Whether a line could not be written somewhere. */
+  get failed(): boolean {
+    return this.#failed;
+  }
+
+  /**
+   * The status a run ends with once its output failed: a count of renewals
+   * stays, as they happened and a server must reload them; "nothing renewed"
+   * becomes 255, since what went wrong could not be said.
+   */
+  exitStatus(status: number): number {
+    return this.failed && status === 0 ? EXIT.failure : status;
+  }
+}
+
+/** A run that never waits (nothing due) writes its lines in chunks of this many characters. */
+const PENDING_LIMIT = 64 * 1024;
+
+/**
+ * A line as it may be printed: control characters, which could end the line
+ * and forge another (an id or a file name holding a newline), are escaped.
+ */
+export function printable(line: string): string {
+  // deno-lint-ignore no-control-regex -- finding control characters is the point
+  return line.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029]/g, (character) => {
+    const named: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+    const code = character.charCodeAt(0);
+    return named[character] ??
+      (code > 0xff ? `\\u${code.toString(16)}` : `\\x${code.toString(16).padStart(2, "0")}`);
+  });
+}
+
+/**
+ * Output lines go to the output destination; warnings and errors to the
+ * error destination, and to the output log too when that is a separate
+ * file, so it tells the whole story of a run.
+ */
+export class Logger {
+  constructor(
+    private readonly output: Output,
+    private readonly out: Destination,
+    private readonly err: Destination,
+    private readonly errorsAlsoToOut: boolean,
+    private readonly quiet = false,
+    private readonly prefix = "",
+  ) {}
+
+  /**
+   * Opens the configured log files, or uses stdout and stderr; with --json
+   * stdout is the JSON document's alone.
+   */
+  static open(
+    output: Output,
+    config: Config,
+    now: Date,
+    options: { quiet: boolean; format: Format },
+    warnings: string[],
+    files: Files,
+  ): Logger {
+    const outName = config.outputLog && formatLogName(config.outputLog, now);
+    const errName = config.errorLog && formatLogName(config.errorLog, now);
+    const opened: Destination[] = [];
+    const open = (name: string, key: string) => {
+      try {
+        const destination = files.openLog(name, key, warnings);
+        opened.push(destination);
+        return destination;
+      } catch (error) {
+        for (const destination of opened) destination.close();
+        throw new ExitError(
+          `Cannot open ${key} "${name}" of config "${config.file}": ${errorText(error)}`,
+          EXIT.configUnloadable,
+        );
+      }
+    };
+    const console = options.format === "json" ? output.stderr : output.stdout;
+    const out = outName ? open(outName, "output_log") : console;
+    const err = errName ? (errName === outName ? out : open(errName, "error_log")) : output.stderr;
+    if (err !== output.stderr) output.fallbacks.unshift(err);
+    return new Logger(output, out, err, Boolean(outName) && errName !== outName, options.quiet);
+  }
+
+  /** The console only: for --check, whose verdict belongs on stdout. */
+  static console(output: Output, options: { quiet: boolean; format: Format }): Logger {
+    const out = options.format === "json" ? output.stderr : output.stdout;
+    return new Logger(output, out, output.stderr, false, options.quiet);
+  }
+
+  forDomain(id: string): Logger {
+    return new Logger(
+      this.output,
+      this.out,
+      this.err,
+      this.errorsAlsoToOut,
+      this.quiet,
+      `[${id}] `,
+    );
+  }
+
+  info(message: string): void {
+    if (!this.quiet) this.#line(this.out, this.prefix + message);
+  }
+
+  /** A line --quiet keeps: --check's verdict. */
+  result(message: string): void {
+    this.#line(this.out, this.prefix + message);
+  }
+
+  warn(message: string): void {
+    this.#problem(`${this.prefix}WARNING: ${message}`);
+  }
+
+  error(message: string): void {
+    this.#problem(`${this.prefix}ERROR: ${message}`);
+  }
+
+  #problem(line: string): void {
+    this.#line(this.err, line);
+    if (this.errorsAlsoToOut) this.#line(this.out, line);
+  }
+
+  #line(destination: Destination, line: string): void {
+    this.output.queue(destination, printable(line));
+  }
+
+  close(): void {
+    this.output.flush();
+    for (const destination of new Set([this.out, this.err])) destination.close();
+  }
+}
+
+// ------------------------------------------------------------------ run --
 
 /**
  * What a run shares, built by main(): nothing of a run lives in the module,
@@ -3546,52 +3669,6 @@ function describe(
     renewAt,
     attempt,
   };
-}
-
-/**
- * Tries every responder URL in order, in up to 1 + retries rounds with a
- * growing pause between rounds, until an answer verifies. When none does,
- * returns the last answer that did not, or throws if no URL answered at all.
- * An answer that says the responder will never serve this request (e.g.
- * `unauthorized`) ends the tries at once.
- */
-async function fetchWithRetries(
-  target: Target,
-  urls: string[],
-  context: RunContext,
-  log: Logger,
-): Promise<{ report: ResponseReport; bytes: Uint8Array; url: string }> {
-  const { config } = context;
-  const attempts = config.retries + 1;
-  let unverified: { report: ResponseReport; bytes: Uint8Array; url: string } | undefined;
-  let lastProblem = "";
-  for (let round = 1; round <= attempts; round++) {
-    if (round > 1) {
-      await pause(Math.min(2 ** (round - 2), config.timeoutSeconds) * 1000, context.stop);
-    }
-    for (const url of urls) {
-      try {
-        const answer = { ...await fetchResponse(target, url, context), url };
-        const { report } = answer;
-        if (report.verified && report.status) return answer;
-        if (report.responderError && DEFINITIVE_ERROR_STATUSES.includes(report.responderError)) {
-          return answer;
-        }
-        unverified = answer;
-        lastProblem = report.responderError
-          ? report.problem!
-          : `answer does not verify: ${report.problem}`;
-      } catch (error) {
-        if (!(error instanceof NoResponse || error instanceof OpensslTimeout)) throw error;
-        lastProblem = errorText(error);
-      }
-      log.warn(`Attempt ${round} of ${attempts} at ${url} failed: ${lastProblem}`);
-    }
-  }
-  if (unverified) return unverified;
-  throw new Error(
-    `No usable response from ${urls.join(", ")} after ${attempts} attempts: ${lastProblem}`,
-  );
 }
 
 /**
@@ -3810,6 +3887,49 @@ async function pushOrExplain(target: Target, response: Uint8Array, config: Confi
   }
 }
 
+/**
+ * Hands a new response to a running HAProxy through its runtime API, so it
+ * staples it without a reload; throws with HAProxy's answer on refusal.
+ */
+async function pushToHaproxy(
+  socket: string,
+  response: Uint8Array,
+  timeoutSeconds: number,
+): Promise<void> {
+  let connection: Deno.UnixConn;
+  try {
+    connection = await Deno.connect({ transport: "unix", path: socket });
+  } catch (error) {
+    throw new Error(`Cannot reach HAProxy's socket "${socket}": ${errorText(error)}`);
+  }
+  // A silent HAProxy must not hang the run: closing the socket ends the read.
+  const timer = setTimeout(() => connection.close(), timeoutSeconds * 1000);
+  let answer = "";
+  try {
+    const request = encoder.encode(`set ssl ocsp-response ${response.toBase64()}\n`);
+    for (let done = 0; done < request.length;) {
+      done += await connection.write(request.subarray(done));
+    }
+    const decoder = new TextDecoder();
+    const buffer = new Uint8Array(4096);
+    for (let read; (read = await connection.read(buffer)) !== null;) {
+      answer += decoder.decode(buffer.subarray(0, read), { stream: true });
+    }
+    connection.close();
+  } catch (error) {
+    throw new Error(
+      `HAProxy's socket "${socket}" did not answer within ${timeoutSeconds} s: ${errorText(error)}`,
+    );
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!/^OCSP Response updated/m.test(answer)) {
+    throw new Error(
+      `HAProxy (socket "${socket}") refused the new response: ${answer.trim() || "no answer"}`,
+    );
+  }
+}
+
 /** --check: how one certificate's staple stands; nothing changes, nobody is asked. */
 async function checkTarget(target: Target, context: RunContext): Promise<Outcome> {
   const log = context.log.forDomain(target.id);
@@ -3867,91 +3987,6 @@ async function runOnChange(
       }`,
     );
   }
-}
-
-/**
- * Hands a new response to a running HAProxy through its runtime API, so it
- * staples it without a reload; throws with HAProxy's answer on refusal.
- */
-async function pushToHaproxy(
-  socket: string,
-  response: Uint8Array,
-  timeoutSeconds: number,
-): Promise<void> {
-  let connection: Deno.UnixConn;
-  try {
-    connection = await Deno.connect({ transport: "unix", path: socket });
-  } catch (error) {
-    throw new Error(`Cannot reach HAProxy's socket "${socket}": ${errorText(error)}`);
-  }
-  // A silent HAProxy must not hang the run: closing the socket ends the read.
-  const timer = setTimeout(() => connection.close(), timeoutSeconds * 1000);
-  let answer = "";
-  try {
-    const request = encoder.encode(`set ssl ocsp-response ${response.toBase64()}\n`);
-    for (let done = 0; done < request.length;) {
-      done += await connection.write(request.subarray(done));
-    }
-    const decoder = new TextDecoder();
-    const buffer = new Uint8Array(4096);
-    for (let read; (read = await connection.read(buffer)) !== null;) {
-      answer += decoder.decode(buffer.subarray(0, read), { stream: true });
-    }
-    connection.close();
-  } catch (error) {
-    throw new Error(
-      `HAProxy's socket "${socket}" did not answer within ${timeoutSeconds} s: ${errorText(error)}`,
-    );
-  } finally {
-    clearTimeout(timer);
-  }
-  if (!/^OCSP Response updated/m.test(answer)) {
-    throw new Error(
-      `HAProxy (socket "${socket}") refused the new response: ${answer.trim() || "no answer"}`,
-    );
-  }
-}
-
-/**
- * Takes the run's lock: an OS file lock, which the kernel releases however
- * the process ends. Waits up to `waitSeconds` for another run to finish. An
- * existing lock file needs only to be readable: one left by a root run must
- * not lock out a later run as another user.
- */
-async function acquireLock(
-  file: string,
-  waitSeconds: number,
-  warnings: string[],
-  files: Files,
-  stop: AbortSignal,
-): Promise<Deno.FsFile> {
-  let handle: Deno.FsFile;
-  try {
-    handle = files.openLock(file, warnings);
-  } catch (error) {
-    throw new ExitError(
-      `Cannot open the lock file "${file}": ${
-        errorText(error)
-      }; the folder must exist as a folder this user may write to (or set "state_file" elsewhere)`,
-      EXIT.failure,
-    );
-  }
-  const deadline = Date.now() + waitSeconds * 1000;
-  try {
-    while (!(await handle.tryLock(true))) {
-      if (Date.now() >= deadline) {
-        throw new ExitError(
-          `Another ocspbot run holds the lock "${file}"; gave up after ${waitSeconds} s (config key "lock_timeout")`,
-          EXIT.failure,
-        );
-      }
-      await pause(Math.min(250, Math.max(deadline - Date.now(), 0)), stop);
-    }
-  } catch (error) {
-    handle.close();
-    throw error;
-  }
-  return handle;
 }
 
 /**
@@ -4078,21 +4113,6 @@ async function runRenewals(targets: Target[], context: RunContext): Promise<RunR
   }
   log.info(summaryLine(summary));
   return { status: exitStatus(summary), outcomes: results, totals };
-}
-
-/** The certificates `--only` asks for, all without it; an id not configured is 252. */
-function selectTargets(targets: Target[], only: string[]): Target[] {
-  if (only.length === 0) return targets;
-  const unknown = only.filter((id) => !targets.some((target) => target.id === id));
-  if (unknown.length > 0) {
-    throw new ExitError(
-      `--only names certificate ids that are not configured: ${
-        unknown.map((id) => `"${id}"`).join(", ")
-      }`,
-      EXIT.badArguments,
-    );
-  }
-  return targets.filter((target) => only.includes(target.id));
 }
 
 /**
