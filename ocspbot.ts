@@ -3353,13 +3353,21 @@ class Destination {
  * cost a renewal. The exit status then tells (exitStatus()).
  */
 export class Output {
-  readonly stdout = new Destination("stdout", Deno.stdout);
-  readonly stderr = new Destination("stderr", Deno.stderr);
+  readonly stdout: Destination;
+  readonly stderr: Destination;
   /** Where a failure is said: an error log first, when there is one, then the console. */
-  readonly fallbacks: Destination[] = [this.stderr, this.stdout];
+  readonly fallbacks: Destination[];
   #pending: { destination: Destination; text: string }[] = [];
   #length = 0;
   #failed = false;
+  #timer?: ReturnType<typeof setTimeout>;
+
+  /** The console's streams, or others (a test's, to read what main() says). */
+  constructor(console: { stdout: Writer; stderr: Writer } = Deno) {
+    this.stdout = new Destination("stdout", console.stdout);
+    this.stderr = new Destination("stderr", console.stderr);
+    this.fallbacks = [this.stderr, this.stdout];
+  }
 
   /** With --json, stdout is the document's alone. */
   reserveStdout(): void {
@@ -3367,7 +3375,7 @@ export class Output {
   }
 
   queue(destination: Destination, line: string): void {
-    if (this.#pending.length === 0) setTimeout(() => this.flush(), 0);
+    if (this.#pending.length === 0) this.#timer = setTimeout(() => this.flush(), 0);
     this.#pending.push({ destination, text: line + "\n" });
     this.#length += line.length + 1;
     if (this.#length > PENDING_LIMIT) this.flush();
@@ -3375,6 +3383,7 @@ export class Output {
 
   /** Writes every queued line, each run of lines for one destination in one write. */
   flush(): void {
+    clearTimeout(this.#timer);
     const pending = this.#pending;
     this.#pending = [];
     this.#length = 0;

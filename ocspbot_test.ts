@@ -3,7 +3,11 @@
 import nodeAssert from "node:assert/strict";
 import * as path from "node:path";
 import {
+  assess,
+  type Attempt,
   type CertificateInfo,
+  checkSummary,
+  configKeys,
   derLength,
   EXIT,
   ExitError,
@@ -11,14 +15,22 @@ import {
   fileEntry,
   fileStamp,
   formatLogName,
+  type Health,
   interpretConfig,
+  jsonReport,
   maskPattern,
+  metricsText,
+  nextAttempt,
+  type Outcome,
   parseCertificate,
   parseCommandLine,
   parseInterval,
   parseOcspOutput,
   parseOpensslTime,
+  type Place,
+  type Plan,
   planRenewal,
+  planTarget,
   printable,
   recallReport,
   recordOf,
@@ -42,6 +54,7 @@ import {
   response,
   runBot,
   runBotRedirected,
+  runMain,
   TestCa,
   withCa,
   withTempDir,
@@ -350,6 +363,10 @@ const CERT: CertificateInfo = {
   ocspUrls: ["http://127.0.0.1/"],
   mustStaple: false,
 };
+/** A must-staple certificate, else CERT. */
+const STAPLED: CertificateInfo = { ...CERT, mustStaple: true };
+/** When GOOD is due with a 72 h minimum_validity. */
+const JUNE5 = new Date("2026-06-05T00:00:00Z");
 const GOOD: ResponseReport = {
   status: "good",
   verified: true,
@@ -453,6 +470,239 @@ Deno.test("planRenewal() follows the Python bot's rule, on a fake clock", async 
     );
     assertEquals(decision.due, true, decision.reason);
     assertMatch(decision.reason, /stored response expired at 2026-06-08 00:00:00 UTC/);
+  });
+});
+
+Deno.test("planTarget() makes the one decision a run and --check share", async (t) => {
+  const policy = { minimumValidityMs: 72 * HOUR };
+  const urls = ["http://127.0.0.1/"];
+  const expired = { ...CERT, notAfter: new Date("2026-06-01T00:00:00Z") };
+  const [june2, june5] = [new Date("2026-06-02T00:00:00Z"), new Date("2026-06-05T00:00:00Z")];
+  const cases: [string, Parameters<typeof planTarget>[0], Date, boolean, Plan["kind"], RegExp][] = [
+    ["nothing stored", { cert: CERT, urls }, june2, false, "renew", /no response stored yet/],
+    ["fresh", { cert: CERT, stored: GOOD, urls }, june2, false, "fresh", /due at 2026-06-05/],
+    ["due", { cert: CERT, stored: GOOD, urls }, june5, false, "renew", /due since 2026-06-05/],
+    ["forced while fresh", { cert: CERT, stored: GOOD, urls }, june2, true, "renew", /forced/],
+    ["no OCSP URL", { cert: CERT, stored: GOOD, urls: [] }, june2, false, "skip", /no OCSP URL/],
+    ["expired", { cert: expired, stored: GOOD, urls }, june2, false, "skip", /expired on/],
+    // The one answer for both modes: expiry comes first, whether or not there is a URL.
+    ["expired, no OCSP URL", { cert: expired, urls: [] }, june2, false, "skip", /expired on/],
+    ["forced, expired", { cert: expired, stored: GOOD, urls }, june2, true, "skip", /expired on/],
+  ];
+  for (const [name, facts, now, forced, kind, reason] of cases) {
+    await t.step(name, () => {
+      const plan = planTarget(facts, policy, now, { forced });
+      assertEquals(plan.kind, kind, plan.reason);
+      assertMatch(plan.reason, reason);
+      if (plan.kind === "renew") assertEquals(plan.urls, urls);
+      if (plan.kind === "skip") {
+        assertEquals(plan.why, name.includes("expired") ? "expired" : "no OCSP URL");
+      }
+    });
+  }
+});
+
+Deno.test("the README lists every config key where it may be written, and no other", async () => {
+  const readme = await Deno.readTextFile(path.join(import.meta.dirname!, "README.md"));
+  const listed = (heading: string) => {
+    const [, section] = readme.split(`\n### ${heading}\n`);
+    assert(section !== undefined, `README.md has no "### ${heading}"`);
+    return [...section.split("\n#")[0].matchAll(/^- `([a-z_]+)`(?:, `([a-z_]+)`)?/gm)]
+      .flatMap((match) => match.slice(1).filter(Boolean)).sort();
+  };
+  const inTable = (place: Place) =>
+    configKeys().filter((key) => key.places.includes(place)).map((key) => key.name).sort();
+  assertEquals(listed("Keys at the top level"), inTable("top"));
+  assertEquals(listed("Keys of each `domains` entry"), inTable("domain"));
+  assertEquals(listed("Keys of each `scan_keys` entry"), inTable("scan"));
+  assertEquals(inTable("include"), ["domains", "scan_keys"]);
+});
+
+Deno.test("assess() gives --check's verdict on one certificate", async (t) => {
+  const now = new Date("2026-06-02T00:00:00Z");
+  const policy = { minimumValidityMs: 72 * HOUR };
+  const urls = ["http://127.0.0.1/"];
+  const expired = { ...CERT, notAfter: new Date("2026-06-01T00:00:00Z") };
+  const failed = (since: string) => ({
+    time: Date.parse("2026-06-01T23:00:00Z") / 1000,
+    outcome: "failed" as const,
+    message: "No usable response",
+    failingSince: Date.parse(since) / 1000,
+  });
+  const cases: [string, Parameters<typeof planTarget>[0], Attempt | undefined, Date, string][] = [
+    ["fresh", { cert: CERT, stored: GOOD, urls }, undefined, now, "fresh"],
+    ["due, not tried", { cert: CERT, stored: GOOD, urls }, undefined, JUNE5, "due"],
+    ["due, must-staple", { cert: STAPLED, stored: GOOD, urls }, undefined, JUNE5, "critical"],
+    ["nothing stored", { cert: CERT, urls }, undefined, now, "critical"],
+    [
+      "not verifying",
+      { cert: CERT, stored: { verified: false, problem: "x" }, urls },
+      undefined,
+      now,
+      "critical",
+    ],
+    ["certificate expired", { cert: expired, stored: GOOD, urls }, undefined, now, "critical"],
+    [
+      "failing, half the window left",
+      { cert: CERT, stored: GOOD, urls },
+      failed("2026-06-01T00:00:00Z"),
+      JUNE5,
+      "failing",
+    ],
+    [
+      "failing, under half left",
+      { cert: CERT, stored: GOOD, urls },
+      failed("2026-06-05T00:00:00Z"),
+      new Date("2026-06-07T00:00:00Z"),
+      "critical",
+    ],
+    [
+      "revoked, said the responder",
+      { cert: CERT, stored: GOOD, urls },
+      { time: now.getTime() / 1000 - 60, outcome: "revoked", revocationReason: "keyCompromise" },
+      now,
+      "critical",
+    ],
+  ];
+  for (const [name, facts, attempt, at, health] of cases) {
+    await t.step(name, () => {
+      const verdict = assess(planTarget(facts, policy, at), facts, attempt, at);
+      assertEquals(verdict.health, health, verdict.line);
+      assertMatch(verdict.line, health === "critical" ? /: CRITICAL/ : new RegExp(`: ${health}`));
+      if (facts.cert.mustStaple) assertMatch(verdict.line, /, must-staple$/);
+    });
+  }
+});
+
+Deno.test("checkSummary() gives the Nagios plugin's line and status", async (t) => {
+  const now = new Date("2026-06-02T00:00:00Z");
+  const outcome = (id: string, health?: Health): Outcome => ({
+    id,
+    action: health ? "unchanged" : "skipped",
+    certPath: `${id}.pem`,
+    responsePath: `${id}.der`,
+    status: "good",
+    nextUpdate: new Date(now.getTime() + 30 * HOUR),
+    health,
+  });
+  const cases: [string, Outcome[], number, RegExp][] = [
+    ["nothing", [], 3, /^OCSP UNKNOWN - no certificates found/],
+    [
+      "all fresh",
+      [outcome("a", "fresh"), outcome("b", "fresh")],
+      0,
+      /^OCSP OK - 2 responses fresh, soonest expiry in 1d 6h$/,
+    ],
+    [
+      "one due",
+      [outcome("a", "fresh"), outcome("b", "due")],
+      1,
+      /^OCSP WARNING - 1 of 2 responses due for renewal \(b\)/,
+    ],
+    ["one failing", [outcome("a", "failing")], 1, /^OCSP WARNING - 1 of 1 renewals failing \(a\)/],
+    [
+      "critical wins",
+      [outcome("a", "due"), outcome("b", "critical")],
+      2,
+      /^OCSP CRITICAL - 1 of 2 critical \(b\), 1 of 2 responses due/,
+    ],
+    ["a skipped one", [outcome("a", "fresh"), outcome("le")], 0, /, 1 skipped \(no OCSP URL\)$/],
+    [
+      "six critical, five named",
+      ["a", "b", "c", "d", "e", "f"].map((id) => outcome(id, "critical")),
+      2,
+      /\(a, b, c, d, e, 1 more\)/,
+    ],
+  ];
+  for (const [name, outcomes, status, line] of cases) {
+    await t.step(name, () => {
+      const summary = checkSummary(outcomes, now);
+      assertEquals(summary.status, status, summary.line);
+      assertMatch(summary.line, line);
+    });
+  }
+});
+
+Deno.test("nextAttempt() remembers when failing began, and forgets it on success", async (t) => {
+  const [t1, t2, t3] = ["2026-06-01T00:00:00Z", "2026-06-01T01:00:00Z", "2026-06-01T02:00:00Z"]
+    .map((iso) => new Date(iso));
+  const seconds = (time: Date) => time.getTime() / 1000;
+  const first = nextAttempt(undefined, "failed", t1, { message: "down" });
+  const cases: [string, Attempt, Partial<Attempt>][] = [
+    ["a first failure starts now", first, { outcome: "failed", failingSince: seconds(t1) }],
+    ["a second keeps the start", nextAttempt(first, "failed", t2), { failingSince: seconds(t1) }],
+    ["revoked after failing keeps it too", nextAttempt(first, "revoked", t2), {
+      failingSince: seconds(t1),
+    }],
+    ["a renewal forgets it", nextAttempt(first, "renewed", t3), {
+      time: seconds(t3),
+      failingSince: undefined,
+      message: undefined,
+    }],
+    ["the same response again is success", nextAttempt(first, "same", t3), {
+      outcome: "same",
+      failingSince: undefined,
+    }],
+  ];
+  for (const [name, attempt, expected] of cases) {
+    await t.step(name, () => {
+      for (const [key, value] of Object.entries(expected)) {
+        assertEquals(attempt[key as keyof Attempt], value, key);
+      }
+    });
+  }
+});
+
+Deno.test("jsonReport() and metricsText() say the same of every certificate", async (t) => {
+  const now = new Date("2026-06-02T00:00:00Z");
+  const outcomes: Outcome[] = [
+    {
+      id: 'a"b\\c\nd',
+      action: "renewed",
+      certPath: "a.pem",
+      responsePath: "a.der",
+      responderUrl: "http://127.0.0.1/",
+      mustStaple: true,
+      status: "good",
+      thisUpdate: GOOD.thisUpdate,
+      nextUpdate: GOOD.nextUpdate,
+      renewAt: new Date("2026-06-05T00:00:00Z"),
+      attempt: { time: now.getTime() / 1000, outcome: "renewed" },
+    },
+    { id: "le", action: "skipped", certPath: "le.pem", responsePath: "le.der" },
+  ];
+  const totals = { renewed: 1, skipped: 1 };
+  await t.step("JSON", () => {
+    const report = JSON.parse(jsonReport("run", outcomes, totals, 1, now));
+    assertEquals([report.mode, report.status, report.totals], ["run", 1, totals]);
+    const a = report.certificates['a"b\\c\nd'];
+    assertEquals(
+      [a.action, a.mustStaple, a.nextUpdate, a.renewalTime, a.lastAttempt.outcome],
+      ["renewed", true, "2026-06-08T00:00:00.000Z", "2026-06-05T00:00:00.000Z", "renewed"],
+    );
+    assertEquals(report.certificates.le.status, null);
+    const failed = JSON.parse(jsonReport("check", [], {}, 3, now, "Cannot read config"));
+    assertEquals([failed.status, failed.error], [3, "Cannot read config"]);
+  });
+  await t.step("metrics", () => {
+    const kept = ['ocspbot_run_exit_status{mode="check"} 0'];
+    const text = metricsText("run", outcomes, totals, 1, now, 0.5, kept);
+    const label = 'id="a\\"b\\\\c\\nd"';
+    for (
+      const line of [
+        `ocspbot_response_next_update_timestamp_seconds{${label}} ${
+          GOOD.nextUpdate!.getTime() / 1000
+        }`,
+        `ocspbot_certificate_must_staple{${label}} 1`,
+        `ocspbot_last_attempt_success{${label}} 1`,
+        'ocspbot_run_exit_status{mode="run"} 1',
+        'ocspbot_run_exit_status{mode="check"} 0',
+        'ocspbot_run_certificates{mode="run",result="skipped"} 1',
+      ]
+    ) {
+      assert(text.split("\n").includes(line), `no line ${line} in\n${text}`);
+    }
+    assert(!/id="le"/.test(text), "a certificate with no figures has lines");
   });
 });
 
@@ -660,7 +910,7 @@ Deno.test("runPool() bounds concurrency and stops handing out work after a stop"
 Deno.test("first run fetches every response; the second changes nothing", async () => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test", "b.test", "c.test"]);
-    const first = await runBot(site);
+    const first = await runMain(site);
     assertEquals(first.code, 3, first.stderr);
     assertEquals(first.stderr, "");
     assertMatch(
@@ -679,7 +929,7 @@ Deno.test("first run fetches every response; the second changes nothing", async 
     assertEquals(ca.hostHeaders, Array(3).fill(new URL(ca.url).host));
 
     const stored = await Deno.readFile(response(site, "a.test"));
-    const second = await runBot(site);
+    const second = await runMain(site);
     assertEquals(second.code, 0, second.stderr);
     assertMatch(
       second.stdout,
@@ -702,7 +952,7 @@ Deno.test("a verified response is trusted until a byte of it, its cert or chain 
     const certs = path.join(site, "certs");
     const runCounting = async () => {
       const before = (await calls()).length;
-      const run = await runBot(site);
+      const run = await runMain(site);
       return { ...run, calls: (await calls()).length - before };
     };
 
@@ -760,7 +1010,7 @@ Deno.test("a settled file is trusted by its stat; a byte changed under an old mt
     const stateFile = path.join(site, "responses", ".ocspbot-state.json");
     const runCounting = async () => {
       const before = (await calls()).length;
-      const run = await runBot(site);
+      const run = await runMain(site);
       return { ...run, calls: (await calls()).length - before };
     };
     assertEquals((await runCounting()).code, 1);
@@ -827,11 +1077,11 @@ Deno.test("a settled scan folder is not listed again, yet every change to it is 
       await settle();
     };
     const renewedIds = async () => {
-      const run = await runBot(site, ["--json"]);
+      const run = await runMain(site, ["--json"]);
       const certificates = JSON.parse(run.stdout).certificates;
       return { code: run.code, ids: Object.keys(certificates).sort() };
     };
-    assertEquals((await runBot(site)).code, 2);
+    assertEquals((await runMain(site)).code, 2);
     await settle();
 
     await t.step("settled: the scan is remembered with the folder's stamp", async () => {
@@ -871,12 +1121,12 @@ Deno.test("a settled scan folder is not listed again, yet every change to it is 
           path.join(shared, "ocspbot.yaml"),
           'minimum_validity: 6h\nscan_keys:\n  - folder: ""\n',
         );
-        assertEquals((await runBot(shared)).code, 1);
+        assertEquals((await runMain(shared)).code, 1);
         await settle();
-        assertEquals((await runBot(shared)).code, 0);
+        assertEquals((await runMain(shared)).code, 0);
         const written = await Deno.stat(path.join(shared, ".ocspbot-state.json"));
         await settle();
-        assertEquals((await runBot(shared)).code, 0);
+        assertEquals((await runMain(shared)).code, 0);
         const after = await Deno.stat(path.join(shared, ".ocspbot-state.json"));
         assertEquals(
           [after.ino, after.mtime],
@@ -891,15 +1141,15 @@ Deno.test("a settled scan folder is not listed again, yet every change to it is 
 Deno.test("a response is renewed when its time comes, by time and by percentage", async (t) => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"]);
-    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await runMain(site)).code, 1);
     // 24 h responses; minimum_validity 6h: due 18 h after thisUpdate.
     await t.step("17 h later: not yet", async () => {
-      const run = await runBot(site, [], fakeNow(17 * HOUR));
+      const run = await runMain(site, [], fakeNow(17 * HOUR));
       assertEquals(run.code, 0, run.stdout + run.stderr);
       assertMatch(run.stdout, /renewal due at/);
     });
     await t.step("19 h later: renewed", async () => {
-      const run = await runBot(site, [], fakeNow(19 * HOUR));
+      const run = await runMain(site, [], fakeNow(19 * HOUR));
       assertEquals(run.code, 1, run.stdout + run.stderr);
       assertMatch(run.stdout, /due since/);
     });
@@ -908,8 +1158,8 @@ Deno.test("a response is renewed when its time comes, by time and by percentage"
         path.join(site, "ocspbot.yaml"),
         BASE_CONFIG.replace("minimum_validity: 6h", "minimum_validity_percentage: 75"),
       );
-      assertEquals((await runBot(site, [], fakeNow(5 * HOUR))).code, 0);
-      assertEquals((await runBot(site, [], fakeNow(7 * HOUR))).code, 1);
+      assertEquals((await runMain(site, [], fakeNow(5 * HOUR))).code, 0);
+      assertEquals((await runMain(site, [], fakeNow(7 * HOUR))).code, 1);
     });
   });
 });
@@ -933,14 +1183,14 @@ Deno.test("decisions are the same under every TZ", async () => {
 Deno.test("revoked and unknown answers fail and never replace a good response", async () => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["r.test", "u.test"]);
-    assertEquals((await runBot(site)).code, 2);
+    assertEquals((await runMain(site)).code, 2);
     const goodR = await Deno.readFile(response(site, "r.test"));
     const goodU = await Deno.readFile(response(site, "u.test"));
     const certs = path.join(site, "certs");
     ca.setStatus(await serialOf(path.join(certs, "r.test.pem")), "revoked");
     ca.setStatus(await serialOf(path.join(certs, "u.test.pem")), "unknown");
 
-    const run = await runBot(site, [], fakeNow(19 * HOUR));
+    const run = await runMain(site, [], fakeNow(19 * HOUR));
     assertEquals(run.code, 255);
     assertMatch(
       run.stderr,
@@ -968,7 +1218,7 @@ Deno.test("revoked and unknown answers fail and never replace a good response", 
 Deno.test("a broken responder fails the certificate and keeps the stored response", async (t) => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\nretries: 0\n");
-    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await runMain(site)).code, 1);
     const stored = await Deno.readFile(response(site, "a.test"));
     const cases: [string, () => void, RegExp][] = [
       ["HTTP 500", () => ca.mode = "http500", /code=500/],
@@ -984,7 +1234,7 @@ Deno.test("a broken responder fails the certificate and keeps the stored respons
       await t.step(name, async () => {
         breakIt();
         const started = Date.now();
-        const run = await runBot(site, [], fakeNow(19 * HOUR));
+        const run = await runMain(site, [], fakeNow(19 * HOUR));
         assertEquals(run.code, 255, run.stdout + run.stderr);
         assertMatch(run.stderr, /^\[a\.test\] ERROR: /m);
         assertMatch(run.stderr, message);
@@ -1005,7 +1255,7 @@ timeout: 2
 retries: 0
 `;
       await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config);
-      const run = await runBot(site, [], fakeNow(19 * HOUR));
+      const run = await runMain(site, [], fakeNow(19 * HOUR));
       assertEquals(run.code, 255);
       assertMatch(run.stderr, /No response from http:\/\/127\.0\.0\.1:9\//);
       assertEquals(await Deno.readFile(response(site, "a.test")), stored);
@@ -1020,25 +1270,25 @@ Deno.test("a fetched response that is stale, older or the same is not stored", a
     const older = await ca.respond(cert);
     // thisUpdate has whole seconds: let the stored response be newer.
     await new Promise((resolve) => setTimeout(resolve, 1100));
-    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await runMain(site)).code, 1);
     const stored = await Deno.readFile(response(site, "a.test"));
 
     await t.step("expired at the time of the run", async () => {
-      const run = await runBot(site, [], fakeNow(25 * HOUR));
+      const run = await runMain(site, [], fakeNow(25 * HOUR));
       assertEquals(run.code, 255);
       assertMatch(run.stderr, /expired already/);
       assertEquals(await Deno.readFile(response(site, "a.test")), stored);
     });
     await t.step("older than the stored one", async () => {
       ca.mode = { fixed: older };
-      const run = await runBot(site, [], fakeNow(19 * HOUR));
+      const run = await runMain(site, [], fakeNow(19 * HOUR));
       assertEquals(run.code, 255);
       assertMatch(run.stderr, /older than the stored one/);
       assertEquals(await Deno.readFile(response(site, "a.test")), stored);
     });
     await t.step("the stored one again", async () => {
       ca.mode = { fixed: stored };
-      const run = await runBot(site, [], fakeNow(19 * HOUR));
+      const run = await runMain(site, [], fakeNow(19 * HOUR));
       assertEquals(run.code, 0, run.stderr);
       assertMatch(run.stdout, /\[a\.test\] Responder sent the stored response again/);
       assertMatch(run.stdout, /Success: 1 unchanged/);
@@ -1058,16 +1308,16 @@ Deno.test("a responder certificate that ends before nextUpdate: renewed before i
     );
     ca.mode = { signer };
     ca.validityMinutes = 48 * 60;
-    const first = await runBot(site, ["--json"]);
+    const first = await runMain(site, ["--json"]);
     assertEquals(first.code, 1, first.stderr);
     const renewalTime = new Date(JSON.parse(first.stdout).certificates["a.test"].renewalTime);
     // minimum_validity: 6h before the signer's end, not 6 h before nextUpdate (42 h away).
     assertEquals(renewalTime.getTime(), signerEnd.getTime() - 6 * HOUR);
-    const before = await runBot(site, [], fakeNow(17 * HOUR));
+    const before = await runMain(site, [], fakeNow(17 * HOUR));
     assertMatch(before.stdout, /but its responder's certificate ends at .*, renewal due at/);
     assertEquals(before.code, 0, before.stdout + before.stderr);
     ca.mode = "good";
-    const due = await runBot(site, [], fakeNow(19 * HOUR));
+    const due = await runMain(site, [], fakeNow(19 * HOUR));
     assertEquals(due.code, 1, due.stdout + due.stderr);
   });
 });
@@ -1090,7 +1340,7 @@ Deno.test("a corrupt or empty stored response is repaired", async (t) => {
     for (const [name, bytes] of [["garbage", "not DER"], ["empty", ""]]) {
       await t.step(name, async () => {
         await Deno.writeTextFile(response(site, "a.test"), bytes);
-        const run = await runBot(site);
+        const run = await runMain(site);
         assertEquals(run.code, 1, run.stdout + run.stderr);
         assertMatch(run.stdout, /stored response does not verify/);
         assertEquals(
@@ -1106,22 +1356,22 @@ Deno.test("a response without nextUpdate is accepted and lives 12 hours", async 
   await withCa(async (ca) => {
     ca.validityMinutes = 0;
     const site = await makeSite(ca, ["a.test"], BASE_CONFIG.replace("6h", "1h"));
-    const run = await runBot(site);
+    const run = await runMain(site);
     assertEquals(run.code, 1, run.stderr);
     assertMatch(run.stdout, /no nextUpdate; it is treated as living 12 hours/);
     assertMatch(run.stdout, /nextUpdate none/);
-    assertEquals((await runBot(site, [], fakeNow(10 * HOUR))).code, 0);
-    assertEquals((await runBot(site, [], fakeNow(11.5 * HOUR))).code, 1);
+    assertEquals((await runMain(site, [], fakeNow(10 * HOUR))).code, 0);
+    assertEquals((await runMain(site, [], fakeNow(11.5 * HOUR))).code, 1);
   });
 });
 
 Deno.test("the replacement is a rename that keeps the file's mode", async () => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"]);
-    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await runMain(site)).code, 1);
     await Deno.chmod(response(site, "a.test"), 0o640);
     const before = await Deno.stat(response(site, "a.test"));
-    assertEquals((await runBot(site, [], fakeNow(19 * HOUR))).code, 1);
+    assertEquals((await runMain(site, [], fakeNow(19 * HOUR))).code, 1);
     const after = await Deno.stat(response(site, "a.test"));
     assertNotEquals(after.ino, before.ino, "a new inode means a rename, not a rewrite in place");
     assertEquals(after.mode! & 0o777, 0o640);
@@ -1132,7 +1382,7 @@ Deno.test("a certificate without an OCSP URL is skipped quietly, not failed", as
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"]);
     await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
-    const run = await runBot(site);
+    const run = await runMain(site);
     assertEquals(run.code, 1, run.stderr);
     assertMatch(run.stdout, /^\[le\.test\] Certificate ".*" names no OCSP responder .*skipped$/m);
     assertEquals(run.stderr, "", "cron would mail a warning every hour");
@@ -1154,12 +1404,12 @@ Deno.test("scan_keys finds triples flat or recursively, whole names only", async
       path.join(site, "certs", "lonely.pem"),
     );
 
-    const flat = await runBot(site);
+    const flat = await runMain(site);
     assertEquals(flat.code, 1, flat.stdout + flat.stderr);
     assert(!flat.stdout.includes("sub.test"), "recursive: no still descended");
 
     await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), BASE_CONFIG);
-    const deep = await runBot(site);
+    const deep = await runMain(site);
     assertEquals(deep.code, 1, deep.stdout + deep.stderr);
     assert(await exists(path.join(site, "responses", "deep", "er", "sub.test.ocsp-resp")));
   });
@@ -1180,7 +1430,7 @@ Deno.test("explicit domains and the responder override work; ids are unique", as
       path.join(site, "ocspbot.yaml"),
       "minimum_validity: 6h\nocsp_folder: responses\n" + domains,
     );
-    const run = await runBot(site);
+    const run = await runMain(site);
     assertEquals(run.code, 1, run.stderr);
     assert(await exists(path.join(site, "responses", "nested", "folder", "explicit.der")));
 
@@ -1188,7 +1438,7 @@ Deno.test("explicit domains and the responder override work; ids are unique", as
       path.join(site, "ocspbot.yaml"),
       BASE_CONFIG + domains.replace("explicit:", "a.test:"),
     );
-    const twice = await runBot(site);
+    const twice = await runMain(site);
     assertEquals(twice.code, 253);
     assertMatch(twice.stderr, /Certificate id "a\.test" appears twice/);
   });
@@ -1215,7 +1465,7 @@ Deno.test("includes are read from their folder wherever the bot starts", async (
     const mainConfig =
       `minimum_validity: 6h\nocsp_folder: ${site}/responses\nincludes:\n  - ${includeDir}\n`;
     await Deno.writeTextFile(config, mainConfig);
-    const run = await runBot(elsewhere, ["main.yaml"]);
+    const run = await runMain(elsewhere, ["main.yaml"]);
     // scan_keys finds both a.test and b.test; a.test is also in domains.
     assertEquals(run.code, 253, run.stdout + run.stderr);
     assertMatch(run.stderr, /Certificate id "a\.test" appears twice/);
@@ -1225,7 +1475,7 @@ Deno.test("includes are read from their folder wherever the bot starts", async (
       `scan_keys:\n  - folder: ${certs}\n    cert_mask: "b{domain}.pem"\n    chain_mask: "b{domain}-chain.pem"\n    rootchain_mask: "b{domain}-rootchain.pem"\n    ocsp_mask: "b{domain}.der"\n`,
     );
     await Deno.writeTextFile(config, `${mainConfig}  - ${site}/missing.d\n`);
-    const missing = await runBot(elsewhere, ["main.yaml"]);
+    const missing = await runMain(elsewhere, ["main.yaml"]);
     assertEquals(missing.code, 253, missing.stdout + missing.stderr);
     assertMatch(
       missing.stderr,
@@ -1234,7 +1484,7 @@ Deno.test("includes are read from their folder wherever the bot starts", async (
     assert(!(await exists(path.join(site, "responses", "a.der"))), "a broken config fetched");
 
     await Deno.writeTextFile(config, mainConfig);
-    const fixed = await runBot(elsewhere, ["main.yaml"]);
+    const fixed = await runMain(elsewhere, ["main.yaml"]);
     assertEquals(fixed.code, 2, fixed.stdout + fixed.stderr);
     assert(await exists(path.join(site, "responses", "a.der")));
     assert(await exists(path.join(site, "responses", "b.test.der")));
@@ -1273,7 +1523,7 @@ Deno.test("an include writes only inside ocsp_folder; the main config anywhere",
     for (const [name, include, message] of cases) {
       await t.step(`${name}: 253, naming the include and the key`, async () => {
         await Deno.writeTextFile(path.join(includeDir, "team.yaml"), include);
-        const run = await runBot(site);
+        const run = await runMain(site);
         assertEquals(run.code, 253, run.stdout + run.stderr);
         assertMatch(run.stderr, /^ERROR: Config "conf\.d\/team\.yaml": /m);
         assertMatch(run.stderr, message);
@@ -1287,7 +1537,7 @@ Deno.test("an include writes only inside ocsp_folder; the main config anywhere",
         path.join(site, "ocspbot.yaml"),
         `${mainConfig}domains:\n  a.test:\n${files}    ocsp: ${elsewhere}\n`,
       );
-      const run = await runBot(site);
+      const run = await runMain(site);
       assertEquals(run.code, 1, run.stdout + run.stderr);
       assertEquals(await ca.verifiedStatus(elsewhere, path.join(certs, "a.test.pem")), "good");
     });
@@ -1313,14 +1563,14 @@ Deno.test("an id or file name with a newline cannot forge a log line", async () 
     const site = await makeSite(ca, [forged]);
     const lines = (run: { stdout: string; stderr: string }) =>
       (run.stdout + run.stderr).split("\n").filter(Boolean);
-    const first = await runBot(site);
+    const first = await runMain(site);
     assertEquals(first.code, 1, first.stdout + first.stderr);
     assert(!lines(first).includes("evil::0:0:::"), first.stdout);
     assertMatch(first.stdout, /^\[x\\nevil::0:0:::\\ny\] Stored new OCSP response/m);
-    const check = await runBot(site, ["--check"]);
+    const check = await runMain(site, ["--check"]);
     assertEquals(check.code, 0, check.stdout + check.stderr);
     for (const line of lines(check)) assertMatch(line, /^(\[x\\nevil::0:0:::\\ny\] |OCSP OK)/);
-    const report = JSON.parse((await runBot(site, ["--check", "--json"])).stdout);
+    const report = JSON.parse((await runMain(site, ["--check", "--json"])).stdout);
     assertEquals(Object.keys(report.certificates), [forged]);
   });
 });
@@ -1330,7 +1580,7 @@ Deno.test("backups copy each new response under a local-time name", async () => 
     const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "make_backups: yes\n");
     const now = clockAhead(HOUR);
     const env = { TZ: "Asia/Kolkata", OCSPBOT_FAKE_NOW: now.toISOString() };
-    assertEquals((await runBot(site, [], env)).code, 1);
+    assertEquals((await runMain(site, [], env)).code, 1);
     const backup = `${response(site, "a.test")}-${wallClockStamp(now, 5.5)}`;
     assertEquals(await Deno.readFile(backup), await Deno.readFile(response(site, "a.test")));
   });
@@ -1344,10 +1594,10 @@ Deno.test("logs go to files named by the placeholders, appended, errors in both"
     const site = await makeSite(ca, ["a.test"], config);
     const now = clockAhead(HOUR);
     const env = { TZ: "UTC", OCSPBOT_FAKE_NOW: now.toISOString() };
-    const first = await runBot(site, [], env);
+    const first = await runMain(site, [], env);
     assertEquals(first.code, 1, first.stderr);
     assertEquals(first.stdout + first.stderr, "");
-    const second = await runBot(site, [], env);
+    const second = await runMain(site, [], env);
     assertEquals(second.code, 0);
     const out = await Deno.readTextFile(
       path.join(site, "logs", `out-${wallClockStamp(now)}.log`),
@@ -1370,7 +1620,7 @@ Deno.test("22 certificates with parallel_threads 8; stop_on_error stops without 
   await withCa(async (ca) => {
     const names = Array.from({ length: 22 }, (_, i) => `host${String(i).padStart(2, "0")}.test`);
     const site = await makeSite(ca, names, BASE_CONFIG + "parallel_threads: 8\n");
-    const run = await runBot(site);
+    const run = await runMain(site);
     assertEquals(run.code, 22, run.stderr);
     assertMatch(run.stdout, /0 unchanged OCSP responses, 22 updated OCSP responses and 0 failures/);
     for (const name of names) assert(await exists(response(site, name)), name);
@@ -1380,7 +1630,7 @@ Deno.test("22 certificates with parallel_threads 8; stop_on_error stops without 
       path.join(site, "ocspbot.yaml"),
       BASE_CONFIG + "parallel_threads: 4\nstop_on_error: on\nretries: 0\n",
     );
-    const stopped = await runBot(site, [], fakeNow(19 * HOUR));
+    const stopped = await runMain(site, [], fakeNow(19 * HOUR));
     assertEquals(stopped.code, 255);
     const failures = stopped.stderr.match(/ERROR:/g)?.length ?? 0;
     assert(failures >= 1 && failures <= 4, `${failures} failures: in-flight work only`);
@@ -1524,7 +1774,7 @@ Deno.test("a missing openssl executable is named in the error", async () => {
       ["a.test"],
       BASE_CONFIG + "openssl_executable: /nonexistent/openssl\n",
     );
-    const run = await runBot(site);
+    const run = await runMain(site);
     assertEquals(run.code, 255);
     assertMatch(run.stderr, /Cannot find openssl executable "\/nonexistent\/openssl"/);
   });
@@ -1585,13 +1835,13 @@ Deno.test("--check reports like a Nagios plugin and changes nothing", async (t) 
     const staple = await ca.issueLeaf(path.join(site, "certs"), "staple.test", {
       mustStaple: true,
     });
-    assertEquals((await runBot(site)).code, 3);
+    assertEquals((await runMain(site)).code, 3);
     const requests = ca.hostHeaders.length;
     const state = path.join(site, "responses", ".ocspbot-state.json");
     const stateBefore = await Deno.readTextFile(state);
 
     await t.step("all fresh: OK, 0", async () => {
-      const run = await runBot(site, ["--check"]);
+      const run = await runMain(site, ["--check"]);
       assertEquals(run.code, 0, run.stdout + run.stderr);
       assertMatch(run.stdout, /^OCSP OK - 3 responses fresh, soonest expiry in 23h 5\dm$/m);
       assertMatch(
@@ -1601,7 +1851,7 @@ Deno.test("--check reports like a Nagios plugin and changes nothing", async (t) 
     });
     await t.step("due: WARNING, 1, but a due must-staple one is CRITICAL, 2", async () => {
       await Deno.remove(staple.cert);
-      const warn = await runBot(site, ["--check"], fakeNow(19 * HOUR));
+      const warn = await runMain(site, ["--check"], fakeNow(19 * HOUR));
       assertEquals(warn.code, 1, warn.stdout + warn.stderr);
       assertMatch(
         warn.stdout,
@@ -1610,7 +1860,7 @@ Deno.test("--check reports like a Nagios plugin and changes nothing", async (t) 
     });
     await t.step("a missing response is CRITICAL, 2, and names the id", async () => {
       await Deno.rename(response(site, "b.test"), response(site, "b.test") + ".moved");
-      const run = await runBot(site, ["--check"]);
+      const run = await runMain(site, ["--check"]);
       assertEquals(run.code, 2, run.stdout);
       assertMatch(
         run.stdout,
@@ -1619,16 +1869,16 @@ Deno.test("--check reports like a Nagios plugin and changes nothing", async (t) 
       await Deno.rename(response(site, "b.test") + ".moved", response(site, "b.test"));
     });
     await t.step("--force does not make --check see anything due", async () => {
-      const run = await runBot(site, ["--check", "--force"]);
+      const run = await runMain(site, ["--check", "--force"]);
       assertEquals(run.code, 0, run.stdout);
     });
     await t.step("-q keeps only the verdict", async () => {
-      const run = await runBot(site, ["--check", "-q"]);
+      const run = await runMain(site, ["--check", "-q"]);
       assertEquals(run.code, 0);
       assertEquals(run.stdout.trim().split("\n").length, 1, run.stdout);
     });
     await t.step("a config error is UNKNOWN, 3", async () => {
-      const run = await runBot(site, ["--check", "missing.yaml"]);
+      const run = await runMain(site, ["--check", "missing.yaml"]);
       assertEquals(run.code, 3);
       assertMatch(run.stdout, /^OCSP UNKNOWN - Cannot read config "missing\.yaml"/m);
     });
@@ -1641,8 +1891,8 @@ Deno.test("a must-staple problem is always CRITICAL", async () => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, []);
     await ca.issueLeaf(path.join(site, "certs"), "staple.test", { mustStaple: true });
-    assertEquals((await runBot(site)).code, 1);
-    const run = await runBot(site, ["--check"], fakeNow(19 * HOUR));
+    assertEquals((await runMain(site)).code, 1);
+    const run = await runMain(site, ["--check"], fakeNow(19 * HOUR));
     assertEquals(run.code, 2, run.stdout);
     assertMatch(run.stdout, /: CRITICAL, must-staple$/m);
   });
@@ -1653,7 +1903,7 @@ Deno.test("--json prints one parseable document; logs stay off stdout", async (t
     const site = await makeSite(ca, ["a.test"]);
     await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
     await t.step("a run", async () => {
-      const run = await runBot(site, ["--json"]);
+      const run = await runMain(site, ["--json"]);
       assertEquals(run.code, 1, run.stderr);
       const report = JSON.parse(run.stdout);
       assertEquals(report.mode, "run");
@@ -1682,7 +1932,7 @@ Deno.test("--json prints one parseable document; logs stay off stdout", async (t
       assertMatch(run.stderr, /Success: 0 unchanged OCSP responses, 1 updated/);
     });
     await t.step("with --check", async () => {
-      const run = await runBot(site, ["--check", "--json"]);
+      const run = await runMain(site, ["--check", "--json"]);
       assertEquals(run.code, 0);
       const report = JSON.parse(run.stdout);
       assertEquals(report.mode, "check");
@@ -1696,13 +1946,13 @@ Deno.test("--json prints one parseable document; logs stay off stdout", async (t
 Deno.test("-q prints nothing on a quiet hour, and still every warning", async () => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"]);
-    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await runMain(site)).code, 1);
     // Public CAs' certificates name no responder any more: skipped, quietly.
     await ca.issueLeaf(path.join(site, "certs"), "le.test", { ocspUrls: [] });
-    const quiet = await runBot(site, ["-q"]);
+    const quiet = await runMain(site, ["-q"]);
     assertEquals([quiet.code, quiet.stdout, quiet.stderr], [0, "", ""]);
     await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), BASE_CONFIG + "make_backup: yes\n");
-    const warned = await runBot(site, ["--quiet"]);
+    const warned = await runMain(site, ["--quiet"]);
     assertEquals(warned.stdout, "");
     assertMatch(warned.stderr, /^WARNING: Config "ocspbot\.yaml": unknown key "make_backup"/m);
   });
@@ -1711,7 +1961,7 @@ Deno.test("-q prints nothing on a quiet hour, and still every warning", async ()
 Deno.test("--force renews everything the run covers; --only narrows it, in any order", async (t) => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test", "b.test"]);
-    assertEquals((await runBot(site)).code, 2);
+    assertEquals((await runMain(site)).code, 2);
     const cases: [string[], number][] = [
       [["--force", "ocspbot.yaml"], 2],
       [["ocspbot.yaml", "--force"], 2],
@@ -1721,7 +1971,7 @@ Deno.test("--force renews everything the run covers; --only narrows it, in any o
     ];
     for (const [args, renewed] of cases) {
       await t.step(args.join(" "), async () => {
-        const run = await runBot(site, args);
+        const run = await runMain(site, args);
         assertEquals(run.code, renewed, run.stdout + run.stderr);
         if (renewed > 0) assertMatch(run.stdout, /renewal forced \(--force\)/);
         if (!args.some((arg) => arg.includes("a.test")) && args.includes("b.test")) {
@@ -1730,18 +1980,18 @@ Deno.test("--force renews everything the run covers; --only narrows it, in any o
       });
     }
     await t.step("an unknown id is 252, for a run and for --check", async () => {
-      const unknown = await runBot(site, ["--force", "--only", "c.test"]);
+      const unknown = await runMain(site, ["--force", "--only", "c.test"]);
       assertEquals(unknown.code, 252);
       assertMatch(
         unknown.stderr,
         /--only names certificate ids that are not configured: "c\.test"/,
       );
-      const check = await runBot(site, ["--check", "--only", "c.test"]);
+      const check = await runMain(site, ["--check", "--only", "c.test"]);
       assertEquals(check.code, 3, check.stdout);
       assertMatch(check.stdout, /^OCSP UNKNOWN - --only names certificate ids/m);
     });
     await t.step("the old form reads the id as a config file", async () => {
-      const old = await runBot(site, ["--force", "b.test"]);
+      const old = await runMain(site, ["--force", "b.test"]);
       assertEquals(old.code, 254, old.stderr);
       assertMatch(old.stderr, /Cannot read config "b\.test"/);
     });
@@ -1788,10 +2038,10 @@ Deno.test("on_change runs once after renewals, with the ids; its failure is an e
     const marker = path.join(ca.dir, "renewed.txt");
     const hook = `on_change: [sh, -c, 'echo "$OCSPBOT_RENEWED" >> ${marker}']\n`;
     const site = await makeSite(ca, ["a.test", "b.test"], BASE_CONFIG + hook);
-    assertEquals((await runBot(site)).code, 2);
+    assertEquals((await runMain(site)).code, 2);
     const ids = (await Deno.readTextFile(marker)).trim().split(" ").sort();
     assertEquals(ids, ["a.test", "b.test"]);
-    await runBot(site);
+    await runMain(site);
     assertEquals(
       (await Deno.readTextFile(marker)).trim().split("\n").length,
       1,
@@ -1802,7 +2052,7 @@ Deno.test("on_change runs once after renewals, with the ids; its failure is an e
       path.join(site, "ocspbot.yaml"),
       BASE_CONFIG + "on_change: [sh, -c, 'echo nope >&2; exit 3']\n",
     );
-    const failed = await runBot(site, ["--force", "--only", "a.test"]);
+    const failed = await runMain(site, ["--force", "--only", "a.test"]);
     assertEquals(failed.code, 255);
     assertMatch(
       failed.stderr,
@@ -1830,7 +2080,7 @@ Deno.test("keep_backups keeps the newest backups of each response", async () => 
     const runTimes = [1, 2, 3, 4].map((second) => new Date(start.getTime() + second * 1000));
     for (const time of runTimes) {
       const env = { TZ: "UTC", OCSPBOT_FAKE_NOW: time.toISOString() };
-      assertEquals((await runBot(site, ["--force"], env)).code, 1);
+      assertEquals((await runMain(site, ["--force"], env)).code, 1);
     }
     const backups = [...Deno.readDirSync(path.join(site, "responses"))]
       .map((entry) => entry.name).filter((name) => name.startsWith("a.test.ocsp-resp-")).sort();
@@ -1846,12 +2096,12 @@ Deno.test("retries with backoff, and every AIA URL in order", async (t) => {
     await t.step("a failing first answer is retried", async () => {
       const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "retries: 1\n");
       ca.failNextRequests = 1;
-      const run = await runBot(site);
+      const run = await runMain(site);
       assertEquals(run.code, 1, run.stderr);
       assertMatch(run.stderr, /WARNING: Attempt 1 of 2 at .* failed: No response from .*code=500/);
       ca.failNextRequests = 1;
       await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), BASE_CONFIG + "retries: 0\n");
-      assertEquals((await runBot(site, ["--force"])).code, 255);
+      assertEquals((await runMain(site, ["--force"])).code, 255);
       await Deno.remove(site, { recursive: true });
     });
     await t.step("a dead first URL falls through to the next", async () => {
@@ -1859,10 +2109,10 @@ Deno.test("retries with backoff, and every AIA URL in order", async (t) => {
       await ca.issueLeaf(path.join(site, "certs"), "two.test", {
         ocspUrls: ["http://127.0.0.1:9/", ca.url],
       });
-      const run = await runBot(site);
+      const run = await runMain(site);
       assertEquals(run.code, 1, run.stderr);
       assertMatch(run.stderr, /Attempt 1 of 1 at http:\/\/127\.0\.0\.1:9\/ failed/);
-      const report = JSON.parse((await runBot(site, ["--force", "--json"])).stdout);
+      const report = JSON.parse((await runMain(site, ["--force", "--json"])).stdout);
       assertEquals(report.certificates["two.test"].responderUrl, ca.url);
       await Deno.remove(site, { recursive: true });
     });
@@ -1882,12 +2132,12 @@ Deno.test("a response path that is a symlink stays a link; its final target is r
     await Deno.symlink("../shared/current.der", response(site, "a.test"));
     const link = await Deno.readLink(response(site, "a.test"));
 
-    const first = await runBot(site);
+    const first = await runMain(site);
     assertEquals(first.code, 1, first.stderr);
     const stored = await Deno.readFile(target);
     assertEquals(await ca.verifiedStatus(target, cert), "good");
 
-    const forced = await runBot(site, ["--force"], fakeNow(HOUR));
+    const forced = await runMain(site, ["--force"], fakeNow(HOUR));
     assertEquals(forced.code, 1, forced.stderr);
     assert((await Deno.lstat(response(site, "a.test"))).isSymlink, "the link became a file");
     assert((await Deno.lstat(path.join(shared, "current.der"))).isSymlink);
@@ -1897,7 +2147,7 @@ Deno.test("a response path that is a symlink stays a link; its final target is r
     const left = [...Deno.readDirSync(shared)].map((entry) => entry.name).sort();
     assertEquals(left, ["a.der", "current.der"], "a temporary file was left behind");
 
-    const check = await runBot(site, ["--check"], fakeNow(HOUR));
+    const check = await runMain(site, ["--check"], fakeNow(HOUR));
     assertEquals(check.code, 0, check.stdout);
   });
 });
@@ -1915,7 +2165,7 @@ Deno.test("OCSP error statuses are named as answers, retried only when it can he
       await t.step(`${name}: ${requests} request(s)`, async () => {
         ca.mode = { fixed: new Uint8Array([0x30, 0x03, 0x0a, 0x01, code]) };
         const asked = ca.hostHeaders.length;
-        const run = await runBot(site);
+        const run = await runMain(site);
         assertEquals(run.code, 255, run.stderr);
         assertEquals(ca.hostHeaders.length - asked, requests);
         assertMatch(
@@ -1933,7 +2183,7 @@ Deno.test("OCSP error statuses are named as answers, retried only when it can he
       });
     }
     ca.mode = "good";
-    const fixed = await runBot(site);
+    const fixed = await runMain(site);
     assertEquals(fixed.code, 1, fixed.stderr);
     assert(
       !(await exists(rejectedPath(response(site, "a.test")))),
@@ -1946,10 +2196,10 @@ Deno.test("an expired certificate is skipped without asking, every run, and CRIT
   await withCa(async (ca) => {
     const site = await makeSite(ca, []);
     await ca.issueLeaf(path.join(site, "certs"), "old.test", { days: 1 });
-    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await runMain(site)).code, 1);
     const asked = ca.hostHeaders.length;
     const later = fakeNow(25 * HOUR);
-    for (const run of [await runBot(site, [], later), await runBot(site, [], later)]) {
+    for (const run of [await runMain(site, [], later), await runMain(site, [], later)]) {
       assertEquals(run.code, 0, run.stdout + run.stderr);
       assertMatch(
         run.stderr,
@@ -1962,8 +2212,26 @@ Deno.test("an expired certificate is skipped without asking, every run, and CRIT
       asked,
       "a responder was asked about an expired certificate",
     );
-    const check = await runBot(site, ["--check"], later);
+    const check = await runMain(site, ["--check"], later);
     assertEquals(check.code, 2, check.stdout);
+    assertMatch(check.stdout, /^\[old\.test\] certificate expired on .*: CRITICAL$/m);
+  });
+});
+
+Deno.test("an expired certificate without an OCSP URL has one answer: expired, in a run and in --check", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, []);
+    await ca.issueLeaf(path.join(site, "certs"), "old.test", { days: 1, ocspUrls: [] });
+    const later = fakeNow(25 * HOUR);
+    const run = await runMain(site, [], later);
+    assertEquals(run.code, 0, run.stdout + run.stderr);
+    assertMatch(
+      run.stderr,
+      /^\[old\.test\] WARNING: Certificate ".*" expired on .*renew the certificate$/m,
+    );
+    assertMatch(run.stdout, /1 certificates skipped \(expired\)\.$/m);
+    const check = await runMain(site, ["--check"], later);
+    assertEquals(check.code, 2, check.stdout + check.stderr);
     assertMatch(check.stdout, /^\[old\.test\] certificate expired on .*: CRITICAL$/m);
   });
 });
@@ -1979,7 +2247,7 @@ Deno.test("backup_folder takes the backups, mirroring the response folders", asy
     const start = clockAhead(HOUR);
     for (const second of [1, 2, 3]) {
       const env = { OCSPBOT_FAKE_NOW: new Date(start.getTime() + second * 1000).toISOString() };
-      const run = await runBot(site, ["--force"], env);
+      const run = await runMain(site, ["--force"], env);
       assertEquals(run.code, 1, run.stderr);
       assertMatch(run.stdout, /backup ".*\/old\/sub\/a\.test\.ocsp-resp-\d{8}-\d{6}"/);
     }
@@ -2134,7 +2402,7 @@ Deno.test("the chain's issuer is found whatever the order; without one, no respo
     for (const [name, contents] of cases) {
       await t.step(name, async () => {
         await Deno.writeTextFile(chain, contents);
-        const run = await runBot(site, ["--force"]);
+        const run = await runMain(site, ["--force"]);
         assertEquals(run.code, 1, run.stdout + run.stderr);
         assertEquals(
           await ca.verifiedStatus(response(site, "a.test"), path.join(certs, "a.test.pem")),
@@ -2145,7 +2413,7 @@ Deno.test("the chain's issuer is found whatever the order; without one, no respo
     await t.step("a chain without the issuer: an error naming both files", async () => {
       await Deno.writeTextFile(chain, root);
       const asked = ca.hostHeaders.length;
-      const run = await runBot(site, ["--force"]);
+      const run = await runMain(site, ["--force"]);
       assertEquals(run.code, 255, run.stdout + run.stderr);
       assertMatch(
         run.stderr,
@@ -2159,17 +2427,17 @@ Deno.test("the chain's issuer is found whatever the order; without one, no respo
 Deno.test("a revocation the run saw is CRITICAL in --check, while the good response stays", async () => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["r.test"]);
-    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await runMain(site)).code, 1);
     ca.setStatus(await serialOf(path.join(site, "certs", "r.test.pem")), "revoked");
     const due = fakeNow(19 * HOUR);
-    assertEquals((await runBot(site, [], due)).code, 255);
-    const check = await runBot(site, ["--check"], due);
+    assertEquals((await runMain(site, [], due)).code, 255);
+    const check = await runMain(site, ["--check"], due);
     assertEquals(check.code, 2, check.stdout);
     assertMatch(
       check.stdout,
       /^\[r\.test\] the responder said at .* UTC that the certificate is revoked since .* UTC \(keyCompromise\); replace it: CRITICAL$/m,
     );
-    const report = JSON.parse((await runBot(site, ["--check", "--json"], due)).stdout);
+    const report = JSON.parse((await runMain(site, ["--check", "--json"], due)).stdout);
     const r = report.certificates["r.test"];
     assertEquals([r.status, r.health, r.lastAttempt.outcome], ["good", "critical", "revoked"]);
     assertEquals(r.revoked.reason, "keyCompromise");
@@ -2180,15 +2448,15 @@ Deno.test("a revocation the run saw is CRITICAL in --check, while the good respo
 Deno.test("failing renewals are WARNING with their first time and last message, then CRITICAL", async (t) => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "retries: 0\n");
-    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await runMain(site)).code, 1);
     ca.mode = "http500";
     const at = (hours: number) => fakeNow(hours * HOUR);
     const checkAt = async (hours: number) => {
-      const run = await runBot(site, ["--check", "--json"], at(hours));
+      const run = await runMain(site, ["--check", "--json"], at(hours));
       return { code: run.code, report: JSON.parse(run.stdout), log: run.stderr };
     };
     await t.step("first failure: WARNING", async () => {
-      assertEquals((await runBot(site, [], at(19))).code, 255);
+      assertEquals((await runMain(site, [], at(19))).code, 255);
       const { code, report, log } = await checkAt(19);
       assertEquals(code, 1, log);
       assertMatch(
@@ -2200,7 +2468,7 @@ Deno.test("failing renewals are WARNING with their first time and last message, 
     });
     await t.step("still failing an hour later: the first failure's time stays", async () => {
       const first = (await checkAt(19)).report.certificates["a.test"].failingSince;
-      assertEquals((await runBot(site, [], at(20))).code, 255);
+      assertEquals((await runMain(site, [], at(20))).code, 255);
       const { report } = await checkAt(20);
       assertEquals(report.certificates["a.test"].failingSince, first);
       assertNotEquals(report.certificates["a.test"].lastAttempt.time, first);
@@ -2211,7 +2479,7 @@ Deno.test("failing renewals are WARNING with their first time and last message, 
     });
     await t.step("a renewal clears it", async () => {
       ca.mode = "good";
-      assertEquals((await runBot(site, [], at(22))).code, 1);
+      assertEquals((await runMain(site, [], at(22))).code, 1);
       // The responder signs on the real clock: at +22 h its new answer is due already.
       const { code, report } = await checkAt(22);
       assertEquals([code, report.certificates["a.test"].health], [1, "due"]);
@@ -2225,15 +2493,15 @@ Deno.test("a pre-signing responder's same answer is quiet until the stored respo
   await withCa(async (ca) => {
     ca.cacheAnswers = true;
     const site = await makeSite(ca, ["a.test"]);
-    assertEquals((await runBot(site)).code, 1);
-    const early = await runBot(site, ["-q"], fakeNow(19 * HOUR));
+    assertEquals((await runMain(site)).code, 1);
+    const early = await runMain(site, ["-q"], fakeNow(19 * HOUR));
     assertEquals([early.code, early.stdout, early.stderr], [0, "", ""]);
-    const told = await runBot(site, [], fakeNow(19 * HOUR));
+    const told = await runMain(site, [], fakeNow(19 * HOUR));
     assertMatch(
       told.stdout,
       /^\[a\.test\] Responder sent the stored response again; asking again next run \(4h \d+m left\)$/m,
     );
-    const late = await runBot(site, ["-q"], fakeNow(22 * HOUR));
+    const late = await runMain(site, ["-q"], fakeNow(22 * HOUR));
     assertEquals(late.code, 0);
     assertMatch(
       late.stderr,
@@ -2246,21 +2514,21 @@ Deno.test("on_revoked: staple installs the signed revoked answer once, and --che
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["r.test"], BASE_CONFIG + "on_revoked: staple\n");
     const cert = path.join(site, "certs", "r.test.pem");
-    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await runMain(site)).code, 1);
     ca.setStatus(await serialOf(cert), "revoked");
     // The responder signs on the real clock: a week's answer is not due again at +19 h.
     ca.validityMinutes = 7 * 24 * 60;
     const due = fakeNow(19 * HOUR);
-    const stapled = await runBot(site, [], due);
+    const stapled = await runMain(site, [], due);
     assertEquals(stapled.code, 1, stapled.stdout + stapled.stderr);
     assertMatch(
       stapled.stderr,
       /^\[r\.test\] WARNING: Responder says the certificate is revoked since .* \(keyCompromise\); its signed answer is now the staple \(on_revoked: staple\)/m,
     );
     assertEquals(await ca.verifiedStatus(response(site, "r.test"), cert), "revoked");
-    const again = await runBot(site, [], due);
+    const again = await runMain(site, [], due);
     assertEquals(again.code, 0, "a stapled revocation was fetched again: a reload every hour");
-    const check = await runBot(site, ["--check"], due);
+    const check = await runMain(site, ["--check"], due);
     assertEquals(check.code, 2, check.stdout);
     assertMatch(check.stdout, /that the certificate is revoked since .*: CRITICAL$/m);
   });
@@ -2281,7 +2549,7 @@ Deno.test("two configs sharing a response folder keep each other's records", asy
     }
     const runCounting = async (config: string) => {
       const before = (await calls()).length;
-      const run = await runBot(site, [config]);
+      const run = await runMain(site, [config]);
       return [run.code, (await calls()).length - before];
     };
     assertEquals(await runCounting("a.yaml"), [1, 1]);
@@ -2297,7 +2565,7 @@ Deno.test("--check with nothing to check is UNKNOWN; --json stays one document w
     const write = (config: string) => Deno.writeTextFile(path.join(dir, "ocspbot.yaml"), config);
     await t.step("no certificate found: UNKNOWN, 3", async () => {
       await write("minimum_validity: 1d\nscan_keys:\n  - folder: empty\n");
-      const check = await runBot(dir, ["--check"]);
+      const check = await runMain(dir, ["--check"]);
       assertEquals(check.code, 3, check.stdout);
       assertMatch(check.stdout, /^OCSP UNKNOWN - no certificates found in the configuration$/m);
     });
@@ -2322,7 +2590,7 @@ Deno.test("--check with nothing to check is UNKNOWN; --json stays one document w
     for (const [name, config, args, status, error] of cases) {
       await t.step(name, async () => {
         await write(config);
-        const run = await runBot(dir, args);
+        const run = await runMain(dir, args);
         assertEquals(run.code, status, run.stdout + run.stderr);
         const report = JSON.parse(run.stdout);
         assertEquals(report.status, status);
@@ -2341,7 +2609,7 @@ Deno.test("metrics_file: the textfile a node_exporter reads, after a run and aft
       BASE_CONFIG + "metrics_file: metrics/ocspbot.prom\n",
     );
     const file = path.join(site, "metrics", "ocspbot.prom");
-    const run = await runBot(site, ["--json"]);
+    const run = await runMain(site, ["--json"]);
     assertEquals(run.code, 1, run.stderr);
     const nextUpdate = Date.parse(JSON.parse(run.stdout).certificates["a.test"].nextUpdate) / 1000;
     const metrics = await Deno.readTextFile(file);
@@ -2357,7 +2625,7 @@ Deno.test("metrics_file: the textfile a node_exporter reads, after a run and aft
     assertMatch(metrics, /^ocspbot_run_exit_status\{mode="run"\} 1$/m);
     assertMatch(metrics, /^ocspbot_run_certificates\{mode="run",result="renewed"\} 1$/m);
 
-    assertEquals((await runBot(site, ["--check"])).code, 0);
+    assertEquals((await runMain(site, ["--check"])).code, 0);
     const both = await Deno.readTextFile(file);
     assertMatch(both, /^ocspbot_run_exit_status\{mode="run"\} 1$/m);
     assertMatch(both, /^ocspbot_run_exit_status\{mode="check"\} 0$/m);
@@ -2533,7 +2801,7 @@ Deno.test("two intermediates, in either order, in the chain or in a fullchain bu
           path.join(dir, "ocspbot.yaml"),
           `minimum_validity: 6h\ndomains:\n  deep.test:\n    cert: cert.pem\n${chainKey}    rootchain: ${ca.rootchain}\n    ocsp: deep.der\n`,
         );
-        const run = await runBot(dir);
+        const run = await runMain(dir);
         assertEquals(run.code, 1, run.stdout + run.stderr);
         assertEquals(await ca.verifiedStatus(path.join(dir, "deep.der"), leaf.cert), "good");
       });
@@ -2548,16 +2816,16 @@ Deno.test("proxy, from the config or from http_proxy/no_proxy", async () => {
     // 127.0.0.2:9 answers nothing: only the proxy (the CA's listener) gets through.
     const site = await makeSite(ca, [], BASE_CONFIG + `proxy: ${ca.url}\nretries: 0\ntimeout: 2\n`);
     await ca.issueLeaf(path.join(site, "certs"), "far.test", { ocspUrls: ["http://127.0.0.2:9/"] });
-    assertEquals((await runBot(site)).code, 1);
+    assertEquals((await runMain(site)).code, 1);
     assertEquals(ca.proxied, ["http://127.0.0.2:9/"]);
 
     await Deno.writeTextFile(
       path.join(site, "ocspbot.yaml"),
       BASE_CONFIG + "retries: 0\ntimeout: 2\n",
     );
-    assertEquals((await runBot(site, ["--force"], { http_proxy: ca.url })).code, 1);
+    assertEquals((await runMain(site, ["--force"], { http_proxy: ca.url })).code, 1);
     assertEquals(ca.proxied.length, 2);
-    const direct = await runBot(site, ["--force"], { http_proxy: ca.url, no_proxy: "127.0.0.2" });
+    const direct = await runMain(site, ["--force"], { http_proxy: ca.url, no_proxy: "127.0.0.2" });
     assertEquals(direct.code, 255, "no_proxy was not honoured");
     assertEquals(ca.proxied.length, 2);
   });

@@ -15,6 +15,7 @@
  */
 
 import * as path from "node:path";
+import { main, Output } from "../ocspbot.ts";
 
 /** How the responder answers the next requests. */
 export type ResponderMode =
@@ -109,6 +110,42 @@ export async function runBot(
     stdout: decoder.decode(output.stdout),
     stderr: decoder.decode(output.stderr),
   };
+}
+
+/**
+ * Runs the bot's main() in this process, from `cwd`, with `env` set for the
+ * length of the run, and returns what it printed as runBot() does: a run
+ * as fast as a function call, for what needs no process of its own (not
+ * permissions, signals, time zones or the status Deno exits with).
+ */
+export async function runMain(
+  cwd: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+): Promise<BotRun> {
+  const printed = { stdout: "", stderr: "" };
+  const decoder = new TextDecoder();
+  const capture = (stream: keyof typeof printed) => ({
+    writeSync(bytes: Uint8Array) {
+      printed[stream] += decoder.decode(bytes);
+      return bytes.length;
+    },
+  });
+  const before = Deno.cwd();
+  const saved = Object.keys(env).map((name) => [name, Deno.env.get(name)] as const);
+  for (const [name, value] of Object.entries(env)) Deno.env.set(name, value);
+  Deno.chdir(cwd);
+  try {
+    const output = new Output({ stdout: capture("stdout"), stderr: capture("stderr") });
+    const code = await main(args, output);
+    return { code, ...printed };
+  } finally {
+    Deno.chdir(before);
+    for (const [name, value] of saved) {
+      if (value === undefined) Deno.env.delete(name);
+      else Deno.env.set(name, value);
+    }
+  }
 }
 
 /**
