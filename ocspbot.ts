@@ -324,6 +324,8 @@ export const DEFAULT_CONFIG = "ocspbot.yaml";
 export const DEFAULT_TIMEOUT_SECONDS = 30;
 export const DEFAULT_LOCK_TIMEOUT_SECONDS = 300;
 export const DEFAULT_RETRIES = 2;
+/** The version of the state file's format this ocspbot reads and writes. */
+export const STATE_VERSION = 2;
 /** The state file's name inside `ocsp_folder`, unless `state_file` says otherwise. */
 export const DEFAULT_STATE_FILE = ".ocspbot-state.json";
 /** Lifespan assumed for a response without nextUpdate, as Apache mod_md. */
@@ -1812,9 +1814,18 @@ class State {
     }
     // Version 1 (ocspbot 1.0) kept no stamps: verifying once more is all it costs.
     if (parsed?.version === 1) return empty;
-    if (parsed?.version !== 2 || typeof parsed.responses !== "object" || !parsed.responses) {
+    if (typeof parsed?.version === "number" && parsed.version > STATE_VERSION) {
       log.warn(
-        `Ignoring state file "${file}": not an ocspbot state file of version 2; verifying every response`,
+        `State file "${file}" was written by a newer ocspbot (state version ${parsed.version}); ocspbot ${VERSION} rebuilds it in its own version ${STATE_VERSION}, verifying every response once`,
+      );
+      return empty;
+    }
+    if (
+      parsed?.version !== STATE_VERSION || typeof parsed.responses !== "object" ||
+      !parsed.responses
+    ) {
+      log.warn(
+        `Ignoring state file "${file}": not an ocspbot state file of version ${STATE_VERSION}; verifying every response`,
       );
       return empty;
     }
@@ -1885,7 +1896,12 @@ class State {
     const warnings = await files.write(
       this.file,
       encoder.encode(
-        JSON.stringify({ version: 2, responses, scans: Object.fromEntries(this.scans) }) + "\n",
+        JSON.stringify({
+          version: STATE_VERSION,
+          responses,
+          scans: Object.fromEntries(this.scans),
+        }) +
+          "\n",
       ),
     );
     this.#changed = false;
@@ -2004,6 +2020,17 @@ export function planRenewal(
       reason: `stored response expired at ${formatTime(expiredAt)}`,
     };
   }
+  if (expiredAt.getTime() >= cert.notAfter.getTime()) {
+    // A newer response could not outlive the certificate either: renewing it
+    // every run would only reload servers every run.
+    return {
+      due: false,
+      renewAt: cert.notAfter,
+      reason: `stored response is ${stored.status} until ${
+        formatTime(expiredAt)
+      }, past the certificate's end at ${formatTime(cert.notAfter)}: nothing to renew before then`,
+    };
+  }
   const renewAt = renewalTime(policy, cert, stored);
   const due = now.getTime() >= renewAt.getTime();
   const expiry =
@@ -2086,11 +2113,16 @@ export function rejectFetched(
     return `responder says the certificate is ${fetched.status}${revoked}`;
   }
   if (!fetched.thisUpdate) return "new response has no thisUpdate";
-  if (fetched.thisUpdate.getTime() > now.getTime() + CLOCK_SKEW_MS) {
-    return `new response's thisUpdate ${formatTime(fetched.thisUpdate)} lies in the future`;
+  const ahead = fetched.thisUpdate.getTime() - now.getTime();
+  if (ahead > CLOCK_SKEW_MS) {
+    return `new response's thisUpdate ${formatTime(fetched.thisUpdate)} is ${
+      Math.round(ahead / 60_000)
+    } min ahead of this machine's clock, in the future: check this machine's time (NTP), or the responder's`;
   }
   if (fetched.nextUpdate && fetched.nextUpdate.getTime() <= now.getTime()) {
-    return `new response expired already (nextUpdate ${formatTime(fetched.nextUpdate)})`;
+    return `new response expired already, at ${
+      formatTime(fetched.nextUpdate)
+    }: the responder serves a stale answer (a cache?); asking again next run`;
   }
   if (
     stored?.verified && isStaple(stored, policy) && stored.thisUpdate &&
@@ -2159,9 +2191,12 @@ export function parseOcspOutput(
   };
   const responderError = /^Responder Error: (\S+) \((\d+)\)$/m.exec(stdout);
   const lines = stdout.split("\n");
-  const statusAt = lines.findIndex((line) => /: (good|revoked|unknown)$/.test(line));
+  // `name: good`, or, after "name: WARNING: Status times invalid." and an error
+  // line (a stale or early response), the status alone on its line.
+  const status = /(?:^|: )(good|revoked|unknown)$/;
+  const statusAt = lines.findIndex((line) => status.test(line));
   if (statusAt >= 0) {
-    report.status = /: (good|revoked|unknown)$/.exec(lines[statusAt])![1] as CertStatus;
+    report.status = status.exec(lines[statusAt])![1] as CertStatus;
     for (const line of lines.slice(statusAt + 1)) {
       const field = /^\t(This Update|Next Update|Revocation Time|Reason): (.*)$/.exec(line);
       if (!field) break;
@@ -3103,13 +3138,20 @@ export function assess(
     return verdict("critical", `stored response says "${stored.status}"${revocationText(stored)}`);
   }
   const expiry = responseExpiry(stored);
-  const good = stored.nextUpdate
-    ? `good, nextUpdate ${formatTime(stored.nextUpdate)}${signerEndsFirst(stored)} (${
-      formatDuration(expiry - now.getTime())
-    } left)`
-    : `good, no nextUpdate (${formatDuration(expiry - now.getTime())} left)`;
-  if (now.getTime() >= expiry) return verdict("critical", `stored response expired`);
-  const renewal = plan.renewAt ? `, renewal at ${formatTime(plan.renewAt)}` : "";
+  // A response that outlives its certificate: what --check reports is the certificate's end.
+  const outlived = cert.notAfter.getTime() <= expiry;
+  const left = `${formatDuration(Math.min(expiry, cert.notAfter.getTime()) - now.getTime())} left`;
+  const good =
+    (stored.nextUpdate
+      ? `good, nextUpdate ${formatTime(stored.nextUpdate)}${signerEndsFirst(stored)}`
+      : `good, no nextUpdate`) +
+    (outlived
+      ? `, past the certificate's end at ${formatTime(cert.notAfter)} (${left})`
+      : ` (${left})`);
+  if (now.getTime() >= expiry) {
+    return verdict("critical", `stored response expired at ${formatTime(new Date(expiry))}`);
+  }
+  const renewal = plan.renewAt && !outlived ? `, renewal at ${formatTime(plan.renewAt)}` : "";
   if (attempt?.outcome === "failed") {
     const since = formatTime(new Date((attempt.failingSince ?? attempt.time) * 1000));
     const critical = cert.mustStaple || runsShort(stored, plan.renewAt, now);

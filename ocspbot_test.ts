@@ -447,17 +447,22 @@ Deno.test("planRenewal() follows the Python bot's rule, on a fake clock", async 
   for (const [name, policy, stored, now, due] of cases) {
     await t.step(name, () => assertEquals(planRenewal(policy, CERT, stored, at(now)).due, due));
   }
-  await t.step("the certificate's end clips the response's", () => {
-    const cert = { ...CERT, notAfter: new Date("2026-06-03T00:00:00Z") };
-    const decision = planRenewal(
-      { minimumValidityMs: 24 * HOUR },
-      cert,
-      GOOD,
-      at("2026-06-02T00:00:00Z"),
-    );
-    assertEquals(decision.renewAt?.toISOString(), "2026-06-02T00:00:00.000Z");
-    assertEquals(decision.due, true);
-  });
+  await t.step(
+    "a response that outlives the certificate is not due: no newer one could outlive it longer",
+    () => {
+      const cert = { ...CERT, notAfter: new Date("2026-06-03T00:00:00Z") };
+      const decision = planRenewal(
+        { minimumValidityMs: 24 * HOUR },
+        cert,
+        GOOD,
+        at("2026-06-02T00:00:00Z"),
+      );
+      // Clipping the response's end to the certificate's made it due every run.
+      assertEquals(decision.renewAt?.toISOString(), "2026-06-03T00:00:00.000Z");
+      assertEquals(decision.due, false);
+      assertMatch(decision.reason, /past the certificate's end at 2026-06-03 00:00:00 UTC/);
+    },
+  );
   await t.step("an expired response is due, even for a certificate not yet valid", () => {
     // Lifespan clipped to a certificate that starts after nextUpdate: the
     // percentage alone put the renewal after expiry ("fine" while expired).
@@ -996,6 +1001,19 @@ Deno.test("a verified response is trusted until a byte of it, its cert or chain 
       assertEquals([run.code, run.calls], [0, 3], run.stderr);
       assertMatch(run.stderr, /WARNING: Ignoring state file/);
     });
+    await t.step("a state a newer ocspbot wrote: said once, and rebuilt", async () => {
+      const state = path.join(site, "responses", ".ocspbot-state.json");
+      await Deno.writeTextFile(state, JSON.stringify({ version: 3, records: [] }));
+      const run = await runCounting();
+      assertEquals([run.code, run.calls], [0, 3], run.stderr);
+      assertMatch(
+        run.stderr,
+        /^WARNING: State file ".*" was written by a newer ocspbot \(state version 3\); .* rebuilds it/m,
+      );
+      assertEquals(JSON.parse(await Deno.readTextFile(state)).version, 2);
+      const again = await runCounting();
+      assertEquals([again.code, again.calls, again.stderr], [0, 0, ""]);
+    });
   });
 });
 
@@ -1161,6 +1179,29 @@ Deno.test("a response is renewed when its time comes, by time and by percentage"
       assertEquals((await runMain(site, [], fakeNow(5 * HOUR))).code, 0);
       assertEquals((await runMain(site, [], fakeNow(7 * HOUR))).code, 1);
     });
+  });
+});
+
+Deno.test("a certificate ending before its response: no renewal and no reload every run", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(
+      ca,
+      [],
+      BASE_CONFIG.replace("6h", "2h") + "on_change: [touch, reloaded]\n",
+    );
+    await ca.issueLeaf(path.join(site, "certs"), "short.test", { days: 1 });
+    assertEquals((await runMain(site)).code, 1);
+    await Deno.remove(path.join(site, "reloaded"));
+    // 90 minutes before the certificate ends; the response lives 24 h, past it.
+    const late = fakeNow(24 * HOUR - 90 * 60_000);
+    for (let run = 1; run <= 3; run++) {
+      const quiet = await runMain(site, [], late);
+      assertEquals(quiet.code, 0, `run ${run}: ${quiet.stdout}${quiet.stderr}`);
+    }
+    assertEquals(await exists(path.join(site, "reloaded")), false, "on_change ran");
+    const check = await runMain(site, ["--check"], late);
+    assertEquals(check.code, 0, check.stdout);
+    assertMatch(check.stdout, /past the certificate's end at .* \(1h 29m left\): fresh$/m);
   });
 });
 
