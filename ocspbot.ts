@@ -230,11 +230,13 @@ export interface Decision {
 }
 
 /**
- * What to do with a certificate: leave it alone (and why), keep its fresh
- * response until `renewAt`, or renew it now from `urls`.
+ * What to do with a certificate: leave it alone (and why), report that it
+ * can never be stapled as configured, keep its fresh response until
+ * `renewAt`, or renew it now from `urls`.
  */
 export type Plan =
   | { kind: "skip"; why: SkipReason; reason: string; renewAt?: undefined }
+  | { kind: "fail"; reason: string; renewAt?: undefined }
   | { kind: "fresh"; renewAt: Date; reason: string }
   | { kind: "renew"; urls: string[]; reason: string; renewAt?: Date };
 
@@ -342,6 +344,8 @@ export const KILL_GRACE_SECONDS = 2;
 export const HASH_CHARS = 22;
 /** A file changed more recently than this gets no stamp: see fileStamp(). */
 export const STAMP_SETTLE_MS = 2000;
+/** How long after its notBefore a certificate may be unknown to its responder. */
+export const NEW_CERTIFICATE_GRACE_MS = 15 * 60_000;
 /** Clock skew tolerated in a fresh response's thisUpdate (openssl's own). */
 export const CLOCK_SKEW_MS = 5 * 60_000;
 /** The signals that end a run early, keeping what finished. */
@@ -1504,14 +1508,20 @@ export function pemCertificates(text: string): string[] {
 }
 
 /**
- * Which of `candidates` issued `cert`: its issuer name and authority key
- * identifier match (OpenSSL's X509_check_issued) and the signature verifies.
- * -1 when none did.
+ * Whether `candidate` issued `cert`, as far as node:crypto can tell: their
+ * names and key identifiers match (OpenSSL's X509_check_issued) and the
+ * signature verifies. undefined when the names match but node:crypto cannot
+ * check the signature: it verifies no RSASSA-PSS signature (AD CS's
+ * AlternateSignatureAlgorithm) and reads no RSASSA-PSS key; openssl must.
  */
-export function findIssuer(cert: X509Certificate, candidates: X509Certificate[]): number {
-  return candidates.findIndex((candidate) =>
-    cert.checkIssued(candidate) && cert.verify(candidate.publicKey)
-  );
+export function issuedBy(cert: X509Certificate, candidate: X509Certificate): boolean | undefined {
+  if (!cert.checkIssued(candidate)) return false;
+  try {
+    if (cert.verify(candidate.publicKey)) return true;
+  } catch {
+    // "unsupported x509 public key type": an RSASSA-PSS key.
+  }
+  return undefined;
 }
 
 function readX509(certificate: Uint8Array | string, file: string): X509Certificate {
@@ -1596,12 +1606,54 @@ function parsedFiles(target: Target, context: RunContext): ParsedFiles {
 /**
  * What openssl is told about a certificate: its issuer (the chain file when
  * its first certificate is the one, else the issuer's PEM on stdin) and the
- * leaf's serial. With -serial, openssl needs no file holding the leaf alone.
+ * leaf's serial, as `-serial` takes it. With -serial, openssl needs no file
+ * holding the leaf alone.
  */
 interface RequestInput {
   issuerFile: string;
   issuerPem?: string;
   serial: string;
+}
+
+/**
+ * A certificate's serial as openssl's `-serial` reads it, sign included:
+ * old private CAs issued negative serials, which node:crypto shows as their
+ * two's complement bytes, and asking for those is asking for another
+ * certificate (answered `unknown`).
+ */
+export function serialArgument(certificate: Uint8Array): string {
+  const [whole] = derElements(certificate);
+  const [tbs] = derElements(certificate, whole.content, whole.end);
+  const fields = derElements(certificate, tbs.content, tbs.end);
+  // The version, [0], comes first unless it is the default, v1.
+  const serial = fields[fields[0].tag === 0xa0 ? 1 : 0];
+  const bytes = certificate.subarray(serial.content, serial.end);
+  let value = bytes.reduce((sum, byte) => sum * 256n + BigInt(byte), 0n);
+  if (bytes[0] & 0x80) value -= 1n << BigInt(8 * bytes.length);
+  return value < 0n ? `-0x${(-value).toString(16)}` : `0x${value.toString(16)}`;
+}
+
+/**
+ * Whether openssl verifies `issuer`'s signature on `leaf`, with `issuer` as
+ * the only trust anchor and no time checked: the issuer check for what
+ * node:crypto cannot verify. The leaf goes through a temporary file, since
+ * stdin carries the issuer.
+ */
+async function opensslVerifies(
+  leaf: FileCertificate,
+  issuer: FileCertificate,
+  context: RunContext,
+): Promise<boolean> {
+  const file = Deno.makeTempFileSync({ prefix: "ocspbot-leaf-", suffix: ".pem" });
+  context.files.temporary.add(file);
+  try {
+    Deno.writeTextFileSync(file, leaf.pem);
+    const args = ["verify", "-partial_chain", "-no_check_time", "-CAfile", "/dev/stdin", file];
+    return (await runOpenssl(args, context, issuer.pem)).code === 0;
+  } finally {
+    removeIfPresent(file);
+    context.files.temporary.delete(file);
+  }
 }
 
 /**
@@ -1611,24 +1663,28 @@ interface RequestInput {
  * another certificate and fail late with "root ca not trusted". Throws
  * naming the files, before any request, when none issued the leaf.
  */
-function requestInput(target: Target, context: RunContext): RequestInput {
+async function requestInput(target: Target, context: RunContext): Promise<RequestInput> {
   const parsed = parsedFiles(target, context);
   if (parsed.request) return parsed.request;
-  const bundle = parsed.bundle;
+  const { leaf, certificates } = parsed.bundle;
   const chain = target.chainPath ? readBundle(target.chainPath, "chain").certificates : [];
-  const candidates = [...chain, ...bundle.certificates.filter((c) => c !== bundle.leaf)];
-  const index = findIssuer(bundle.leaf.x509, candidates.map((c) => c.x509));
+  const candidates = [...chain, ...certificates.filter((c) => c !== leaf)];
+  const verdicts = candidates.map((candidate) => issuedBy(leaf.x509, candidate.x509));
+  let index = verdicts.indexOf(true);
+  for (let i = 0; index < 0 && i < candidates.length; i++) {
+    if (verdicts[i] === undefined && await opensslVerifies(leaf, candidates[i], context)) index = i;
+  }
   if (index < 0) {
     const where = target.chainPath
       ? `Chain "${target.chainPath}" and certificate "${target.certPath}" hold`
       : `Certificate "${target.certPath}" holds`;
     throw new Error(
-      `${where} no certificate that issued "${target.certPath}" (issuer "${bundle.leaf.x509.issuer}"); put the intermediate that signed it in ${
+      `${where} no certificate that issued "${target.certPath}" (issuer "${leaf.x509.issuer}"); put the intermediate that signed it in ${
         target.chainPath ? "the chain file" : "the certificate file, or give a chain"
       }; no responder was asked`,
     );
   }
-  const serial = bundle.leaf.x509.serialNumber;
+  const serial = serialArgument(leaf.x509.raw);
   const input: RequestInput = index === 0 && target.chainPath
     ? { issuerFile: target.chainPath, serial }
     : { issuerFile: "/dev/stdin", issuerPem: candidates[index].pem, serial };
@@ -2070,6 +2126,13 @@ export function planTarget(
       }; skipped, no responder asked: renew the certificate`,
     };
   }
+  if (urls.length === 0 && cert.mustStaple) {
+    return {
+      kind: "fail",
+      reason:
+        `requires a staple (TLS Feature "Must-Staple", RFC 7633) but names no OCSP responder, so clients that check refuse every handshake: give it a "domains" entry with "ocsp_responder_uri", or use a certificate without Must-Staple`,
+    };
+  }
   if (urls.length === 0) {
     return {
       kind: "skip",
@@ -2082,6 +2145,19 @@ export function planTarget(
   return decision.due
     ? { kind: "renew", urls, reason: decision.reason, renewAt: decision.renewAt }
     : { kind: "fresh", reason: decision.reason, renewAt: decision.renewAt! };
+}
+
+/**
+ * Whether an answer only says that the responder does not know the
+ * certificate yet: responders often learn of a certificate minutes after it
+ * is issued (the CA/Browser Forum's Baseline Requirements give CAs 15) and
+ * answer `unauthorized` or `unknown` meanwhile. Not a failure worth a page.
+ */
+export function notYetKnown(report: ResponseReport, cert: Validity, now: Date): boolean {
+  const young = now.getTime() - cert.notBefore.getTime() < NEW_CERTIFICATE_GRACE_MS;
+  const unknown = report.responderError === "unauthorized" ||
+    (report.verified && report.status === "unknown");
+  return young && unknown;
 }
 
 /**
@@ -2429,7 +2505,7 @@ function verificationArgs(target: Target, input: RequestInput): string[] {
     "-issuer",
     input.issuerFile,
     "-serial",
-    `0x${input.serial}`,
+    input.serial,
     ...(target.rootchainPath ? ["-CAfile", target.rootchainPath] : []),
     "-verify_other",
     target.chainPath ?? target.certPath,
@@ -2449,7 +2525,7 @@ function certificatesEnd(response: Uint8Array): Date | undefined {
 
 /** Verifies a stored response and reads its status and dates. */
 async function checkStoredResponse(target: Target, context: RunContext): Promise<ResponseReport> {
-  const input = requestInput(target, context);
+  const input = await requestInput(target, context);
   const result = await runOpenssl(
     ["ocsp", "-respin", target.responsePath, ...verificationArgs(target, input)],
     context,
@@ -2476,7 +2552,7 @@ async function fetchResponse(
   context: RunContext,
 ): Promise<{ report: ResponseReport; bytes: Uint8Array }> {
   const { config } = context;
-  const input = requestInput(target, context);
+  const input = await requestInput(target, context);
   const result = await runOpenssl(
     [
       "ocsp",
@@ -3113,7 +3189,8 @@ export function assess(
       cert.mustStaple ? ", must-staple" : ""
     }`,
   });
-  if (plan.kind === "skip") {
+  if (plan.kind === "fail") return verdict("critical", `certificate ${plan.reason}`);
+  if (plan.kind === "skip" && plan.why === "expired") {
     return verdict("critical", `certificate expired on ${formatTime(cert.notAfter)}; renew it`);
   }
   if (attempt?.outcome === "revoked") {
@@ -3787,6 +3864,8 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
         if (plan.why === "expired") log.warn(`Certificate "${target.certPath}" ${plan.reason}`);
         else log.info(`Certificate "${target.certPath}" ${plan.reason}`);
         return { ...outcome, action: "skipped", skipReason: plan.why };
+      case "fail":
+        throw new Error(`Certificate "${target.certPath}" ${plan.reason}`);
       case "fresh":
         log.info(`OCSP response is fine: ${plan.reason}`);
         return { ...outcome, action: "unchanged" };
@@ -3839,6 +3918,15 @@ async function renew(
       }
       : undefined;
     const rejection = rejectFetched(report, stored, now, config.policy);
+    if (rejection && notYetKnown(report, cert, now)) {
+      remember("failed", { message: rejection });
+      log.warn(
+        `Certificate "${target.certPath}" was issued ${
+          formatDuration(now.getTime() - cert.notBefore.getTime())
+        } ago and is not yet known to the responder (${rejection}); retried next run`,
+      );
+      return { ...outcome, attempt, action: "unchanged" };
+    }
     if (rejection) {
       if (revocation) remember("revoked", { message: rejection, ...revocation });
       const kept = storedEntry ? "the stored response stays" : "nothing is stored";

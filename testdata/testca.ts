@@ -33,6 +33,21 @@ export interface KeyPair {
   key: string;
 }
 
+/**
+ * The keys and signatures of the CA's own certificates (root, upper,
+ * intermediate): ECDSA P-256 by default; P-384; Ed25519; RSA keys signing
+ * with RSASSA-PSS (AD CS's AlternateSignatureAlgorithm=1); RSASSA-PSS keys.
+ */
+export type CaKeys = "p256" | "p384" | "ed25519" | "rsa-pss-signatures" | "rsa-pss-keys";
+
+const KEY_OPTIONS: Record<CaKeys, string[]> = {
+  "p256": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+  "p384": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+  "ed25519": ["-algorithm", "ED25519"],
+  "rsa-pss-signatures": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+  "rsa-pss-keys": ["-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048"],
+};
+
 /** Options for one leaf certificate. */
 export interface LeafOptions {
   /** OCSP URLs in the AIA; default: the responder. `[]` leaves AIA out. */
@@ -41,6 +56,8 @@ export interface LeafOptions {
   status?: "good" | "revoked" | "unknown";
   days?: number;
   mustStaple?: boolean;
+  /** As openssl's -set_serial takes it, e.g. "-0x1234"; default: the CA's next serial. */
+  serial?: string;
 }
 
 /** Paths of the files scan_keys finds with its default masks. */
@@ -252,12 +269,13 @@ export class TestCa {
   readonly #upper: boolean;
   /** Part of every subject name: two CAs of one test must not share names. */
   readonly #label: string;
+  readonly #keys: CaKeys;
 
   private constructor(
     dir: string,
     server: Deno.HttpServer,
     port: number,
-    options: { upper?: boolean; label?: string },
+    options: { upper?: boolean; label?: string; keys?: CaKeys },
   ) {
     this.dir = dir;
     this.#server = server;
@@ -265,6 +283,7 @@ export class TestCa {
     const upper = options.upper ?? false;
     this.#upper = upper;
     this.#label = options.label ? ` ${options.label}` : "";
+    this.#keys = options.keys ?? "p256";
     this.chain = path.join(dir, upper ? "chain.pem" : "intermediate.pem");
     this.rootchain = path.join(dir, "rootchain.pem");
   }
@@ -273,9 +292,12 @@ export class TestCa {
    * Makes the CA keys and certificates and starts the responder. `upper`
    * puts a second intermediate between the root and the one that issues
    * leaves; `chain` then holds both, the issuing one first. `label` goes into
-   * every subject name, so that a second CA's names differ from the first's.
+   * every subject name, so that a second CA's names differ from the first's;
+   * `keys` chooses the CA's own keys and signatures.
    */
-  static async create(options: { upper?: boolean; label?: string } = {}): Promise<TestCa> {
+  static async create(
+    options: { upper?: boolean; label?: string; keys?: CaKeys } = {},
+  ): Promise<TestCa> {
     const dir = await Deno.makeTempDir({ prefix: "ocspbot-ca-" });
     const listening = Promise.withResolvers<number>();
     const server: Deno.HttpServer = Deno.serve({
@@ -327,10 +349,7 @@ export class TestCa {
       ) =>
         openssl([
           "genpkey",
-          "-algorithm",
-          "EC",
-          "-pkeyopt",
-          "ec_paramgen_curve:P-256",
+          ...KEY_OPTIONS[TestCa.#AUTHORITIES.includes(name) ? this.#keys : "p256"],
           "-out",
           this.#file(`${name}.key`),
         ])
@@ -373,6 +392,9 @@ export class TestCa {
   }
 
   /** Signs `<name>.key` into `out` (default `<name>.pem`); no issuer: self-signed. */
+  /** The certificates whose keys `keys` chooses; leaves and responders keep P-256. */
+  static readonly #AUTHORITIES = ["root", "upper", "intermediate"];
+
   async #certify(options: {
     name: string;
     subject: string;
@@ -382,8 +404,15 @@ export class TestCa {
     out?: string;
     days?: number;
     extra?: string[];
+    serial?: string;
   }): Promise<string> {
-    const serial = (this.#serial++).toString(16).toUpperCase().padStart(4, "0");
+    const serial = options.serial ??
+      `0x${(this.#serial++).toString(16).toUpperCase().padStart(4, "0")}`;
+    // The signer is the issuer, or the certificate itself when self-signed.
+    const signer = options.issuer ?? options.name;
+    const pss = this.#keys === "rsa-pss-signatures" && TestCa.#AUTHORITIES.includes(signer)
+      ? ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-1"]
+      : [];
     const signing = options.issuer
       ? [
         "-CA",
@@ -406,13 +435,16 @@ export class TestCa {
       "-days",
       String(options.days ?? 365),
       "-set_serial",
-      `0x${serial}`,
+      serial,
       ...signing,
+      ...pss,
       ...(options.extra ?? []),
       "-out",
       options.out ?? this.#file(`${options.name}.pem`),
     ]);
-    return serial;
+    // As the index and `openssl x509 -serial` name it: hex, upper case, a sign if negative.
+    const [, sign, hex] = /^(-?)0x(.*)$/.exec(serial)!;
+    return sign + hex.toUpperCase().padStart(hex.length % 2 ? hex.length + 1 : hex.length, "0");
   }
 
   /**
@@ -444,6 +476,7 @@ export class TestCa {
       out: cert,
       days: options.days ?? 30,
       extra,
+      serial: options.serial,
     });
     const files: LeafFiles = {
       cert,
