@@ -348,6 +348,8 @@ export const STAMP_SETTLE_MS = 2000;
 export const NEW_CERTIFICATE_GRACE_MS = 15 * 60_000;
 /** Clock skew tolerated in a fresh response's thisUpdate (openssl's own). */
 export const CLOCK_SKEW_MS = 5 * 60_000;
+/** How many HTTP redirects of a responder ocspbot follows, when it may. */
+export const MAX_REDIRECTS = 3;
 /** The signals that end a run early, keeping what finished. */
 export const STOP_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
 /** How long an interrupted run may take to wind down before it exits regardless. */
@@ -586,7 +588,8 @@ function asWholeNumber(minimum: number) {
 function asHttpUrl(example: string) {
   return (value: unknown, at: Reading): string => {
     const url = asString(value, at);
-    if (!/^https?:\/\/[^/]/.test(url)) invalid(at, `must be ${example}, not "${url}"`);
+    // A URL's scheme may be written in capitals (RFC 3986); openssl gets it normalized.
+    if (!/^https?:\/\/[^/]/i.test(url)) invalid(at, `must be ${example}, not "${url}"`);
     return url;
   };
 }
@@ -2487,6 +2490,9 @@ async function runOpenssl(
 /** openssl got no answer at all: worth another try, or another URL. */
 class NoResponse extends Error {}
 
+/** The responder answered with an HTTP redirect, which `openssl ocsp` does not follow. */
+class Redirected extends NoResponse {}
+
 /** openssl ran past its deadline and was stopped. */
 class OpensslTimeout extends Error {}
 
@@ -2573,6 +2579,9 @@ async function fetchResponse(
     input.issuerPem,
   );
   const responseLength = derLength(result.output);
+  if (responseLength === undefined && /redirection not enabled/.test(result.stderr)) {
+    throw new Redirected(`${responderUrl} answered with an HTTP redirect`);
+  }
   if (responseLength === undefined) {
     throw new NoResponse(
       `No response from ${responderUrl}: ${
@@ -2608,9 +2617,10 @@ async function fetchWithRetries(
     if (round > 1) {
       await pause(Math.min(2 ** (round - 2), config.timeoutSeconds) * 1000, context.stop);
     }
-    for (const url of urls) {
+    const queue = [...urls];
+    for (let hops = 0, url; (url = queue.shift()) !== undefined;) {
       try {
-        const answer = { ...await fetchResponse(target, url, context), url };
+        const answer = { ...await fetchResponse(target, normalizedUrl(url), context), url };
         const { report } = answer;
         if (report.verified && report.status) return answer;
         if (report.responderError && DEFINITIVE_ERROR_STATUSES.includes(report.responderError)) {
@@ -2621,8 +2631,21 @@ async function fetchWithRetries(
           ? report.problem!
           : `answer does not verify: ${report.problem}`;
       } catch (error) {
-        if (!(error instanceof NoResponse || error instanceof OpensslTimeout)) throw error;
-        lastProblem = errorText(error);
+        if (error instanceof Redirected) {
+          const next = await redirectTarget(url, target, context);
+          if (next.url && hops++ < MAX_REDIRECTS) {
+            log.info(
+              `Responder ${url} redirects to ${next.url}; following it (an "ocsp_responder_uri" of ${next.url} saves the hop)`,
+            );
+            queue.unshift(next.url);
+            continue;
+          }
+          lastProblem = `${errorText(error)}; ${
+            next.why ?? `more than ${MAX_REDIRECTS} redirects`
+          }`;
+        } else if (error instanceof NoResponse || error instanceof OpensslTimeout) {
+          lastProblem = errorText(error);
+        } else throw error;
       }
       log.warn(`Attempt ${round} of ${attempts} at ${url} failed: ${lastProblem}`);
     }
@@ -2631,6 +2654,74 @@ async function fetchWithRetries(
   throw new Error(
     `No usable response from ${urls.join(", ")} after ${attempts} attempts: ${lastProblem}`,
   );
+}
+
+/**
+ * A responder URL as openssl takes it: a scheme in capitals (`HTTP://`,
+ * which URLs allow) lower-cased. A URL that cannot be used is a failed
+ * attempt (NoResponse), so that the next URL is tried.
+ */
+export function normalizedUrl(url: string): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new NoResponse(`"${url}" is not a usable URL`);
+  }
+  if (!/^https?:$/.test(parsed.protocol) || !parsed.host) {
+    throw new NoResponse(`"${url}" is not an http:// or https:// URL`);
+  }
+  return parsed.href;
+}
+
+/**
+ * Where a redirecting responder points. openssl shows no Location, so the
+ * request is posted once more by Deno itself, which may reach the network
+ * only when ocspbot was given --allow-net (for that host); otherwise what to
+ * do is said instead.
+ */
+async function redirectTarget(
+  url: string,
+  target: Target,
+  context: RunContext,
+): Promise<{ url?: string; why?: string }> {
+  const { host } = new URL(normalizedUrl(url));
+  if (Deno.permissions.querySync({ name: "net", host }).state !== "granted") {
+    return {
+      why: `openssl does not follow redirects; run ocspbot with --allow-net=${
+        new URL(normalizedUrl(url)).hostname
+      } (and the hosts it points to) to let it follow them, or set "ocsp_responder_uri" to where it points (curl -si -X POST ${url} shows the Location)`,
+    };
+  }
+  const input = await requestInput(target, context);
+  const { output: request } = await runOpenssl(
+    ["ocsp", "-issuer", input.issuerFile, "-serial", input.serial, "-no_nonce", "-reqout", "-"],
+    context,
+    input.issuerPem,
+  );
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), context.config.timeoutSeconds * 1000);
+  try {
+    const response = await fetch(normalizedUrl(url), {
+      method: "POST",
+      headers: { "content-type": "application/ocsp-request" },
+      body: request.slice(),
+      redirect: "manual",
+      signal: abort.signal,
+    });
+    await response.body?.cancel();
+    const location = response.headers.get("location");
+    if (!location) return { why: `it answered HTTP ${response.status} without a Location` };
+    const next = new URL(location, normalizedUrl(url));
+    if (!/^https?:$/.test(next.protocol)) {
+      return { why: `it points to "${next.href}", not an http(s) URL` };
+    }
+    return { url: next.href };
+  } catch (error) {
+    return { why: `asking where it points failed: ${errorText(error)}` };
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 // ---------------------------------------------------------------- files --

@@ -1449,6 +1449,51 @@ Deno.test("a certificate issued minutes ago and unknown to its responder: a warn
   });
 });
 
+Deno.test("responder URLs: a broken one is a failed attempt, a capital scheme is a scheme, a redirect is followed or named", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, [], BASE_CONFIG + "retries: 0\ntimeout: 2\n");
+    const certs = path.join(site, "certs");
+    await t.step("a malformed first URL: the next one is asked", async () => {
+      await ca.issueLeaf(certs, "a.test", { ocspUrls: ["http://127.0.0.1:99999/", ca.url] });
+      const run = await runMain(site);
+      assertEquals(run.code, 1, run.stdout + run.stderr);
+      assertMatch(
+        run.stderr,
+        /WARNING: Attempt 1 of 1 at http:\/\/127\.0\.0\.1:99999\/ failed: "http:\/\/127\.0\.0\.1:99999\/" is not a usable URL$/m,
+      );
+    });
+    await t.step("HTTP:// in capitals", async () => {
+      await ca.issueLeaf(certs, "b.test", { ocspUrls: [ca.url.replace("http://", "HTTP://")] });
+      const run = await runMain(site);
+      assertEquals(run.code, 1, run.stdout + run.stderr);
+    });
+    const redirectTo = `${ca.url}ocsp/`;
+    await t.step("a redirect, with the network allowed: followed, and said", async () => {
+      await ca.issueLeaf(certs, "c.test");
+      ca.mode = { redirect: redirectTo };
+      // In-process, with the test's --allow-net=127.0.0.1.
+      const run = await runMain(site);
+      assertEquals(run.code, 1, run.stdout + run.stderr);
+      assertMatch(
+        run.stdout,
+        new RegExp(
+          `^\\[c\\.test\\] Responder ${ca.url} redirects to ${redirectTo}; following it`,
+          "m",
+        ),
+      );
+    });
+    await t.step("a redirect, with no network allowed: what to do is said", async () => {
+      const run = await runBot(site, ["--force", "--only", "c.test"]);
+      ca.mode = "good";
+      assertEquals(run.code, 255, run.stdout + run.stderr);
+      assertMatch(
+        run.stderr,
+        /answered with an HTTP redirect; openssl does not follow redirects; run ocspbot with --allow-net=127\.0\.0\.1 .*set "ocsp_responder_uri" to where it points/,
+      );
+    });
+  });
+});
+
 Deno.test("a corrupt or empty stored response is repaired", async (t) => {
   await withCa(async (ca) => {
     const site = await makeSite(ca, ["a.test"]);

@@ -471,6 +471,48 @@ Deno.test("only the issuer or a responder it authorised signs a staple, as GnuTL
   });
 });
 
+Deno.test("a responder's stale answers and a clock ahead are named, in a run and in --check", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\nretries: 0\n");
+    const HOUR = 3600_000;
+    await t.step("a cache's answer that expired an hour ago", async () => {
+      ca.clockOffsetMs = -2 * HOUR;
+      ca.validityMinutes = 60;
+      const run = await runBot(site);
+      assertEquals(run.code, 255, run.stdout + run.stderr);
+      assertMatch(
+        run.stderr,
+        /ERROR: new response expired already, at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: the responder serves a stale answer/,
+      );
+    });
+    await t.step("a responder 10 minutes ahead", async () => {
+      ca.clockOffsetMs = 10 * 60_000;
+      ca.validityMinutes = 24 * 60;
+      const run = await runBot(site);
+      assertEquals(run.code, 255, run.stdout + run.stderr);
+      assertMatch(
+        run.stderr,
+        /ERROR: new response's thisUpdate .* is (9|10) min ahead of this machine's clock/,
+      );
+    });
+    await t.step(
+      "--check on a stored response that expired an hour ago: CRITICAL, saying so",
+      async () => {
+        ca.clockOffsetMs = -2 * HOUR;
+        ca.validityMinutes = 60;
+        await Deno.mkdir(path.join(site, "responses"), { recursive: true });
+        await Deno.writeFile(
+          response(site, "a.test"),
+          await ca.respond(path.join(site, "certs", "a.test.pem")),
+        );
+        const check = await runBot(site, ["--check"]);
+        assertEquals(check.code, 2, check.stdout + check.stderr);
+        assertMatch(check.stdout, /^\[a\.test\] stored response expired at .* UTC: CRITICAL$/m);
+      },
+    );
+  });
+});
+
 Deno.test("promtool accepts the metrics_file of a run and of --check", async () => {
   await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");

@@ -25,6 +25,7 @@ export type ResponderMode =
   | "garbage" // HTTP 200 with bytes that are not an OCSP response
   | "wrong-signer" // a real answer signed by a key the CA never authorised
   | { signer: KeyPair } // a real answer signed by this certificate and key
+  | { redirect: string } // HTTP 301 to this URL, answered as "good" when it is asked
   | { fixed: Uint8Array<ArrayBuffer> }; // these bytes, whatever was asked
 
 /** A certificate and its key, as files. */
@@ -206,9 +207,16 @@ export async function runBotRedirected(
 export async function openssl(
   args: string[],
   stdin?: Uint8Array,
+  clockOffsetMs?: number,
 ): Promise<Uint8Array<ArrayBuffer>> {
-  const child = new Deno.Command("openssl", {
-    args,
+  // faketime's "@…" starts the clock there, relative to this process's own
+  // clock, which CI itself moves a year ahead.
+  const start = clockOffsetMs === undefined
+    ? undefined
+    : new Date(Date.now() + clockOffsetMs).toISOString().slice(0, 19).replace("T", " ");
+  const child = new Deno.Command(start ? "faketime" : "openssl", {
+    args: start ? ["-f", `@${start}`, "openssl", ...args] : args,
+    env: start ? { TZ: "UTC" } : undefined,
     stdin: stdin ? "piped" : "null",
     stdout: "piped",
     stderr: "piped",
@@ -248,6 +256,12 @@ export class TestCa {
    * measures the bot, not this responder.
    */
   cacheAnswers = false;
+  /**
+   * The responder's clock ahead of (or, negative, behind) the tests', with
+   * faketime: a responder whose clock runs ahead, or a cache serving answers
+   * signed long ago.
+   */
+  clockOffsetMs?: number;
   /** Milliseconds to wait before each answer, as a responder far away would. */
   latencyMs = 0;
   #answers = new Map<string, Uint8Array<ArrayBuffer>>();
@@ -580,22 +594,26 @@ export class TestCa {
   }
 
   #sign(request: Uint8Array, signer: KeyPair): Promise<Uint8Array<ArrayBuffer>> {
-    return openssl([
-      "ocsp",
-      "-index",
-      this.#file("index.txt"),
-      "-CA",
-      this.chain,
-      "-rsigner",
-      signer.cert,
-      "-rkey",
-      signer.key,
-      ...(this.validityMinutes > 0 ? ["-nmin", String(this.validityMinutes)] : []),
-      "-reqin",
-      "-",
-      "-respout",
-      "-",
-    ], request);
+    return openssl(
+      [
+        "ocsp",
+        "-index",
+        this.#file("index.txt"),
+        "-CA",
+        this.chain,
+        "-rsigner",
+        signer.cert,
+        "-rkey",
+        signer.key,
+        ...(this.validityMinutes > 0 ? ["-nmin", String(this.validityMinutes)] : []),
+        "-reqin",
+        "-",
+        "-respout",
+        "-",
+      ],
+      request,
+      this.clockOffsetMs,
+    );
   }
 
   async #answer(request: Request): Promise<Response> {
@@ -616,6 +634,12 @@ export class TestCa {
     if (mode === "http500") return new Response("broken", { status: 500 });
     if (mode === "garbage") {
       return new Response("this is not DER at all", { headers: ocsp });
+    }
+    if (typeof mode === "object" && "redirect" in mode) {
+      const target = new URL(mode.redirect);
+      if (new URL(request.url).pathname !== target.pathname) {
+        return new Response("moved", { status: 301, headers: { location: mode.redirect } });
+      }
     }
     if (typeof mode === "object" && "fixed" in mode) {
       return new Response(mode.fixed, { headers: ocsp });
