@@ -3332,8 +3332,18 @@ export function assess(
   return verdict("fresh", good + renewal);
 }
 
-/** The Nagios plugin line and status of a --check run. */
-export function checkSummary(outcomes: Outcome[], now: Date): { line: string; status: number } {
+/**
+ * The Nagios plugin line and status of a --check run: the verdict, then, after
+ * a `|`, performance data as the plugin guidelines define it, which Nagios
+ * and Icinga graph: seconds to the soonest expiry (warning and critical at
+ * `minimum_validity` and half of it, the renewal window and the point where
+ * failing renewals turn CRITICAL), and the certificates by health.
+ */
+export function checkSummary(
+  outcomes: Outcome[],
+  now: Date,
+  policy: RenewalPolicy = {},
+): { line: string; status: number } {
   if (outcomes.length === 0) {
     // A config whose certificates all vanished checks nothing: that is no OK.
     return {
@@ -3370,7 +3380,21 @@ export function checkSummary(outcomes: Outcome[], now: Date): { line: string; st
     : failing.length + due.length > 0
     ? ["WARNING", NAGIOS.warning]
     : ["OK", NAGIOS.ok];
-  return { line: `OCSP ${label} - ${parts.join(", ")}`, status };
+  const perfdata: string[] = [];
+  if (expiries.length > 0) {
+    const seconds = Math.max(0, Math.round((Math.min(...expiries) - now.getTime()) / 1000));
+    const warn = policy.minimumValidityMs === undefined ? "" : policy.minimumValidityMs / 1000;
+    const crit = warn === "" ? "" : Math.round(warn / 2);
+    perfdata.push(`soonest_expiry=${seconds}s;${warn};${crit};0`);
+  }
+  perfdata.push(
+    `fresh=${checked.length - critical.length - failing.length - due.length}`,
+    `due=${due.length}`,
+    `failing=${failing.length}`,
+    `critical=${critical.length}`,
+    `skipped=${skipped}`,
+  );
+  return { line: `OCSP ${label} - ${parts.join(", ")} | ${perfdata.join(" ")}`, status };
 }
 
 /** A time the state keeps in seconds, as JSON shows times. */
@@ -3544,12 +3568,37 @@ function writeAll(writer: Writer, bytes: Uint8Array) {
  */
 class Destination {
   failure?: string;
+  /**
+   * It is systemd's journal: each line starts with its sd-daemon priority
+   * (`<3>` error, `<4>` warning, `<6>` info), so that `journalctl -p
+   * warning` shows the warnings; the journal strips the prefix.
+   */
+  journal = false;
 
   constructor(
     readonly name: string,
     readonly writer: Writer,
     readonly close: () => void = () => {},
   ) {}
+}
+
+/** sd-daemon(3)'s priorities of the lines ocspbot logs. */
+export const PRIORITY = { error: 3, warning: 4, info: 6 } as const;
+type Priority = (typeof PRIORITY)[keyof typeof PRIORITY];
+
+/**
+ * Whether the stream on file descriptor `fd` is the one systemd connected to
+ * its journal: `JOURNAL_STREAM` names its device and inode (systemd.exec(5)).
+ */
+function isJournal(fd: number): boolean {
+  try {
+    const stream = Deno.env.get("JOURNAL_STREAM");
+    if (!stream) return false;
+    const { dev, ino } = nodeFs().fstatSync(fd);
+    return stream === `${dev}:${ino}`;
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -3577,6 +3626,10 @@ export class Output {
     this.stdout = new Destination("stdout", console.stdout);
     this.stderr = new Destination("stderr", console.stderr);
     this.fallbacks = [this.stderr, this.stdout];
+    if (console === Deno) {
+      this.stdout.journal = isJournal(1);
+      this.stderr.journal = isJournal(2);
+    }
   }
 
   /** With --json, stdout is the document's alone. */
@@ -3584,9 +3637,9 @@ export class Output {
     this.fallbacks.splice(this.fallbacks.indexOf(this.stdout), 1);
   }
 
-  queue(destination: Destination, line: string): void {
+  queue(destination: Destination, line: string, priority: Priority = PRIORITY.info): void {
     if (this.#pending.length === 0) this.#timer = setTimeout(() => this.flush(), 0);
-    this.#pending.push({ destination, text: line + "\n" });
+    this.#pending.push({ destination, text: Output.#lineFor(destination, line, priority) });
     this.#length += line.length + 1;
     if (this.#length > PENDING_LIMIT) this.flush();
   }
@@ -3622,13 +3675,23 @@ export class Output {
         other !== destination && other.failure === undefined
       );
       if (witness) {
-        this.write(
+        this.say(
           witness,
           `ERROR: Cannot write to ${destination.name}: ${destination.failure}; ` +
-            "what ocspbot says there is lost from here on, the run goes on\n",
+            "what ocspbot says there is lost from here on, the run goes on",
+          PRIORITY.error,
         );
       }
     }
+  }
+
+  /** Writes one line now, after what is queued, as queue() would write it. */
+  say(destination: Destination, line: string, priority: Priority): void {
+    this.write(destination, Output.#lineFor(destination, line, priority));
+  }
+
+  static #lineFor(destination: Destination, line: string, priority: Priority): string {
+    return destination.journal ? `<${priority}>${line}\n` : `${line}\n`;
   }
 
   /** Whether a line could not be written somewhere. */
@@ -3740,20 +3803,20 @@ export class Logger {
   }
 
   warn(message: string): void {
-    this.#problem(`${this.prefix}WARNING: ${message}`);
+    this.#problem(`${this.prefix}WARNING: ${message}`, PRIORITY.warning);
   }
 
   error(message: string): void {
-    this.#problem(`${this.prefix}ERROR: ${message}`);
+    this.#problem(`${this.prefix}ERROR: ${message}`, PRIORITY.error);
   }
 
-  #problem(line: string): void {
-    this.#line(this.err, line);
-    if (this.errorsAlsoToOut) this.#line(this.out, line);
+  #problem(line: string, priority: Priority): void {
+    this.#line(this.err, line, priority);
+    if (this.errorsAlsoToOut) this.#line(this.out, line, priority);
   }
 
-  #line(destination: Destination, line: string): void {
-    this.output.queue(destination, printable(line));
+  #line(destination: Destination, line: string, priority: Priority = PRIORITY.info): void {
+    this.output.queue(destination, printable(line), priority);
   }
 
   close(): void {
@@ -4284,7 +4347,7 @@ async function runChecks(targets: Target[], context: RunContext): Promise<RunRep
     () => context.stop.aborted,
   );
   if (context.stop.aborted) throw new Interrupted(context.stop);
-  const { line, status } = checkSummary(results, now);
+  const { line, status } = checkSummary(results, now, config.policy);
   log.result(line);
   const count = (health: Health) => results.filter((o) => o.health === health).length;
   const totals = {
@@ -4399,7 +4462,7 @@ function listenForStopSignals(
         // Gone already, or never made.
       }
     }
-    output.write(output.stderr, `ERROR: ${why}; exiting at once\n`);
+    output.say(output.stderr, `ERROR: ${why}; exiting at once`, PRIORITY.error);
     Deno.exit(EXIT.failure);
   };
   const listeners = STOP_SIGNALS.map((name) => {
@@ -4574,7 +4637,7 @@ if (import.meta.main) {
   const crash = (event: ErrorEvent | PromiseRejectionEvent) => {
     event.preventDefault();
     const error = "reason" in event ? event.reason : event.error;
-    output.write(output.stderr, `ERROR: ${printable(unexpected(error))}\n`);
+    output.say(output.stderr, `ERROR: ${printable(unexpected(error))}`, PRIORITY.error);
     Deno.exit(EXIT.failure);
   };
   globalThis.addEventListener("error", crash);

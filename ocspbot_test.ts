@@ -596,7 +596,7 @@ Deno.test("checkSummary() gives the Nagios plugin's line and status", async (t) 
       "all fresh",
       [outcome("a", "fresh"), outcome("b", "fresh")],
       0,
-      /^OCSP OK - 2 responses fresh, soonest expiry in 1d 6h$/,
+      /^OCSP OK - 2 responses fresh, soonest expiry in 1d 6h \| soonest_expiry=108000s;259200;129600;0 fresh=2 due=0 failing=0 critical=0 skipped=0$/,
     ],
     [
       "one due",
@@ -611,7 +611,12 @@ Deno.test("checkSummary() gives the Nagios plugin's line and status", async (t) 
       2,
       /^OCSP CRITICAL - 1 of 2 critical \(b\), 1 of 2 responses due/,
     ],
-    ["a skipped one", [outcome("a", "fresh"), outcome("le")], 0, /, 1 skipped \(no OCSP URL\)$/],
+    [
+      "a skipped one",
+      [outcome("a", "fresh"), outcome("le")],
+      0,
+      /, 1 skipped \(no OCSP URL\) \| .* skipped=1$/,
+    ],
     [
       "six critical, five named",
       ["a", "b", "c", "d", "e", "f"].map((id) => outcome(id, "critical")),
@@ -621,9 +626,47 @@ Deno.test("checkSummary() gives the Nagios plugin's line and status", async (t) 
   ];
   for (const [name, outcomes, status, line] of cases) {
     await t.step(name, () => {
-      const summary = checkSummary(outcomes, now);
+      const summary = checkSummary(outcomes, now, { minimumValidityMs: 72 * HOUR });
       assertEquals(summary.status, status, summary.line);
       assertMatch(summary.line, line);
+    });
+  }
+});
+
+Deno.test("--check's performance data follows the Nagios plugin guidelines' grammar", () => {
+  const now = new Date("2026-06-02T00:00:00Z");
+  const outcomes: Outcome[] = ["fresh", "due", "failing", "critical", undefined].map((
+    health,
+    i,
+  ) => ({
+    id: `c${i}`,
+    action: health ? "unchanged" : "skipped",
+    certPath: "c.pem",
+    responsePath: "c.der",
+    status: "good",
+    nextUpdate: new Date(now.getTime() + (i + 1) * HOUR),
+    health: health as Health | undefined,
+  }));
+  for (const policy of [{ minimumValidityMs: 6 * HOUR }, { minimumValidityPercentage: 50 }]) {
+    const { line } = checkSummary(outcomes, now, policy);
+    const [text, perfdata, more] = line.split(" | ");
+    assert(more === undefined && !text.includes("|"), line);
+    // 'label'=value[UOM];[warn];[crit];[min];[max], space-separated (guidelines, section 2.6).
+    const range = String.raw`@?(-?[\d.]+|~)?(:(-?[\d.]+)?)?`;
+    const datum = new RegExp(
+      String
+        .raw`^('[^'=]+'|[^' =]+)=-?[\d.]+(s|us|ms|%|B|KB|MB|TB|c)?(;(${range})?(;(${range})?(;(-?[\d.]+)?(;(-?[\d.]+)?)?)?)?)?$`,
+    );
+    const data = perfdata.split(" ");
+    for (const item of data) assertMatch(item, datum);
+    const values = Object.fromEntries(data.map((item) => item.split(/[=;]/).slice(0, 2)));
+    assertEquals(values, {
+      soonest_expiry: "3600s",
+      fresh: "1",
+      due: "1",
+      failing: "1",
+      critical: "1",
+      skipped: "1",
     });
   }
 });
@@ -2004,7 +2047,10 @@ Deno.test("--check reports like a Nagios plugin and changes nothing", async (t) 
     await t.step("all fresh: OK, 0", async () => {
       const run = await runMain(site, ["--check"]);
       assertEquals(run.code, 0, run.stdout + run.stderr);
-      assertMatch(run.stdout, /^OCSP OK - 3 responses fresh, soonest expiry in 23h 5\dm$/m);
+      assertMatch(
+        run.stdout,
+        /^OCSP OK - 3 responses fresh, soonest expiry in 23h 5\dm \| soonest_expiry=8\d{4}s;21600;10800;0 fresh=3 due=0 failing=0 critical=0 skipped=0$/m,
+      );
       assertMatch(
         run.stdout,
         /^\[staple\.test\] good, nextUpdate .* left\), renewal at .*: fresh, must-staple$/m,
@@ -2472,6 +2518,40 @@ Deno.test("output that cannot be written never reads as renewals: /dev/full, a c
       const failed = await runBotRedirected(site, ["--force"], "> /dev/full 2>&1");
       assertEquals(failed.code, 255);
     });
+  });
+});
+
+Deno.test("lines carry sd-daemon priorities only where JOURNAL_STREAM names the stream", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\nretries: 0\n");
+    await ca.issueLeaf(path.join(site, "certs"), "down.test", {
+      ocspUrls: ["http://127.0.0.1:99999/"],
+    });
+    const [out, err] = [path.join(site, "out"), path.join(site, "err")];
+    const run = async (stream: string | undefined) => {
+      await Deno.writeTextFile(out, "");
+      await Deno.writeTextFile(err, "");
+      const env: Record<string, string> = {};
+      if (stream) {
+        const info = await Deno.stat(stream);
+        env.JOURNAL_STREAM = `${info.dev}:${info.ino}`;
+      }
+      const result = await runBotRedirected(site, ["--force"], `>> ${out} 2>> ${err}`, env);
+      assertEquals(result.code, 255);
+      return [await Deno.readTextFile(out), await Deno.readTextFile(err)];
+    };
+    const [plainOut, plainErr] = await run(undefined);
+    assert(!/^</m.test(plainOut + plainErr), plainOut + plainErr);
+    const [journalOut, otherErr] = await run(out);
+    assertMatch(journalOut, /^<6>\[a\.test\] Stored new OCSP response/m);
+    assert(
+      journalOut.split("\n").filter(Boolean).every((line) => /^<[346]>/.test(line)),
+      journalOut,
+    );
+    assert(!/^</m.test(otherErr), otherErr);
+    const [, journalErr] = await run(err);
+    assertMatch(journalErr, /^<4>\[down\.test\] WARNING: Attempt 1 of 1/m);
+    assertMatch(journalErr, /^<3>\[down\.test\] ERROR: No usable response/m);
   });
 });
 
