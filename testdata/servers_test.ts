@@ -23,15 +23,22 @@ import {
   exists,
   type KeyPair,
   makeSite,
+  readmeBlocks,
+  readmeRecipe,
   response,
   runBot,
   TestCa,
   withCa,
+  writeWithFolders,
 } from "./testca.ts";
+import { servedStaple, startExim } from "./exim.ts";
 
 /** HAProxy's runtime API is a Unix socket, which Deno counts as network. */
 const HAPROXY_PERMISSIONS = [...BOT_PERMISSIONS, "--allow-net"];
 
+const assert: (condition: unknown, message?: string) => asserts condition = nodeAssert.ok;
+const assertNotEquals = (actual: unknown, expected: unknown, message?: string) =>
+  nodeAssert.notDeepStrictEqual(actual, expected, message);
 const assertEquals = (actual: unknown, expected: unknown, message?: string) =>
   nodeAssert.deepStrictEqual(actual, expected, message);
 const assertMatch = (actual: string, expected: RegExp, message?: string) =>
@@ -510,6 +517,55 @@ Deno.test("a responder's stale answers and a clock ahead are named, in a run and
         assertMatch(check.stdout, /^\[a\.test\] stored response expired at .* UTC: CRITICAL$/m);
       },
     );
+  });
+});
+
+Deno.test("Exim staples the README's recipe over STARTTLS, and a renewal without a reload", async () => {
+  await withCa(async (ca) => {
+    const root = path.join(ca.dir, "root");
+    const moved = (text: string) => text.replace(/(^|[\s=])\/(?=[\w.])/gm, `$1${root}/`);
+    const exim = (await readmeBlocks()).get("exim config");
+    assert(exim !== undefined, "README.md has no <!-- test: exim config -->");
+    const tls = Object.fromEntries(
+      moved(exim).split("\n").filter(Boolean).map((line) => line.split(/\s*=\s*/)),
+    );
+    // The files the recipe names, as a private CA's mail server has them.
+    const leaf = await ca.issueLeaf(path.join(ca.dir, "issued"), "mail.example.com");
+    await writeWithFolders(
+      tls.tls_certificate,
+      await Deno.readTextFile(leaf.cert) + await Deno.readTextFile(ca.chain),
+    );
+    await Deno.copyFile(path.join(ca.dir, "leaf.key"), tls.tls_privatekey);
+    await writeWithFolders(
+      path.join(root, "etc/ssl/private-ca/rootchain.pem"),
+      await Deno.readTextFile(ca.rootchain),
+    );
+    await Deno.writeTextFile(path.join(root, "ocspbot.yaml"), await readmeRecipe("exim", root));
+    // Run once before Exim starts, as the README says.
+    const first = await runBot(root);
+    assertEquals(first.code, 1, first.stdout + first.stderr);
+    const server = await startExim({
+      dir: ca.dir,
+      cert: tls.tls_certificate,
+      key: tls.tls_privatekey,
+      ocspFile: tls.tls_ocsp_file,
+    });
+    try {
+      const staple = () => servedStaple(server.port, { servername: "mail.example.com" });
+      const served = await staple();
+      assertMatch(served ?? "", /Cert Status: good/);
+      assertEquals(served, await responseText(tls.tls_ocsp_file));
+      await nextSecond();
+      const renewal = await runBot(root, ["--force"]);
+      assertEquals(renewal.code, 1, renewal.stdout + renewal.stderr);
+      const renewed = await responseText(tls.tls_ocsp_file);
+      assertNotEquals(thisUpdate(renewed), thisUpdate(served ?? ""));
+      // No reload: Exim watches the folder, and loads the file again 5 s after it changed.
+      const later = await waitFor(15, staple, (text) => text === renewed);
+      assertEquals(later, renewed, "Exim kept stapling the old response without a reload");
+    } finally {
+      await server.close();
+    }
   });
 });
 
