@@ -18,6 +18,8 @@ import {
   BASE_CONFIG,
   BOT,
   BOT_PERMISSIONS,
+  type LeafFiles,
+  type LeafOptions,
   makeSite,
   readmeBlocks,
   readmeRecipe,
@@ -566,16 +568,55 @@ class PrivateSystemd {
     return path.join(dir, "upper", file);
   }
 
-  /** Boots with `units` (name → text; "x.service.d/y.conf" for drop-ins) as all it knows. */
-  static async boot(dir: string, units: Record<string, string>): Promise<PrivateSystemd> {
+  /**
+   * The host's systemd-journald and its socket, to be the journal of the
+   * services inside as in production. Only its own socket unit: the
+   * /dev/log one would link the host's /dev/log (/dev is the host's), and
+   * journald binds /run/systemd/journal/dev-log itself without it.
+   */
+  static async journald(): Promise<Record<string, string>> {
+    const host = (name: string) => Deno.readTextFile(path.join("/usr/lib/systemd/system", name));
+    const service = await host("systemd-journald.service");
+    assertMatch(service, /^Sockets=/m);
+    return {
+      "systemd-journald.socket": await host("systemd-journald.socket"),
+      "systemd-journald.service": service.replace(
+        /^Sockets=.*$/m,
+        "Sockets=systemd-journald.socket",
+      ),
+    };
+  }
+
+  /**
+   * Boots with `units` (name → text; "x.service.d/y.conf" for drop-ins) as
+   * all it knows; with `journal`, systemd-journald too, started before the
+   * boot is done, keeping the journal in /run, reading no kernel messages.
+   */
+  static async boot(
+    dir: string,
+    units: Record<string, string>,
+    options: { journal?: boolean } = {},
+  ): Promise<PrivateSystemd> {
     for (const layer of PrivateSystemd.LAYERS) {
       await Deno.mkdir(path.join(dir, "upper", layer), { recursive: true });
       await Deno.mkdir(path.join(dir, "work", layer), { recursive: true });
     }
-    for (const target of PrivateSystemd.TARGETS.concat("ocspbot-test")) {
+    for (const target of PrivateSystemd.TARGETS) {
       await writeWithFolders(
         path.join(dir, "targets", `${target}.target`),
         "[Unit]\nDefaultDependencies=no\n",
+      );
+    }
+    await writeWithFolders(
+      path.join(dir, "targets", "ocspbot-test.target"),
+      "[Unit]\nDefaultDependencies=no\n" +
+        (options.journal ? "Wants=systemd-journald.service\nAfter=systemd-journald.service\n" : ""),
+    );
+    if (options.journal) {
+      units = { ...await PrivateSystemd.journald(), ...units };
+      await writeWithFolders(
+        PrivateSystemd.upper(dir, "etc/systemd/journald.conf.d/ocspbot-test.conf"),
+        "[Journal]\nStorage=volatile\nReadKMsg=no\n",
       );
     }
     for (const [name, text] of Object.entries(units)) {
@@ -673,19 +714,99 @@ class PrivateSystemd {
   }
 }
 
-Deno.test("the README's systemd units: verified, scored, and run by a real systemd", async (t) => {
+/** The README's block `name` (see readmeBlocks), failing on one it lacks. */
+async function readmeBlock(): Promise<(name: string) => string> {
   const blocks = await readmeBlocks();
-  const block = (name: string) => {
+  return (name) => {
     const text = blocks.get(name);
     assert(text !== undefined, `README.md has no block "${name}"`);
     return text;
   };
-  const unitNames = [
-    "ocspbot.service",
-    "ocspbot.timer",
-    "ocspbot-reload.path",
-    "ocspbot-reload.service",
-  ];
+}
+
+/** The README's units for /etc/systemd/system. */
+const README_UNITS = [
+  "ocspbot.service",
+  "ocspbot.timer",
+  "ocspbot-reload.path",
+  "ocspbot-reload.service",
+];
+
+/** A stand-in for nginx that counts its reloads in /run/nginx-reloads. */
+const NGINX_STAND_IN = "[Unit]\nDescription=A stand-in for nginx that counts its reloads\n\n" +
+  "[Service]\nExecStart=/bin/sleep infinity\n" +
+  "ExecReload=/bin/sh -c 'echo reloaded >> /run/nginx-reloads'\n";
+
+/**
+ * A machine as certbot leaves it, in the upper layers of a PrivateSystemd
+ * booted in `root`: the certbot recipe with the systemd section's lines for
+ * the bot's folder and marker (and `config`), a certificate in certbot's tree
+ * for each of `domains`, the test root in the system's CA bundle, js-yaml
+ * in the bot's cache. Returns the certificates, by domain.
+ */
+async function certbotMachine(
+  ca: TestCa,
+  root: string,
+  block: (name: string) => string,
+  domains: Record<string, LeafOptions>,
+  config = "",
+): Promise<Record<string, LeafFiles>> {
+  const upper = (file: string) => PrivateSystemd.upper(root, file);
+  const recipe = (await readmeRecipe("certbot", "/")).split("\n")
+    .filter((line) => !/^(ocsp_folder|on_change):/.test(line)).join("\n");
+  await writeWithFolders(
+    upper("etc/ocspbot/ocspbot.yaml"),
+    recipe + block("systemd config") + config,
+  );
+  // certbot's tree as certbot leaves it: live/ and archive/ for root only.
+  const leaves: Record<string, LeafFiles> = {};
+  for (const [domain, options] of Object.entries(domains)) {
+    const leaf = await ca.issueLeaf(path.join(ca.dir, "issued"), domain, options);
+    leaves[domain] = leaf;
+    const archive = upper(`etc/letsencrypt/archive/${domain}`);
+    await writeWithFolders(path.join(archive, "cert1.pem"), await Deno.readTextFile(leaf.cert));
+    await writeWithFolders(path.join(archive, "chain1.pem"), await Deno.readTextFile(ca.chain));
+    const live = upper(`etc/letsencrypt/live/${domain}`);
+    await Deno.mkdir(live, { recursive: true });
+    for (const name of ["cert", "chain"]) {
+      await Deno.symlink(`../../archive/${domain}/${name}1.pem`, path.join(live, `${name}.pem`));
+    }
+  }
+  for (const folder of ["live", "archive"]) {
+    await Deno.chmod(upper(`etc/letsencrypt/${folder}`), 0o700);
+  }
+  // The test root joins the system's CA bundle, which the recipe verifies against.
+  await writeWithFolders(
+    upper("etc/ssl/certs/ca-certificates.crt"),
+    await Deno.readTextFile("/etc/ssl/certs/ca-certificates.crt") +
+      await Deno.readTextFile(path.join(ca.dir, "root.pem")),
+  );
+  // js-yaml is in the bot's cache already: the setup has no network to fetch it.
+  const info = JSON.parse(await run(Deno.execPath(), ["info", "--json"]));
+  await Deno.mkdir(upper("var/cache/ocspbot"), { recursive: true });
+  await run("cp", ["-r", path.join(info.denoDir, "npm"), upper("var/cache/ocspbot/npm")]);
+  return leaves;
+}
+
+/**
+ * The README's setup, word for word, as root from the clone, with no
+ * network but its own loopback: the user, `install`, and enabling the units.
+ */
+async function readmeSetup(
+  systemd: PrivateSystemd,
+  block: (name: string) => string,
+  install: string,
+): Promise<void> {
+  const setup = await systemd.run(["unshare", "--net", "sh", "-ex"], {
+    cwd: path.join(import.meta.dirname!, ".."),
+    stdin: block("systemd user") + install + block("systemd enable"),
+  });
+  assertEquals(setup.code, 0, setup.stdout + setup.stderr);
+}
+
+Deno.test("the README's systemd units: verified, scored, and run by a real systemd", async (t) => {
+  const block = await readmeBlock();
+  const unitNames = README_UNITS;
   const units = Object.fromEntries(unitNames.map((name) => [name, block(name)]));
   await withTempDir("ocspbot-systemd-", async (dir) => {
     const unitFolder = path.join(dir, "units");
@@ -735,53 +856,16 @@ Deno.test("the README's systemd units: verified, scored, and run by a real syste
         await withCa(async (ca) => {
           const root = path.join(dir, install.replaceAll(" ", "-"));
           const upper = (file: string) => PrivateSystemd.upper(root, file);
-          // The certbot recipe, with the systemd section's lines for the bot's folder and marker.
-          const recipe = (await readmeRecipe("certbot", "/")).split("\n")
-            .filter((line) => !/^(ocsp_folder|on_change):/.test(line)).join("\n");
-          await writeWithFolders(
-            upper("etc/ocspbot/ocspbot.yaml"),
-            recipe + block("systemd config"),
-          );
-          // certbot's tree as certbot leaves it: live/ and archive/ for root only.
-          const leaf = await ca.issueLeaf(path.join(ca.dir, "issued"), "bot.example.com");
-          const archive = upper("etc/letsencrypt/archive/bot.example.com");
-          await writeWithFolders(
-            path.join(archive, "cert1.pem"),
-            await Deno.readTextFile(leaf.cert),
-          );
-          await writeWithFolders(
-            path.join(archive, "chain1.pem"),
-            await Deno.readTextFile(ca.chain),
-          );
-          const live = upper("etc/letsencrypt/live/bot.example.com");
-          await Deno.mkdir(live, { recursive: true });
-          for (const name of ["cert", "chain"]) {
-            const target = `../../archive/bot.example.com/${name}1.pem`;
-            await Deno.symlink(target, path.join(live, `${name}.pem`));
-          }
-          for (const folder of ["live", "archive"]) {
-            await Deno.chmod(upper(`etc/letsencrypt/${folder}`), 0o700);
-          }
-          // The test root joins the system's CA bundle, which the recipe verifies against.
-          await writeWithFolders(
-            upper("etc/ssl/certs/ca-certificates.crt"),
-            await Deno.readTextFile("/etc/ssl/certs/ca-certificates.crt") +
-              await Deno.readTextFile(path.join(ca.dir, "root.pem")),
-          );
-          // js-yaml is in the bot's cache already: the setup has no network to fetch it.
-          const info = JSON.parse(await run(Deno.execPath(), ["info", "--json"]));
-          await Deno.mkdir(upper("var/cache/ocspbot"), { recursive: true });
-          await run("cp", ["-r", path.join(info.denoDir, "npm"), upper("var/cache/ocspbot/npm")]);
+          const leaf = (await certbotMachine(ca, root, block, { "bot.example.com": {} }))[
+            "bot.example.com"
+          ];
 
           const systemd = await PrivateSystemd.boot(root, {
             ...units,
             // Where the bot's output goes, to show when something fails.
             "ocspbot.service.d/test-output.conf":
               "[Service]\nStandardOutput=append:/run/ocspbot.out\nStandardError=append:/run/ocspbot.out\n",
-            "nginx.service":
-              "[Unit]\nDescription=A stand-in for nginx that counts its reloads\n\n" +
-              "[Service]\nExecStart=/bin/sleep infinity\n" +
-              "ExecReload=/bin/sh -c 'echo reloaded >> /run/nginx-reloads'\n",
+            "nginx.service": NGINX_STAND_IN,
           });
           try {
             const show = async (unit: string) => {
@@ -790,11 +874,7 @@ Deno.test("the README's systemd units: verified, scored, and run by a real syste
               return `${out.stdout}\n${status.stdout}`;
             };
             assertEquals((await systemd.run(["systemctl", "start", "nginx.service"])).code, 0);
-            const setup = await systemd.run(["unshare", "--net", "sh", "-ex"], {
-              cwd: path.join(import.meta.dirname!, ".."),
-              stdin: block("systemd user") + commands + block("systemd enable"),
-            });
-            assertEquals(setup.code, 0, setup.stdout + setup.stderr);
+            await readmeSetup(systemd, block, commands);
 
             const first = await systemd.run(["systemctl", "start", "ocspbot.service"]);
             assertEquals(first.code, 0, first.stderr + (await show("ocspbot.service")));
@@ -821,5 +901,93 @@ Deno.test("the README's systemd units: verified, scored, and run by a real syste
         });
       });
     }
+  });
+});
+
+Deno.test("under systemd, the journal gets each line's priority: journalctl -p warning shows a failing run's error, not its info lines", async () => {
+  const block = await readmeBlock();
+  const units = Object.fromEntries(README_UNITS.map((name) => [name, block(name)]));
+  // The README's command but --quiet, which would leave no info line to keep apart.
+  const execStart = units["ocspbot.service"].match(/^ExecStart=.* --quiet;.*$/m);
+  assert(execStart, "the README's ocspbot.service runs no --quiet ExecStart");
+  await withTempDir("ocspbot-journal-", async (root) => {
+    await withCa(async (ca) => {
+      const leaves = await certbotMachine(
+        ca,
+        root,
+        block,
+        {
+          "bot.example.com": {},
+          // Nothing listens on the discard port: openssl retries the refused
+          // connection until `timeout`, and the run fails without retries.
+          "down.example.com": { ocspUrls: ["http://127.0.0.1:9/"] },
+        },
+        "timeout: 2\nretries: 0\n",
+      );
+      // The bot's stdout and stderr go to the journal, as systemd's defaults have it.
+      const systemd = await PrivateSystemd.boot(root, {
+        ...units,
+        "ocspbot.service.d/test-not-quiet.conf": "[Service]\nExecStart=\n" +
+          execStart[0].replace(" --quiet;", ";") + "\n",
+        "nginx.service": NGINX_STAND_IN,
+      }, { journal: true });
+      try {
+        const journal = async (...args: string[]) => {
+          const read = await systemd.run(
+            ["journalctl", "--no-pager", "-u", "ocspbot.service", "-o", "cat", ...args],
+          );
+          assertEquals(read.code, 0, read.stderr);
+          return read.stdout;
+        };
+        assertEquals((await systemd.run(["systemctl", "start", "nginx.service"])).code, 0);
+        await readmeSetup(systemd, block, block("systemd install script"));
+
+        const started = await systemd.run(["systemctl", "start", "ocspbot.service"]);
+        assert(started.code !== 0, "a run with a failure did not fail the unit");
+        const status = await systemd.run(
+          ["systemctl", "show", "--property=ExecMainStatus", "ocspbot.service"],
+        );
+        // The shell's `[ $? -le 251 ]` over the bot's 255.
+        assertEquals(status.stdout, "ExecMainStatus=1\n", await journal());
+        assertEquals(
+          await ca.verifiedStatus(
+            PrivateSystemd.upper(root, "var/lib/ocspbot/bot.example.com.der"),
+            leaves["bot.example.com"].cert,
+          ),
+          "good",
+        );
+        // The summary is the run's last line: once it is in, all of the run is.
+        for (let waited = 0; waited < 50 && !/^Failure: /m.test(await journal()); waited++) {
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+
+        const all = await journal();
+        // The bot's lines: not systemd's own about the unit, which -u shows too.
+        const fromBot = (text: string) =>
+          text.split("\n").filter((line) =>
+            line !== "" &&
+            !/^(Starting |Failed to start )ocspbot\.service |^ocspbot\.service: /.test(line)
+          );
+        const botLines = fromBot(all);
+        assertMatch(botLines.join("\n"), /^\[bot\.example\.com\] Stored new OCSP response: good/m);
+        assertMatch(botLines.join("\n"), /^Failure: 0 unchanged OCSP responses, 1 updated/m);
+        const errors = botLines.filter((line) => / ERROR: /.test(line));
+        assertEquals(errors.length, 1, all);
+        assertMatch(errors.join("\n"), /^\[down\.example\.com\] ERROR: No usable response /, all);
+        const warnings = await journal("-p", "warning");
+        assertEquals(
+          fromBot(warnings),
+          botLines.filter((line) => / (WARNING|ERROR): /.test(line)),
+          `-p warning, of:\n${all}`,
+        );
+        assert(!/Stored new OCSP response|^Failure: /m.test(warnings), warnings);
+        assertEquals(fromBot(await journal("-p", "err")), errors, `-p err, of:\n${all}`);
+        assertEquals(fromBot(await journal("-p", "info")), botLines, `-p info, of:\n${all}`);
+        // The journal took the prefixes as priorities, and left none in the text.
+        assert(!/<\d>/.test(all), all);
+      } finally {
+        await systemd.shutdown();
+      }
+    });
   });
 });
