@@ -82,18 +82,20 @@ export interface Invocation {
   only: string[];
 }
 
-/** One certificate to keep a response for, every path resolved. */
-export interface Target {
+/**
+ * One certificate to keep a response for, every path resolved, with the
+ * settings of its entry (CONFIG_KEYS' perCertificate rows: `haproxy_socket`,
+ * `ocsp_responder_uri`, …).
+ */
+export type Target = CertificateSettings & {
   id: string;
   certPath: string;
   chainPath?: string;
   rootchainPath?: string;
   responsePath: string;
-  responderUri?: string;
-  /** Where to push a renewed response into a running HAProxy. */
-  haproxySocket?: string;
+  /** Where it was configured, for messages. */
   source: string;
-}
+};
 
 /** A certificate's validity: all the renewal rule needs of it. */
 export interface Validity {
@@ -659,7 +661,17 @@ const ENTRY_KEYS = {
   haproxySocket: {
     name: "haproxy_socket",
     places: ["top", "domain", "scan"],
-    read: asString,
+    read: (value: unknown, at: Reading) =>
+      (Array.isArray(value) ? value : [value]).map((socket, i) => {
+        const here = Array.isArray(value) ? { ...at, key: `${at.key}[${i}]` } : at;
+        try {
+          haproxyAddress(asString(socket, here));
+        } catch (error) {
+          if (error instanceof ExitError) throw error;
+          invalid(here, errorText(error));
+        }
+        return socket as string;
+      }),
     perCertificate: true,
   },
   cert: { name: "cert", places: ["domain"], read: asString, fallback: missing },
@@ -4102,7 +4114,7 @@ async function renew(
     if (revocation) remember("revoked", { message: "revoked", ...revocation });
     else remember("renewed");
     announce(report, stored, backup, log);
-    if (target.haproxySocket) await pushOrExplain(target, fetched.bytes, config, log);
+    await pushOrExplain(target, fetched.bytes, config, log);
     return {
       ...describe(target, attempt, facts, report, renewalTime(config.policy, cert, report)),
       responderUrl: fetched.url,
@@ -4167,17 +4179,69 @@ function announce(
 }
 
 /** Hands a new response to HAProxy; a refusal says how HAProxy gets it otherwise. */
-async function pushOrExplain(target: Target, response: Uint8Array, config: Config, log: Logger) {
-  try {
-    await pushToHaproxy(target.haproxySocket!, response, config.timeoutSeconds);
-    log.info(`Pushed the new response to HAProxy (socket "${target.haproxySocket}")`);
-  } catch (error) {
+/**
+ * Hands a new response to every HAProxy of the certificate, each whatever
+ * the others did. One that loaded no response for it at start (a first run)
+ * cannot take one at runtime: a warning, since on_change's reload makes it
+ * load the file. Others' refusals fail the certificate, naming each socket.
+ */
+async function pushOrExplain(
+  target: Target,
+  response: Uint8Array,
+  config: Config,
+  log: Logger,
+): Promise<void> {
+  const failures: string[] = [];
+  for (const socket of target.haproxySocket ?? []) {
+    try {
+      await pushToHaproxy(socket, response, config.timeoutSeconds);
+      log.info(`Pushed the new response to HAProxy (socket "${socket}")`);
+    } catch (error) {
+      if (!(error instanceof NotLoaded)) {
+        failures.push(errorText(error));
+        continue;
+      }
+      log.warn(
+        `${
+          errorText(error)
+        }: it loaded no response for this certificate when it started (or does not serve it), and takes one only by ${
+          config.onChange ? "the reload on_change makes" : "a reload; set on_change to reload it"
+        }`,
+      );
+    }
+  }
+  if (failures.length > 0) {
     throw new Error(
       `${
-        errorText(error)
+        failures.join("; ")
       }; the new response is stored in "${target.responsePath}", and HAProxy serves the old one until it reloads or "ocspbot --force --only ${target.id}" pushes again`,
     );
   }
+}
+
+/** HAProxy does not know the certificate of a response pushed to it. */
+class NotLoaded extends Error {}
+
+/**
+ * Where an HAProxy runtime API listens, as HAProxy's own `stats socket`
+ * writes it: a Unix socket path (`unix@` optional), or `ipv4@host:port`,
+ * `ipv6@[address]:port` on the network.
+ */
+export function haproxyAddress(
+  socket: string,
+): { transport: "unix"; path: string } | { transport: "tcp"; hostname: string; port: number } {
+  const network = /^ipv([46])@(\[([^\]]+)\]|[^:[\]]+):(\d+)$/.exec(socket);
+  if (network) {
+    const port = Number(network[4]);
+    if (port < 1 || port > 65535) throw new Error(`names port ${port}, which no socket has`);
+    return { transport: "tcp", hostname: network[3] ?? network[2], port };
+  }
+  if (/^ipv[46]@/.test(socket)) {
+    throw new Error(`"${socket}" is not "ipv4@host:port" or "ipv6@[address]:port"`);
+  }
+  const path = socket.replace(/^unix@/, "");
+  if (path === "") throw new Error("is empty");
+  return { transport: "unix", path };
 }
 
 /**
@@ -4189,9 +4253,13 @@ async function pushToHaproxy(
   response: Uint8Array,
   timeoutSeconds: number,
 ): Promise<void> {
-  let connection: Deno.UnixConn;
+  let connection: Deno.Conn;
   try {
-    connection = await Deno.connect({ transport: "unix", path: socket });
+    const address = haproxyAddress(socket);
+    // Two calls, as Deno.connect's overloads each take one kind of address.
+    connection = address.transport === "unix"
+      ? await Deno.connect(address)
+      : await Deno.connect(address);
   } catch (error) {
     throw new Error(`Cannot reach HAProxy's socket "${socket}": ${errorText(error)}`);
   }
@@ -4215,6 +4283,10 @@ async function pushToHaproxy(
     );
   } finally {
     clearTimeout(timer);
+  }
+  // HAProxy 2.6's words for a certificate it loaded no response for, or does not serve.
+  if (/Certificate ID does not match any certificate/.test(answer)) {
+    throw new NotLoaded(`HAProxy (socket "${socket}") does not know the certificate`);
   }
   if (!/^OCSP Response updated/m.test(answer)) {
     throw new Error(

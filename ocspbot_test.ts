@@ -15,6 +15,7 @@ import {
   fileEntry,
   fileStamp,
   formatLogName,
+  haproxyAddress,
   type Health,
   interpretConfig,
   jsonReport,
@@ -751,6 +752,36 @@ Deno.test("jsonReport() and metricsText() say the same of every certificate", as
       assert(text.split("\n").includes(line), `no line ${line} in\n${text}`);
     }
     assert(!/id="le"/.test(text), "a certificate with no figures has lines");
+  });
+});
+
+Deno.test("haproxyAddress() reads HAProxy's own socket syntax", async (t) => {
+  const cases: [string, ReturnType<typeof haproxyAddress> | RegExp][] = [
+    ["/run/haproxy/admin.sock", { transport: "unix", path: "/run/haproxy/admin.sock" }],
+    ["unix@/run/haproxy/admin.sock", { transport: "unix", path: "/run/haproxy/admin.sock" }],
+    ["ipv4@10.0.0.5:9999", { transport: "tcp", hostname: "10.0.0.5", port: 9999 }],
+    ["ipv6@[2001:db8::5]:9999", { transport: "tcp", hostname: "2001:db8::5", port: 9999 }],
+    ["ipv4@10.0.0.5", /is not "ipv4@host:port"/],
+    ["ipv4@10.0.0.5:99999", /port 99999/],
+  ];
+  for (const [socket, expected] of cases) {
+    await t.step(socket, () => {
+      if (expected instanceof RegExp) {
+        assertMatch(assertThrows(() => haproxyAddress(socket)).message, expected);
+      } else assertEquals(haproxyAddress(socket), expected);
+    });
+  }
+  await t.step("a bad one in the config is 253, naming the key", () => {
+    const error = assertThrows(
+      () =>
+        interpretConfig(
+          { minimum_validity: "1d", haproxy_socket: ["/a.sock", "ipv4@x"] },
+          "c.yaml",
+        ),
+      ExitError,
+    );
+    assertEquals(error.status, 253);
+    assertMatch(error.message, /"haproxy_socket\[1\]"/);
   });
 });
 
