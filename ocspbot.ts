@@ -80,6 +80,11 @@ export interface Invocation {
   force: boolean;
   /** `--only`: the ids the run, --check or --force covers; empty for all. */
   only: string[];
+  /**
+   * `--renewed`: certificate files or folders an ACME client just renewed;
+   * the run covers and renews now the certificates in them.
+   */
+  renewed: string[];
 }
 
 /**
@@ -380,6 +385,7 @@ const SECONDS_PER_UNIT: Record<string, number> = {
 export const HELP = `ocspbot ${VERSION}: keeps OCSP responses for stapling fresh.
 
 Usage: ocspbot [config] [--check] [--json] [-q] [--force] [--only id ...]
+               [--renewed path ...]
        ocspbot -h|-help|--help | -v|-version|--version
 Options and the config may come in any order.
 
@@ -391,6 +397,8 @@ Options and the config may come in any order.
   --force         renew now regardless of timing
   --only id       cover only this certificate id (repeat for more); with
                   --force, --check or a plain run
+  --renewed path  renew now the certificates in this file or folder (repeat
+                  for more): what an ACME client's deploy hook calls
   -h, --help      print this help and exit
   -v, --version   print the version and exit
 
@@ -425,6 +433,7 @@ export function parseCommandLine(args: string[]): Invocation {
     quiet: false,
     force: false,
     only: [],
+    renewed: [],
   };
   const positional: string[] = [];
   const problems: string[] = [];
@@ -441,6 +450,12 @@ export function parseCommandLine(args: string[]): Invocation {
       const id = args[i + 1];
       if (id === undefined || id.startsWith("-")) problems.push(`--only needs a certificate id`);
       else invocation.only.push(args[++i]);
+    } else if (arg.startsWith("--renewed=")) {
+      invocation.renewed.push(arg.slice("--renewed=".length));
+    } else if (arg === "--renewed") {
+      const file = args[i + 1];
+      if (file === undefined || file === "") problems.push(`--renewed needs a file or folder`);
+      else invocation.renewed.push(args[++i]);
     } else if (arg.startsWith("-") && arg !== "-") problems.push(`Unknown option "${arg}"`);
     else positional.push(arg);
   }
@@ -1459,6 +1474,44 @@ function selectTargets(targets: Target[], only: string[]): Target[] {
     );
   }
   return targets.filter((target) => only.includes(target.id));
+}
+
+/**
+ * The certificates an ACME client just renewed: those whose file is one of
+ * `renewed` or lies in one of those folders, by the path as given or with
+ * every link resolved (certbot's live/ links into archive/). A path that
+ * covers none is 252: a hook that renews nothing would pass unseen.
+ */
+function renewedTargets(targets: Target[], renewed: string[]): Target[] {
+  const real = (file: string) => {
+    try {
+      return Deno.realPathSync(file);
+    } catch {
+      return path.resolve(file);
+    }
+  };
+  // The certificate's folder resolved but not the file: certbot's cert.pem links into archive/.
+  const names = (certPath: string) => [
+    path.resolve(certPath),
+    path.join(real(path.dirname(certPath)), path.basename(certPath)),
+    real(certPath),
+  ];
+  const covers = (given: string, certPath: string) =>
+    names(certPath).some((cert) =>
+      [path.resolve(given), real(given)].some((place) => cert === place || isInside(cert, place))
+    );
+  const uncovered = renewed.filter((given) =>
+    !targets.some((target) => covers(given, target.certPath))
+  );
+  if (uncovered.length > 0) {
+    throw new ExitError(
+      `--renewed names what no certificate of the config is in: ${
+        uncovered.map((given) => `"${given}"`).join(", ")
+      }; check the config's domains and scan_keys`,
+      EXIT.badArguments,
+    );
+  }
+  return targets.filter((target) => renewed.some((given) => covers(given, target.certPath)));
 }
 
 // --------------------------------------------------------- certificates --
@@ -4668,7 +4721,8 @@ async function run(args: string[], output: Output): Promise<number> {
     }
     for (const warning of warnings.splice(0)) log.warn(warning);
     const state = State.load(config.stateFile, log, files);
-    const targets = selectTargets(discoverTargets(config, files, state), invocation.only);
+    let targets = selectTargets(discoverTargets(config, files, state), invocation.only);
+    if (invocation.renewed.length > 0) targets = renewedTargets(targets, invocation.renewed);
     if (targets.length === 0) log.warn("No certificates found in the configuration");
     const context: RunContext = {
       config,
@@ -4679,7 +4733,7 @@ async function run(args: string[], output: Output): Promise<number> {
       stop: stop.signal,
       parsed: new Map(),
       // --check reports what is; forcing a renewal it will not make would skew that.
-      forced: invocation.force && mode === "run",
+      forced: (invocation.force || invocation.renewed.length > 0) && mode === "run",
     };
     const report = mode === "check"
       ? await runChecks(targets, context)

@@ -49,8 +49,10 @@ import {
   BOT,
   BOT_PERMISSIONS,
   exists,
+  installBot,
   makeSite,
   openssl,
+  readmeHook,
   readmeRecipe,
   response,
   runBot,
@@ -3037,6 +3039,152 @@ Deno.test("the README's recipes, as pasted: fullchain, certbot, acme.sh, HAProxy
       });
       const der = "var/lib/ocspbot/three.example.com.ocsp-resp";
       await runRecipe("three files", root, { [der]: files.cert });
+    });
+  });
+});
+
+Deno.test("the README's deploy hooks, as the ACME clients run them: certbot, acme.sh, dehydrated, lego", async (t) => {
+  await withCa(async (ca) => {
+    const intermediate = await Deno.readTextFile(ca.chain);
+    const systemStore = { SSL_CERT_FILE: path.join(ca.dir, "root.pem") };
+    const issue = async (name: string) => {
+      const files = await ca.issueLeaf(path.join(ca.dir, "issued", crypto.randomUUID()), name);
+      return { pem: await Deno.readTextFile(files.cert), file: files.cert };
+    };
+    /**
+     * A machine with `files`, the recipe's config at /etc/ocspbot/ocspbot.yaml
+     * and ocspbot installed; a first run stores a response for `old`.
+     */
+    const machine = async (recipe: string, files: Record<string, string>) => {
+      const root = path.join(ca.dir, "machines", crypto.randomUUID());
+      for (const [file, text] of Object.entries(files)) {
+        await writeWithFolders(path.join(root, file), text);
+      }
+      await writeWithFolders(
+        path.join(root, "etc/ocspbot/ocspbot.yaml"),
+        await readmeRecipe(recipe, root),
+      );
+      await installBot(root);
+      const first = await runBot(root, [path.join(root, "etc/ocspbot/ocspbot.yaml")], systemStore);
+      assertEquals(first.code, 1, first.stdout + first.stderr);
+      return root;
+    };
+    /** Runs a hook as its client does, from a shell; returns its status and what it said. */
+    const client = async (script: string, args: string[], env: Record<string, string>) => {
+      const output = await new Deno.Command("bash", {
+        args: ["-c", script, "client", ...args],
+        env: { ...systemStore, ...env },
+        stdin: "null",
+      }).output();
+      return {
+        code: output.code,
+        said: decoder.decode(output.stdout) + decoder.decode(output.stderr),
+      };
+    };
+    const renewedFor = async (root: string, der: string, leaf: string, said: string) => {
+      assertEquals(await ca.verifiedStatus(path.join(root, der), leaf), "good", said);
+    };
+
+    await t.step("certbot: its deploy hook, with RENEWED_LINEAGE", async () => {
+      const [first, second] = [await issue("bot.example.com"), await issue("bot.example.com")];
+      const archive = "etc/letsencrypt/archive/bot.example.com";
+      const root = await machine("certbot", {
+        [`${archive}/cert1.pem`]: first.pem,
+        [`${archive}/chain1.pem`]: intermediate,
+        [`${archive}/cert2.pem`]: second.pem,
+        [`${archive}/chain2.pem`]: intermediate,
+        "etc/letsencrypt/live/bot.example.com/cert.pem": first.pem,
+        "etc/letsencrypt/live/bot.example.com/chain.pem": intermediate,
+      });
+      // certbot's renewal: the live/ links now point at the second generation.
+      const live = path.join(root, "etc/letsencrypt/live/bot.example.com");
+      for (const name of ["cert", "chain"]) {
+        await Deno.remove(path.join(live, `${name}.pem`));
+        await Deno.symlink(
+          `../../archive/bot.example.com/${name}2.pem`,
+          path.join(live, `${name}.pem`),
+        );
+      }
+      const hook = path.join(root, "etc/letsencrypt/renewal-hooks/deploy/ocspbot");
+      await writeWithFolders(hook, await readmeHook("certbot", root));
+      await Deno.chmod(hook, 0o755);
+      const run = await client(`exec "${hook}"`, [], { RENEWED_LINEAGE: live });
+      assertEquals(run.code, 0, run.said);
+      await renewedFor(root, "var/lib/ocspbot/bot.example.com.der", second.file, run.said);
+    });
+    await t.step("acme.sh: the reload command of --install-cert", async () => {
+      const [first, second] = [await issue("www.example.com"), await issue("www.example.com")];
+      const fullchain = "etc/nginx/tls/www.example.com-fullchain.pem";
+      const root = await machine("nginx", {
+        [fullchain]: first.pem + intermediate,
+        "etc/ssl/private-ca/rootchain.pem": await Deno.readTextFile(ca.rootchain),
+      });
+      await Deno.remove(path.join(root, "reloaded-nginx"));
+      await Deno.writeTextFile(path.join(root, fullchain), second.pem + intermediate);
+      const reloadcmd = /--reloadcmd '([^']*)'/.exec(await readmeHook("acme.sh", root))?.[1];
+      assert(reloadcmd, "the acme.sh hook has no --reloadcmd '…'");
+      // acme.sh runs it with eval, in sh.
+      const run = await client(`sh -c '${reloadcmd}'`, [], {});
+      assertEquals(run.code, 0, run.said);
+      await renewedFor(root, "var/lib/ocspbot/www.example.com.der", second.file, run.said);
+      assert(await exists(path.join(root, "reloaded-nginx")), "nginx was not reloaded");
+    });
+    await t.step("dehydrated: deploy_cert in its hook script", async () => {
+      const [first, second] = [await issue("dh.example.com"), await issue("dh.example.com")];
+      const certs = "etc/dehydrated/certs/dh.example.com";
+      const root = await machine("dehydrated", {
+        [`${certs}/cert.pem`]: first.pem,
+        [`${certs}/chain.pem`]: intermediate,
+        [`${certs}/cert-2.pem`]: second.pem,
+      });
+      // dehydrated's renewal: cert.pem now links to the new certificate.
+      await Deno.remove(path.join(root, certs, "cert.pem"));
+      await Deno.symlink("cert-2.pem", path.join(root, certs, "cert.pem"));
+      const hook = await readmeHook("dehydrated", root);
+      const folder = path.join(root, certs);
+      const run = await client(`${hook}\ndeploy_cert "$@"`, [
+        "dh.example.com",
+        `${folder}/privkey.pem`,
+        `${folder}/cert.pem`,
+        `${folder}/fullchain.pem`,
+        `${folder}/chain.pem`,
+        "1700000000",
+      ], {});
+      assertEquals(run.code, 0, run.said);
+      await renewedFor(root, "var/lib/ocspbot/dh.example.com.der", second.file, run.said);
+      assert(await exists(path.join(root, "reloaded-nginx")), "nginx was not reloaded");
+    });
+    await t.step("lego: its deploy hook, with LEGO_HOOK_CERT_PATH", async () => {
+      const [first, second] = [await issue("www.example.com"), await issue("www.example.com")];
+      const crt = "var/lib/lego/certificates/www.example.com.crt";
+      const root = await machine("lego", {
+        [crt]: first.pem + intermediate,
+        "var/lib/lego/certificates/www.example.com.issuer.crt": intermediate,
+      });
+      await Deno.writeTextFile(path.join(root, crt), second.pem + intermediate);
+      const hook = path.join(root, "etc/lego/ocspbot-hook.sh");
+      await writeWithFolders(hook, await readmeHook("lego", root));
+      await Deno.chmod(hook, 0o755);
+      const run = await client(`exec "${hook}"`, [], { LEGO_HOOK_CERT_PATH: path.join(root, crt) });
+      assertEquals(run.code, 0, run.said);
+      await renewedFor(root, "var/lib/ocspbot/www.example.com.der", second.file, run.said);
+      assert(await exists(path.join(root, "reloaded-nginx")), "nginx was not reloaded");
+    });
+    await t.step("a path the config does not cover is 252, naming it", async () => {
+      const root = await machine("lego", {
+        "var/lib/lego/certificates/www.example.com.crt": (await issue("www.example.com")).pem +
+          intermediate,
+      });
+      const run = await runBot(root, [
+        path.join(root, "etc/ocspbot/ocspbot.yaml"),
+        "--renewed",
+        "/etc/letsencrypt/live/other.example.com",
+      ], systemStore);
+      assertEquals(run.code, 252, run.stdout + run.stderr);
+      assertMatch(
+        run.stderr,
+        /^ERROR: --renewed names what no certificate of the config is in: "\/etc\/letsencrypt\/live\/other\.example\.com"/m,
+      );
     });
   });
 });

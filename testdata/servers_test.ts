@@ -5,12 +5,14 @@
  * HAProxy (`<crt>.ocsp`, and `set ssl ocsp-response` on its runtime API) and
  * lighttpd (ssl.stapling-file),
  * started on 127.0.0.1 from Debian's packages, checked with a real TLS
- * client, `openssl s_client -status`; GnuTLS's ocsptool, a second OCSP
- * implementation, agrees on whose signature a staple may carry; and
- * Prometheus' own promtool accepts the metrics file. Needs `nginx`, `haproxy`,
- * `lighttpd` (with mod_openssl), `ocsptool` and `promtool` on PATH (`apt-get
- * install nginx haproxy lighttpd lighttpd-mod-openssl gnutls-bin prometheus`);
- * run with `deno task test:servers`.
+ * client, `openssl s_client -status`; Exim over STARTTLS; certbot renews
+ * against pebble and calls the README's deploy hook; GnuTLS's ocsptool, a
+ * second OCSP implementation, agrees on whose signature a staple may carry;
+ * and Prometheus' own promtool accepts the metrics file. Needs `nginx`,
+ * `haproxy`, `lighttpd` (with mod_openssl), `exim4`, `certbot`, `pebble`,
+ * `ocsptool`, `faketime` and `promtool` on PATH (`apt-get install nginx
+ * haproxy lighttpd lighttpd-mod-openssl exim4-daemon-light certbot pebble
+ * gnutls-bin faketime prometheus`); run with `deno task test:servers`.
  *
  * @module
  */
@@ -21,16 +23,20 @@ import {
   BASE_CONFIG,
   BOT_PERMISSIONS,
   exists,
+  installBot,
   type KeyPair,
   makeSite,
   readmeBlocks,
+  readmeHook,
   readmeRecipe,
   response,
   runBot,
   TestCa,
   withCa,
+  withTempDir,
   writeWithFolders,
 } from "./testca.ts";
+import { certbotConfigDir, certbotObtain, certbotRenew, startPebble } from "./acme.ts";
 import { servedStaple, startExim } from "./exim.ts";
 
 /** HAProxy's runtime API is a Unix socket, which Deno counts as network. */
@@ -686,6 +692,64 @@ Deno.test("Exim staples the README's recipe over STARTTLS, and a renewal without
       assertEquals(later, renewed, "Exim kept stapling the old response without a reload");
     } finally {
       await server.close();
+    }
+  });
+});
+
+Deno.test("certbot renews against pebble, and the README's deploy hook staples the new certificate before certbot returns", async () => {
+  await withTempDir("ocspbot-acme-", async (dir) => {
+    await Deno.mkdir(path.join(dir, "pebble"));
+    const pebble = await startPebble(path.join(dir, "pebble"));
+    try {
+      const root = path.join(dir, "machine");
+      const acme = path.join(dir, "certbot");
+      // certbot's folders are the machine's /etc/letsencrypt.
+      await Deno.mkdir(path.join(root, "etc"), { recursive: true });
+      await Deno.mkdir(certbotConfigDir(acme), { recursive: true });
+      await Deno.symlink(certbotConfigDir(acme), path.join(root, "etc/letsencrypt"));
+      const config = path.join(root, "etc/ocspbot/ocspbot.yaml");
+      await writeWithFolders(config, await readmeRecipe("certbot", root));
+      await installBot(root);
+      const hook = path.join(root, "etc/letsencrypt/renewal-hooks/deploy/ocspbot");
+      await writeWithFolders(hook, await readmeHook("certbot", root));
+      await Deno.chmod(hook, 0o755);
+      // The recipe verifies against the system's CA bundle: pebble's root.
+      const env = { SSL_CERT_FILE: await pebble.rootFile() };
+
+      const { live } = await certbotObtain(pebble, acme, ["a.test"], [], { env });
+      const hourly = await runBot(root, [config], env);
+      assertEquals(hourly.code, 1, hourly.stdout + hourly.stderr);
+      const der = path.join(root, "var/lib/ocspbot/a.test.der");
+      const verify = async () => {
+        const { code, stdout } = await new Deno.Command("openssl", {
+          args: [
+            "ocsp",
+            "-respin",
+            der,
+            "-issuer",
+            live.chain,
+            "-cert",
+            live.cert,
+            "-CAfile",
+            env.SSL_CERT_FILE,
+            "-no_nonce",
+          ],
+          stderr: "null",
+        }).output();
+        return code === 0
+          ? /: (good|revoked|unknown)$/m.exec(decoder.decode(stdout))?.[1]
+          : undefined;
+      };
+      assertEquals(await verify(), "good");
+      const before = await Deno.readTextFile(live.cert);
+
+      const renewal = await certbotRenew(pebble, acme, "a.test", [], { env });
+      assertNotEquals(await Deno.readTextFile(live.cert), before, "certbot renewed nothing");
+      // Before certbot returned, the hook left a good response for the new certificate.
+      assertEquals(await verify(), "good", renewal.output);
+      assert(await exists(path.join(root, "reloaded-nginx")), "on_change did not run");
+    } finally {
+      await pebble.close();
     }
   });
 });

@@ -742,6 +742,39 @@ export async function readmeBlocks(): Promise<Map<string, string>> {
 }
 
 /**
+ * A README deploy hook (`<!-- test: hook <name> -->`) moved under `root` as
+ * readmeRecipe() moves a recipe, with `systemctl reload <server>` touching
+ * `<root>/reloaded-<server>` instead.
+ */
+export async function readmeHook(name: string, root: string): Promise<string> {
+  const hook = (await readmeBlocks()).get(`hook ${name}`);
+  if (hook === undefined) throw new Error(`README.md has no <!-- test: hook ${name} -->`);
+  return movedUnder(hook, root).replace(/systemctl reload ([\w.-]+)/g, `touch ${root}/reloaded-$1`);
+}
+
+/** Every absolute path in `text` moved under `root`. */
+function movedUnder(text: string, root: string): string {
+  return text.replace(/(^|[\s[,:'"=])\/(?=[\w.])/gm, `$1${root}/`);
+}
+
+/**
+ * An `ocspbot` command at `<root>/usr/local/bin/ocspbot`, as the README's
+ * install makes one: the hooks call it by that path.
+ */
+export async function installBot(root: string): Promise<void> {
+  // The hooks' callers may clear the environment: the module cache is named outright.
+  const info = await new Deno.Command(Deno.execPath(), { args: ["info", "--json"] }).output();
+  const denoDir = JSON.parse(new TextDecoder().decode(info.stdout)).denoDir;
+  await writeWithFolders(
+    path.join(root, "usr/local/bin/ocspbot"),
+    `#!/bin/sh\nDENO_DIR='${denoDir}' exec '${Deno.execPath()}' run --quiet ${
+      BOT_PERMISSIONS.join(" ")
+    } '${BOT}' "$@"\n`,
+  );
+  await Deno.chmod(path.join(root, "usr/local/bin/ocspbot"), 0o755);
+}
+
+/**
  * A README recipe moved under `root`: every absolute path in it starts at
  * `root` instead, and `on_change: [systemctl, reload, <server>]` touches
  * `<root>/reloaded-<server>` instead of reloading a server of this machine.
@@ -749,8 +782,7 @@ export async function readmeBlocks(): Promise<Map<string, string>> {
 export async function readmeRecipe(name: string, root: string): Promise<string> {
   const recipe = (await readmeBlocks()).get(`recipe ${name}`);
   if (recipe === undefined) throw new Error(`README.md has no <!-- test: recipe ${name} -->`);
-  return recipe
-    .replace(/(^|[\s[,:])\/(?=[\w.])/gm, `$1${root}/`)
+  return movedUnder(recipe, root)
     .replace(
       /^on_change: \[systemctl, reload, ([\w.-]+)\]$/m,
       `on_change: [touch, ${root}/reloaded-$1]`,
