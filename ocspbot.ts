@@ -276,7 +276,42 @@ export interface Outcome {
   attempt?: Attempt;
   /** Why it was skipped: it names no OCSP responder, or it has expired. */
   skipReason?: SkipReason;
+  /** --check with `serve`: what the server staples, compared with what is stored. */
+  served?: Served;
   error?: string;
+}
+
+/** Where a certificate is served (`serve`): a TLS port, or a STARTTLS protocol's. */
+export interface ServeAddress {
+  host: string;
+  port: number;
+  /** `smtp`, `imap`, …: openssl's `-starttls`; undefined for TLS from the start. */
+  starttls?: string;
+  /** The SNI name to ask for; undefined: the certificate's first name. */
+  servername?: string;
+}
+
+/** What a server stapled in a handshake, as `openssl s_client -status` printed it. */
+export interface Stapled {
+  status?: CertStatus;
+  /** The serial of the certificate it is about, as openssl prints it (hex, upper case). */
+  serial?: string;
+  thisUpdate?: Date;
+  nextUpdate?: Date;
+}
+
+/**
+ * --check's verdict on what a server staples: ok (what is stored, or newer),
+ * warning (older than stored: not reloaded; nothing stapled for a certificate
+ * without Must-Staple; the server unreachable), critical (nothing for a
+ * Must-Staple certificate, expired, not good, or for another certificate).
+ */
+export interface Served {
+  address: string;
+  verdict: "ok" | "warning" | "critical";
+  message: string;
+  thisUpdate?: Date;
+  nextUpdate?: Date;
 }
 
 /** Counts of a run; `notProcessed` counts what stop_on_error left out. */
@@ -652,6 +687,38 @@ function asEntries<P extends "domain" | "scan">(place: P) {
   };
 }
 
+/** The STARTTLS protocols `openssl s_client -starttls` speaks, as `serve` names them. */
+const STARTTLS = ["smtp", "imap", "pop3", "ftp", "xmpp", "ldap", "postgres", "mysql", "nntp"];
+
+/**
+ * Reads `serve`: `host:port` (TLS from the start, as `tls://host:port`), or
+ * `<protocol>://host:port` for a STARTTLS protocol (`smtp://127.0.0.1:25`).
+ */
+export function serveAddress(text: string): ServeAddress {
+  const match = /^(?:([a-z0-9]+):\/\/)?(\[[^\]]+\]|[^:/[\]]+):(\d+)\/?$/i.exec(text);
+  if (!match) {
+    throw new Error(
+      `must be "host:port" or "<protocol>://host:port" (e.g. "127.0.0.1:443", "smtp://127.0.0.1:25"), not "${text}"`,
+    );
+  }
+  const protocol = match[1]?.toLowerCase();
+  if (protocol && protocol !== "tls" && protocol !== "https" && !STARTTLS.includes(protocol)) {
+    throw new Error(
+      `names "${protocol}://", which is neither tls:// nor one of ${STARTTLS.join(", ")}`,
+    );
+  }
+  const port = Number(match[3]);
+  if (port < 1 || port > 65535) throw new Error(`names port ${port}, which no server has`);
+  const starttls = protocol && STARTTLS.includes(protocol) ? protocol : undefined;
+  return { host: match[2].replace(/^\[|\]$/g, ""), port, ...(starttls ? { starttls } : {}) };
+}
+
+/** A ServeAddress as `serve` writes it, for messages. */
+export function serveText(address: ServeAddress): string {
+  const host = address.host.includes(":") ? `[${address.host}]` : address.host;
+  return `${address.starttls ? `${address.starttls}://` : ""}${host}:${address.port}`;
+}
+
 /** Where an entry of `domains` or `scan_keys` was written. */
 interface EntryOrigin {
   /** The domain's id; a scan entry's index. */
@@ -687,6 +754,24 @@ const ENTRY_KEYS = {
         }
         return socket as string;
       }),
+    perCertificate: true,
+  },
+  serve: {
+    name: "serve",
+    places: ["top", "domain", "scan"],
+    read: (value: unknown, at: Reading): ServeAddress => {
+      const { address, name } = typeof value === "string"
+        ? { address: value, name: undefined }
+        : asMapping(value, at);
+      try {
+        const parsed = serveAddress(asString(address, { ...at, key: `${at.key}.address` }));
+        if (name === undefined) return parsed;
+        return { ...parsed, servername: asString(name, { ...at, key: `${at.key}.name` }) };
+      } catch (error) {
+        if (error instanceof ExitError) throw error;
+        return invalid(at, errorText(error));
+      }
+    },
     perCertificate: true,
   },
   cert: { name: "cert", places: ["domain"], read: asString, fallback: missing },
@@ -1640,6 +1725,12 @@ export function parseCertificate(bytes: Uint8Array, file: string): CertificateIn
   return certificateInfo(parseBundle(bytes, file).leaf.x509);
 }
 
+/** The name a client asks for a certificate by (SNI): its first DNS name, else its CN. */
+function certificateName(cert: X509Certificate): string | undefined {
+  const dns = /(?:^|, )DNS:([^,\s]+)/.exec(cert.subjectAltName ?? "")?.[1];
+  return dns ?? /(?:^|\n)CN=([^\n]+)/.exec(cert.subject)?.[1];
+}
+
 function certificateInfo(cert: X509Certificate): CertificateInfo {
   const ocspUrls = (cert.infoAccess ?? "").split("\n")
     .filter((line) => line.startsWith("OCSP - URI:"))
@@ -1699,6 +1790,57 @@ export function serialArgument(certificate: Uint8Array): string {
   let value = bytes.reduce((sum, byte) => sum * 256n + BigInt(byte), 0n);
   if (bytes[0] & 0x80) value -= 1n << BigInt(8 * bytes.length);
   return value < 0n ? `-0x${(-value).toString(16)}` : `0x${value.toString(16)}`;
+}
+
+/**
+ * Asks the server where a certificate is served what it staples (`openssl
+ * s_client -status`, bounded by `timeout`), with the certificate's first
+ * name as SNI unless `serve` gives one, and judges it against what is stored.
+ */
+async function askServer(
+  target: Target,
+  address: ServeAddress,
+  facts: Facts,
+  context: RunContext,
+): Promise<Served> {
+  const { leaf } = parsedFiles(target, context).bundle;
+  const where = serveText(address);
+  const servername = address.servername ?? certificateName(leaf.x509);
+  const args = [
+    "s_client",
+    "-connect",
+    `${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`,
+    "-status",
+    ...(servername ? ["-servername", servername] : []),
+    ...(address.starttls ? ["-starttls", address.starttls] : []),
+  ];
+  let stdout = "";
+  let problem: string | undefined;
+  try {
+    const { output, timedOut } = await runProcess(
+      context.config.opensslExecutable,
+      args,
+      context.config.timeoutSeconds,
+      context.stop,
+    );
+    stdout = new TextDecoder().decode(output.stdout);
+    problem = timedOut
+      ? `no handshake within ${context.config.timeoutSeconds} s (config key "timeout")`
+      : summarizeOpensslErrors(new TextDecoder().decode(output.stderr)) ||
+        `openssl s_client exited with ${output.code}`;
+  } catch (error) {
+    if (error instanceof Interrupted) throw error;
+    problem = errorText(error);
+  }
+  const serial = serialArgument(leaf.x509.raw).replace("0x", "");
+  return servedVerdict(
+    where,
+    parseStapled(stdout),
+    problem,
+    { serial, mustStaple: facts.cert.mustStaple },
+    facts.stored,
+    context.now,
+  );
 }
 
 /**
@@ -2366,6 +2508,30 @@ export function parseOcspOutput(
       (statusAt < 0 ? "no status for this certificate in the response" : "did not verify");
   }
   return report;
+}
+
+/**
+ * What `openssl s_client -status` says a server stapled: the response's
+ * status, serial and dates; "none" when it stapled nothing; undefined when no
+ * TLS session came about.
+ */
+export function parseStapled(stdout: string): Stapled | "none" | undefined {
+  const block = /^OCSP response: ?(no response sent|\n=+\n([\s\S]*?)\n=+\n)/m.exec(stdout);
+  if (!block) return undefined;
+  if (block[1] === "no response sent") return "none";
+  const text = block[2];
+  const field = (name: string) => new RegExp(`^\\s*${name}: (.*)$`, "m").exec(text)?.[1].trim();
+  const time = (name: string) => {
+    const value = field(name);
+    return value === undefined ? undefined : parseOpensslTime(value);
+  };
+  const status = field("Cert Status");
+  return {
+    status: status === "good" || status === "revoked" || status === "unknown" ? status : undefined,
+    serial: field("Serial Number")?.toUpperCase(),
+    thisUpdate: time("This Update"),
+    nextUpdate: time("Next Update"),
+  };
 }
 
 /**
@@ -3398,6 +3564,61 @@ export function assess(
 }
 
 /**
+ * --check's verdict on what a server staples for a certificate (`serve`),
+ * against what is stored: see Served. `stapled` undefined with `problem`:
+ * the server could not be reached or spoke no TLS.
+ */
+export function servedVerdict(
+  address: string,
+  stapled: Stapled | "none" | undefined,
+  problem: string | undefined,
+  cert: { serial: string; mustStaple: boolean },
+  stored: ResponseReport | undefined,
+  now: Date,
+): Served {
+  const say = (verdict: Served["verdict"], message: string): Served => ({
+    address,
+    verdict,
+    message,
+    ...(stapled && stapled !== "none"
+      ? { thisUpdate: stapled.thisUpdate, nextUpdate: stapled.nextUpdate }
+      : {}),
+  });
+  if (stapled === undefined) return say("warning", `cannot ask ${address}: ${problem}`);
+  if (stapled === "none") {
+    return cert.mustStaple
+      ? say("critical", `${address} staples nothing, and Must-Staple clients refuse the handshake`)
+      : say("warning", `${address} staples nothing`);
+  }
+  const serial = (text: string) => text.toUpperCase().replace(/^(-?)(0X)?0*/, "$1");
+  if (serial(stapled.serial ?? "") !== serial(cert.serial)) {
+    return say(
+      "critical",
+      `${address} staples a response for another certificate (serial ${stapled.serial}, not ${cert.serial}): a certificate replaced without its response; renew it (--renewed) and reload the server`,
+    );
+  }
+  if (stapled.nextUpdate && stapled.nextUpdate.getTime() <= now.getTime()) {
+    return say(
+      "critical",
+      `${address} staples a response that expired at ${formatTime(stapled.nextUpdate)}`,
+    );
+  }
+  if (stapled.status !== "good") {
+    return say("critical", `${address} staples a response that says "${stapled.status}"`);
+  }
+  const storedSince = stored?.verified ? stored.thisUpdate : undefined;
+  if (storedSince && stapled.thisUpdate && stapled.thisUpdate.getTime() < storedSince.getTime()) {
+    return say(
+      "warning",
+      `${address} staples an older response than the stored one (thisUpdate ${
+        formatTime(stapled.thisUpdate)
+      }, stored ${formatTime(storedSince)}): not reloaded since ${formatTime(stapled.thisUpdate)}`,
+    );
+  }
+  return say("ok", `${address} staples the stored response, or a newer one`);
+}
+
+/**
  * The Nagios plugin line and status of a --check run: the verdict, then, after
  * a `|`, performance data as the plugin guidelines define it, which Nagios
  * and Icinga graph: seconds to the soonest expiry (warning and critical at
@@ -3434,15 +3655,29 @@ export function checkSummary(
   if (due.length > 0) {
     parts.push(`${due.length} of ${checked.length} responses due for renewal${named(due)}`);
   }
+  const served = outcomes.filter((o) => o.served);
+  const servedAs = (verdict: Served["verdict"]) =>
+    served.filter((o) => o.served!.verdict === verdict).map((o) => o.id);
+  const [servedCritical, servedWarning] = [servedAs("critical"), servedAs("warning")];
+  if (servedCritical.length > 0) {
+    parts.push(`${servedCritical.length} of ${served.length} served wrong${named(servedCritical)}`);
+  }
+  if (servedWarning.length > 0) {
+    parts.push(
+      `${servedWarning.length} of ${served.length} served stale, or not at all${
+        named(servedWarning)
+      }`,
+    );
+  }
   if (parts.length === 0) parts.push(`${checked.length} responses fresh`);
   if (expiries.length > 0) {
     parts.push(`soonest expiry in ${formatDuration(Math.min(...expiries) - now.getTime())}`);
   }
   const skipped = outcomes.length - checked.length;
   if (skipped > 0) parts.push(`${skipped} skipped (no OCSP URL)`);
-  const [label, status] = critical.length > 0
+  const [label, status] = critical.length + servedCritical.length > 0
     ? ["CRITICAL", NAGIOS.critical]
-    : failing.length + due.length > 0
+    : failing.length + due.length + servedWarning.length > 0
     ? ["WARNING", NAGIOS.warning]
     : ["OK", NAGIOS.ok];
   const perfdata: string[] = [];
@@ -3459,6 +3694,13 @@ export function checkSummary(
     `critical=${critical.length}`,
     `skipped=${skipped}`,
   );
+  if (served.length > 0) {
+    perfdata.push(
+      `served_ok=${served.length - servedCritical.length - servedWarning.length}`,
+      `served_warning=${servedWarning.length}`,
+      `served_critical=${servedCritical.length}`,
+    );
+  }
   return { line: `OCSP ${label} - ${parts.join(", ")} | ${perfdata.join(" ")}`, status };
 }
 
@@ -3503,6 +3745,15 @@ export function jsonReport(
       failingSince: isoSeconds(attempt?.failingSince),
       revoked: attempt?.outcome === "revoked"
         ? { time: isoSeconds(attempt.revocationTime), reason: attempt.revocationReason ?? null }
+        : null,
+      served: outcome.served
+        ? {
+          address: outcome.served.address,
+          verdict: outcome.served.verdict,
+          message: outcome.served.message,
+          thisUpdate: outcome.served.thisUpdate?.toISOString() ?? null,
+          nextUpdate: outcome.served.nextUpdate?.toISOString() ?? null,
+        }
         : null,
       error: outcome.error ?? null,
     };
@@ -3575,6 +3826,16 @@ export function metricsText(
       "certificate_must_staple",
       "1 if the certificate requires a staple (RFC 7633).",
       (o) => o.mustStaple === undefined ? undefined : o.mustStaple ? 1 : 0,
+    ],
+    [
+      "served_ok",
+      "1 if the server (serve) staples the stored response or a newer one, at the last --check.",
+      (o) => o.served && (o.served.verdict === "ok" ? 1 : 0),
+    ],
+    [
+      "served_response_this_update_timestamp_seconds",
+      "thisUpdate of the response the server (serve) stapled, at the last --check.",
+      (o) => seconds(o.served?.thisUpdate),
     ],
   ];
   const lines: string[] = [];
@@ -4363,7 +4624,15 @@ async function checkTarget(target: Target, context: RunContext): Promise<Outcome
     }
     const { health, line } = assess(plan, facts, attempt, context.now);
     log.info(line);
-    return { ...outcome, action: "unchanged", health };
+    const served = target.serve && await askServer(target, target.serve, facts, context);
+    if (served) {
+      log.info(
+        `served: ${served.message}: ${
+          served.verdict === "ok" ? "OK" : served.verdict.toUpperCase()
+        }`,
+      );
+    }
+    return { ...outcome, action: "unchanged", health, ...(served ? { served } : {}) };
   } catch (error) {
     if (error instanceof Interrupted) throw error;
     log.error(errorText(error));

@@ -28,6 +28,7 @@ import {
   parseInterval,
   parseOcspOutput,
   parseOpensslTime,
+  parseStapled,
   type Place,
   type Plan,
   planRenewal,
@@ -40,6 +41,9 @@ import {
   responseCertificates,
   type ResponseReport,
   runPool,
+  type ServeAddress,
+  serveAddress,
+  servedVerdict,
   summaryLine,
   unchangedEntry,
   VERSION,
@@ -785,6 +789,141 @@ Deno.test("haproxyAddress() reads HAProxy's own socket syntax", async (t) => {
     assertEquals(error.status, 253);
     assertMatch(error.message, /"haproxy_socket\[1\]"/);
   });
+});
+
+Deno.test("serve: where a certificate is served, for --check to ask", async (t) => {
+  const cases: [string, ServeAddress | RegExp][] = [
+    ["127.0.0.1:443", { host: "127.0.0.1", port: 443 }],
+    ["tls://www.example.com:8443", { host: "www.example.com", port: 8443 }],
+    ["smtp://127.0.0.1:25", { host: "127.0.0.1", port: 25, starttls: "smtp" }],
+    ["IMAP://[::1]:143", { host: "::1", port: 143, starttls: "imap" }],
+    ["127.0.0.1", /must be "host:port"/],
+    ["gopher://127.0.0.1:70", /neither tls:\/\/ nor one of/],
+    ["127.0.0.1:70000", /port 70000/],
+  ];
+  for (const [text, expected] of cases) {
+    await t.step(text, () => {
+      if (expected instanceof RegExp) {
+        assertMatch(assertThrows(() => serveAddress(text)).message, expected);
+      } else assertEquals(serveAddress(text), expected);
+    });
+  }
+  await t.step("in a config: a mapping gives the SNI name; a bad one is 253", () => {
+    const config = interpretConfig(
+      {
+        minimum_validity: "1d",
+        serve: "127.0.0.1:443",
+        domains: {
+          a: {
+            cert: "a",
+            ocsp: "a.der",
+            serve: { address: "smtp://127.0.0.1:25", name: "mx.test" },
+          },
+        },
+      },
+      "c.yaml",
+    );
+    assertEquals(config.serve, { host: "127.0.0.1", port: 443 });
+    assertEquals(config.domains[0].serve, {
+      host: "127.0.0.1",
+      port: 25,
+      starttls: "smtp",
+      servername: "mx.test",
+    });
+    const error = assertThrows(
+      () => interpretConfig({ minimum_validity: "1d", serve: "nowhere" }, "c.yaml"),
+      ExitError,
+    );
+    assertEquals([error.status, /"serve" must be/.test(error.message)], [253, true]);
+  });
+});
+
+Deno.test("parseStapled() and servedVerdict() judge what a server staples", async (t) => {
+  const now = new Date("2026-06-02T00:00:00Z");
+  const stapledText = (serial: string, status: string, thisUpdate: string, nextUpdate: string) =>
+    `CONNECTED(00000003)\nOCSP response: \n======================================\nOCSP Response Data:\n` +
+    `    OCSP Response Status: successful (0x0)\n    Responses:\n    Certificate ID:\n` +
+    `      Serial Number: ${serial}\n    Cert Status: ${status}\n    This Update: ${thisUpdate}\n` +
+    `    Next Update: ${nextUpdate}\n======================================\n---\n`;
+  const good = stapledText("1004", "good", "Jun  1 00:00:00 2026 GMT", "Jun  8 00:00:00 2026 GMT");
+  await t.step("parseStapled()", () => {
+    assertEquals(parseStapled(good), {
+      status: "good",
+      serial: "1004",
+      thisUpdate: new Date("2026-06-01T00:00:00Z"),
+      nextUpdate: new Date("2026-06-08T00:00:00Z"),
+    });
+    assertEquals(parseStapled("CONNECTED(00000003)\nOCSP response: no response sent\n"), "none");
+    assertEquals(parseStapled("connect:errno=111\n"), undefined);
+  });
+  const stored: ResponseReport = { ...GOOD, thisUpdate: new Date("2026-06-01T00:00:00Z") };
+  const cert = { serial: "0x1004", mustStaple: false };
+  const cases: [
+    string,
+    string | undefined,
+    typeof cert,
+    ResponseReport | undefined,
+    string,
+    RegExp,
+  ][] = [
+    ["the stored response", good, cert, stored, "ok", /staples the stored response/],
+    [
+      "a newer one",
+      stapledText("1004", "good", "Jun  1 12:00:00 2026 GMT", "Jun  8 12:00:00 2026 GMT"),
+      cert,
+      stored,
+      "ok",
+      /or a newer one/,
+    ],
+    [
+      "an older one: not reloaded",
+      stapledText("1004", "good", "May 31 00:00:00 2026 GMT", "Jun  7 00:00:00 2026 GMT"),
+      cert,
+      stored,
+      "warning",
+      /not reloaded since 2026-05-31 00:00:00 UTC/,
+    ],
+    [
+      "another certificate's",
+      stapledText("0FFF", "good", "Jun  1 00:00:00 2026 GMT", "Jun  8 00:00:00 2026 GMT"),
+      cert,
+      stored,
+      "critical",
+      /another certificate \(serial 0FFF, not 0x1004\)/,
+    ],
+    [
+      "an expired one",
+      stapledText("1004", "good", "May 20 00:00:00 2026 GMT", "May 27 00:00:00 2026 GMT"),
+      cert,
+      stored,
+      "critical",
+      /expired at 2026-05-27/,
+    ],
+    ["nothing", "OCSP response: no response sent\n", cert, stored, "warning", /staples nothing$/],
+    [
+      "nothing, must-staple",
+      "OCSP response: no response sent\n",
+      { ...cert, mustStaple: true },
+      stored,
+      "critical",
+      /Must-Staple clients refuse/,
+    ],
+    ["no TLS at all", "connect:errno=111\n", cert, stored, "warning", /cannot ask .*: refused/],
+  ];
+  for (const [name, stdout, certificate, storedResponse, verdict, message] of cases) {
+    await t.step(name, () => {
+      const served = servedVerdict(
+        "127.0.0.1:443",
+        parseStapled(stdout ?? ""),
+        "refused",
+        certificate,
+        storedResponse,
+        now,
+      );
+      assertEquals(served.verdict, verdict, served.message);
+      assertMatch(served.message, message);
+    });
+  }
 });
 
 Deno.test("derLength() finds where openssl's DER response ends and its report begins", async (t) => {

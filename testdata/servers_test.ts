@@ -256,6 +256,46 @@ http {
       );
       const served = await waitFor(10, () => stapled(port, ca), (text) => text === renewed);
       assertEquals(served, renewed, "nginx still staples the old response after the reload");
+
+      // --check asks nginx what it staples: the renewal, reloaded.
+      const check = (extra = "") =>
+        Deno.writeTextFile(
+          path.join(site, "ocspbot.yaml"),
+          config + `serve: 127.0.0.1:${port}\n` + extra,
+        ).then(() => runBot(site, ["--check", "--json"]));
+      const matching = await check();
+      assertEquals(matching.code, 0, matching.stdout + matching.stderr);
+      assertEquals(JSON.parse(matching.stdout).certificates["a.test"].served.verdict, "ok");
+      assertMatch(
+        matching.stderr,
+        /^\[a\.test\] served: 127\.0\.0\.1:\d+ staples the stored response, or a newer one: OK$/m,
+      );
+
+      // Renewed without a reload: nginx staples an older response than the stored one.
+      await nextSecond();
+      assertEquals((await runBot(site, ["--force"])).code, 1);
+      const stale = await check();
+      assertEquals(stale.code, 1, stale.stdout + stale.stderr);
+      assertMatch(
+        stale.stderr,
+        /staples an older response than the stored one .*: not reloaded since .*: WARNING$/m,
+      );
+      assertMatch(
+        JSON.parse(stale.stdout).certificates["a.test"].served.message,
+        /not reloaded since/,
+      );
+
+      // The certificate replaced (and nginx reloaded) without a new response: another certificate's.
+      const next = await ca.issueLeaf(path.join(site, "next"), "a.test");
+      await Deno.copyFile(next.cert, leaf.cert);
+      await Deno.writeTextFile(
+        fullchain,
+        await Deno.readTextFile(next.cert) + await Deno.readTextFile(ca.chain),
+      );
+      await new Deno.Command("nginx", { args: [...nginx, "-s", "reload"] }).output();
+      const replaced = await waitFor(10, () => check(), (run) => run.code === 2);
+      assertEquals(replaced.code, 2, replaced.stdout + replaced.stderr);
+      assertMatch(replaced.stderr, /staples a response for another certificate .*: CRITICAL$/m);
     });
   });
 });
@@ -302,10 +342,20 @@ domains:
     const response = `${leaf.cert}.ocsp`;
 
     await withServer("haproxy", ["-f", path.join(site, "haproxy.cfg"), "-db"], port, async () => {
-      await t.step("the file it started with is stapled", async () => {
+      await t.step("the file it started with is stapled, as --check finds", async () => {
         const served = await stapled(port, ca);
         assertMatch(served, /Cert Status: good/);
         assertEquals(served, await responseText(response));
+        await Deno.writeTextFile(
+          path.join(site, "ocspbot.yaml"),
+          config({}) + `serve: 127.0.0.1:${port}\n`,
+        );
+        const check = await runBot(site, ["--check", "--only", "a.test"]);
+        assertEquals(check.code, 0, check.stdout + check.stderr);
+        assertMatch(
+          check.stdout,
+          /^\[a\.test\] served: .* staples the stored response, or a newer one: OK$/m,
+        );
       });
       await t.step("a renewal is pushed and served without a reload", async () => {
         // The scan entry's socket overrides the top level's, which leads nowhere.
@@ -682,6 +732,14 @@ Deno.test("Exim staples the README's recipe over STARTTLS, and a renewal without
       const served = await staple();
       assertMatch(served ?? "", /Cert Status: good/);
       assertEquals(served, await responseText(tls.tls_ocsp_file));
+      // --check asks Exim over STARTTLS, with the certificate's name as SNI.
+      await Deno.writeTextFile(
+        path.join(root, "ocspbot.yaml"),
+        await readmeRecipe("exim", root) + `serve: smtp://127.0.0.1:${server.port}\n`,
+      );
+      const check = await runBot(root, ["--check"]);
+      assertEquals(check.code, 0, check.stdout + check.stderr);
+      assertMatch(check.stdout, /served: smtp:\/\/127\.0\.0\.1:\d+ staples the stored response/);
       await nextSecond();
       const renewal = await runBot(root, ["--force"]);
       assertEquals(renewal.code, 1, renewal.stdout + renewal.stderr);
@@ -857,7 +915,8 @@ ssl.stapling-file = "${response}"
     const botConfig = (onChange: string) =>
       Deno.writeTextFile(
         path.join(site, "ocspbot.yaml"),
-        `minimum_validity: 6h\nocsp_folder: responses\n${onChange}scan_keys:\n  - folder: certs\n`,
+        `minimum_validity: 6h\nocsp_folder: responses\nserve: 127.0.0.1:${port}\n${onChange}` +
+          "scan_keys:\n  - folder: certs\n",
       );
     await botConfig("");
     assertEquals((await runBot(site)).code, 1);
@@ -878,6 +937,9 @@ ssl.stapling-file = "${response}"
         assertEquals((await runBot(site, ["--force"])).code, 1);
         await new Promise((resolve) => setTimeout(resolve, 2000));
         assertEquals(await stapled(port, ca), first, "lighttpd reloads the file by itself now");
+        const check = await runBot(site, ["--check"]);
+        assertEquals(check.code, 1, check.stdout + check.stderr);
+        assertMatch(check.stdout, /served: .* not reloaded since .*: WARNING$/m);
       });
       await t.step(
         "after on_change reloads lighttpd (SIGUSR1), the renewal is served",
@@ -889,6 +951,9 @@ ssl.stapling-file = "${response}"
           const renewed = await responseText(response);
           const served = await waitFor(10, () => stapled(port, ca), (text) => text === renewed);
           assertEquals(thisUpdate(served), thisUpdate(renewed));
+          const check = await runBot(site, ["--check"]);
+          assertEquals(check.code, 0, check.stdout + check.stderr);
+          assertMatch(check.stdout, /served: .* staples the stored response, or a newer one: OK$/m);
         },
       );
     } finally {
