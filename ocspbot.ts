@@ -212,6 +212,11 @@ export interface ScanRecord {
   /** The domains whose certificate, chain and rootchain were there, in order. */
   domains: string[];
   folders: string[];
+  /**
+   * Links that led to no file: their target may appear while the folder
+   * stays as it is, so they are looked at again each run.
+   */
+  dangling?: string[];
 }
 
 /** Where scans are remembered from one run to the next: the State. */
@@ -369,7 +374,7 @@ export const DEFAULT_TIMEOUT_SECONDS = 30;
 export const DEFAULT_LOCK_TIMEOUT_SECONDS = 300;
 export const DEFAULT_RETRIES = 2;
 /** The version of the state file's format this ocspbot reads and writes. */
-export const STATE_VERSION = 2;
+export const STATE_VERSION = 3;
 /** The state file's name inside `ocsp_folder`, unless `state_file` says otherwise. */
 export const DEFAULT_STATE_FILE = ".ocspbot-state.json";
 /** Lifespan assumed for a response without nextUpdate, as Apache mod_md. */
@@ -1334,22 +1339,29 @@ function isFile(file: string): boolean {
 
 /**
  * Lists a folder's files and subfolders, following links as os.walk does.
- * `links`: whether any entry is a link, whose target may change while the
- * folder does not.
+ * `dangling`: links that lead to no file, whose target may appear while the
+ * folder stays as it is.
  */
-function listFolder(dir: string): { files: Set<string>; folders: string[]; links: boolean } {
+function listFolder(dir: string): { files: Set<string>; folders: string[]; dangling: string[] } {
   const files = new Set<string>();
   const folders: string[] = [];
-  let links = false;
+  const dangling: string[] = [];
   for (const entry of Deno.readDirSync(dir)) {
     if (entry.isFile) files.add(entry.name);
     else if (entry.isDirectory) folders.push(entry.name);
     else if (entry.isSymlink) {
-      links = true;
       if (isFile(path.join(dir, entry.name))) files.add(entry.name);
+      else dangling.push(entry.name);
     }
   }
-  return { files, folders: folders.sort(), links };
+  return { files, folders: folders.sort(), dangling };
+}
+
+/** A getter of a found certificate's path in `dir` by `mask`, from its id (domain). */
+function pathOf(dir: string, mask: Mask | undefined) {
+  return mask && function (this: { id: string }): string {
+    return inFolder(dir, mask.fill(this.id));
+  };
 }
 
 /** `path.join` for a normalized folder, without its cost when `name` is plain. */
@@ -1391,9 +1403,10 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
   /**
    * The domains of the certificates in `dir`, in file name order, and its
    * subfolders. While the folder's stamp stays as the state recorded it, no
-   * entry can have been added, removed or renamed, and the record answers.
-   * Not for links (a target may change while the folder does not) or
-   * `{domain}/` masks (what decides is inside the subfolders).
+   * entry can have been added, removed, renamed or re-pointed, and the
+   * record answers, unless a link that led nowhere now leads to a file. Not
+   * for `{domain}/` masks (what decides is inside the subfolders). A
+   * certificate's files are still stat'ed each run, by inspect().
    */
   const scanFolder = (dir: string): { domains: string[]; folders: string[] } => {
     let stamp = "";
@@ -1403,7 +1416,9 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
       // Listing it says what is wrong.
     }
     const remembered = stamp ? memo?.scanned(dir, masks, stamp) : undefined;
-    if (remembered) return remembered;
+    // A link re-pointed changes the folder; one whose target appeared does not.
+    const appeared = remembered?.dangling?.some((name) => isFile(path.join(dir, name)));
+    if (remembered && !appeared) return remembered;
     let listed: ReturnType<typeof listFolder>;
     try {
       listed = listFolder(dir);
@@ -1416,7 +1431,7 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
         EXIT.configInvalid,
       );
     }
-    const { files, folders, links } = listed;
+    const { files, folders, dangling } = listed;
     const found: [cert: string, domain: string][] = [];
     for (const name of folderMask ? folders : files) {
       const domain = (folderMask ?? certMask).match(name);
@@ -1432,7 +1447,9 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
     // In file name order, so that runs go the same way every time.
     found.sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
     const scan = { domains: found.map(([, domain]) => domain), folders };
-    if (stamp && !links) memo?.setScanned(dir, masks, { stamp, ...scan });
+    if (stamp) {
+      memo?.setScanned(dir, masks, { stamp, ...scan, ...(dangling.length ? { dangling } : {}) });
+    }
     return scan;
   };
   const targets: Target[] = [];
@@ -1440,26 +1457,26 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
     const dir = path.join(root, relative);
     const responseDir = path.resolve(ocspFolder, relative);
     const { domains, folders } = scanFolder(dir);
+    // What the certificates of one folder share. Each keeps only its domain
+    // and makes its paths when asked: 100,000 of them then cost little memory.
+    const shared = Object.create(null, {
+      certPath: { get: pathOf(dir, certMask) },
+      chainPath: { get: pathOf(dir, chainMask) },
+      rootchainPath: { get: pathOf(dir, rootchainMask) },
+      responsePath: { get: pathOf(responseDir, ocspMask) },
+    });
+    Object.assign(shared, { source, ...settings });
     for (const domain of domains) {
-      const chain = chainMask?.fill(domain);
-      const rootchain = rootchainMask?.fill(domain);
-      const responsePath = inFolder(responseDir, ocspMask.fill(domain));
-      const outside = entry.fromInclude && outsideOcspFolder(responsePath, ocspFolder);
+      const target: Target = Object.create(shared);
+      (target as { id: string }).id = domain;
+      const outside = entry.fromInclude && outsideOcspFolder(target.responsePath, ocspFolder);
       if (outside) {
         throw new ExitError(
-          `Config "${entry.file}": "${entry.key}.ocsp_mask" ("${entry.ocspMask}") puts the response of "${domain}" at "${responsePath}", ${outside}`,
+          `Config "${entry.file}": "${entry.key}.ocsp_mask" ("${entry.ocspMask}") puts the response of "${domain}" at "${target.responsePath}", ${outside}`,
           EXIT.configInvalid,
         );
       }
-      targets.push({
-        id: domain,
-        certPath: inFolder(dir, certMask.fill(domain)),
-        chainPath: chain && inFolder(dir, chain),
-        rootchainPath: rootchain && inFolder(dir, rootchain),
-        responsePath,
-        source,
-        ...settings,
-      });
+      targets.push(target);
     }
     if (entry.recursive) {
       for (const folder of folders) walk(path.join(relative, folder));
@@ -1918,7 +1935,9 @@ export function fileStamp(info: Deno.FileInfo, realNowMs: number): string {
     return "";
   }
   if (realNowMs - Math.max(mtime, ctime) < STAMP_SETTLE_MS) return "";
-  return `${info.size}:${mtime}:${ctime / 1000}:${info.ino}:${info.dev}`;
+  // Base 36: 100,000 records of four files each are most of the state file.
+  return [info.size, mtime, Math.floor(ctime / 1000), info.ino, info.dev]
+    .map((number) => number.toString(36)).join(".");
 }
 
 /** Seconds since 1970: how the state keeps times. */
@@ -2035,6 +2054,74 @@ export function recallReport(
 }
 
 /**
+ * A state record as one line of the state file (format version 3):
+ * `<key>\t<verified>\t<attempt>`. The verified record is its fields in a
+ * fixed order, space-separated, times in base 36 seconds: the four files
+ * (`<stamp>/<hash>`, `-` for none), thisUpdate, nextUpdate, notBefore,
+ * notAfter, the responder certificate's end, must-staple, the OCSP URLs and
+ * a revocation (`-` for what is missing). The attempt is JSON. undefined:
+ * nothing worth keeping.
+ */
+export function stateLine(key: string, record: StateRecord): string | undefined {
+  const { verified: v, attempt } = record;
+  if (!v && !attempt) return undefined;
+  const time = (seconds: number | undefined) => seconds === undefined ? "-" : seconds.toString(36);
+  const verified = v
+    ? [
+      ...v.files.map((entry) => entry === "" ? "-" : entry.replace(" ", "/")),
+      time(v.thisUpdate),
+      time(v.nextUpdate),
+      time(v.notBefore),
+      time(v.notAfter),
+      time(v.signerNotAfter),
+      v.mustStaple ? "1" : "0",
+      v.ocspUrls.length > 0 ? v.ocspUrls.map(encodeURIComponent).join(",") : "-",
+      v.revoked
+        ? `${v.revoked.time?.toString(36) ?? ""},${encodeURIComponent(v.revoked.reason ?? "")}`
+        : "-",
+    ].join(" ")
+    : "";
+  return `${key}\t${verified}\t${attempt ? JSON.stringify(attempt) : ""}`;
+}
+
+/** The record a stateLine() holds; undefined parts for what cannot be read. */
+export function parseStateLine(line: string): StateRecord {
+  const [, verified = "", attempt = ""] = line.split("\t");
+  const record: StateRecord = {};
+  const fields = verified.split(" ");
+  if (fields.length === 12) {
+    const time = (text: string) => text === "-" ? undefined : parseInt(text, 36);
+    const [thisUpdate, nextUpdate, notBefore, notAfter, signerNotAfter] = fields.slice(4, 9)
+      .map(time);
+    const [revokedTime, revokedReason] = fields[11] === "-" ? [] : fields[11].split(",");
+    record.verified = {
+      files: fields.slice(0, 4).map((entry) => entry === "-" ? "" : entry.replace("/", " ")),
+      thisUpdate: thisUpdate ?? NaN,
+      ...(nextUpdate === undefined ? {} : { nextUpdate }),
+      notBefore: notBefore ?? NaN,
+      notAfter: notAfter ?? NaN,
+      ...(signerNotAfter === undefined ? {} : { signerNotAfter }),
+      mustStaple: fields[9] === "1",
+      ocspUrls: fields[10] === "-" ? [] : fields[10].split(",").map(decodeURIComponent),
+      ...(revokedTime === undefined ? {} : {
+        revoked: {
+          ...(revokedTime === "" ? {} : { time: parseInt(revokedTime, 36) }),
+          ...(revokedReason ? { reason: decodeURIComponent(revokedReason) } : {}),
+        },
+      }),
+    };
+  }
+  if (attempt !== "") {
+    try {
+      record.attempt = JSON.parse(attempt);
+    } catch {
+      // A mangled attempt is only history lost.
+    }
+  }
+  return record;
+}
+
+/**
  * The state file: by response path, the good response ocspbot verified and
  * the last request to a responder. Read once at the start, changed in
  * memory as the run learns, written at the end only when a record changed.
@@ -2043,11 +2130,23 @@ export function recallReport(
 class State {
   #changed = false;
 
+  /**
+   * Records by key (the response path, relative to the state's folder when
+   * inside it): the line as read, parsed only when asked for, or the record
+   * as this run changed it. A quiet hour parses each line once and keeps
+   * nothing of it: 100,000 records cost their text, not their objects.
+   */
+  /** The state's folder, ending in "/": keys are relative to it. */
+  readonly #folder: string;
+
   private constructor(
     readonly file: string,
-    private readonly records: Map<string, StateRecord>,
+    private readonly records: Map<string, string | StateRecord>,
     private readonly scans: Map<string, ScanRecord> = new Map(),
-  ) {}
+  ) {
+    // Resolved once: path.resolve() asks the process for its cwd every time.
+    this.#folder = path.dirname(path.resolve(file)) + "/";
+  }
 
   /** A missing state is empty; a broken one only costs a verification of every response. */
   static load(file: string, log: Logger, files: Files): State {
@@ -2071,49 +2170,74 @@ class State {
       }
       return empty;
     }
-    let parsed;
+    const headerEnd = text.indexOf("\n");
+    let header;
     try {
-      parsed = JSON.parse(text);
+      header = JSON.parse(headerEnd < 0 ? text : text.slice(0, headerEnd));
     } catch {
       // JSON.parse's message quotes the file, which need not be ocspbot's to show.
-      parsed = undefined;
+      header = undefined;
     }
-    // Version 1 (ocspbot 1.0) kept no stamps: verifying once more is all it costs.
-    if (parsed?.version === 1) return empty;
-    if (typeof parsed?.version === "number" && parsed.version > STATE_VERSION) {
+    // Versions 1 and 2 (ocspbot 1.0) were one JSON document: verifying once more is all it costs.
+    if (header?.version === 1 || header?.version === 2) return empty;
+    if (typeof header?.version === "number" && header.version > STATE_VERSION) {
       log.warn(
-        `State file "${file}" was written by a newer ocspbot (state version ${parsed.version}); ocspbot ${VERSION} rebuilds it in its own version ${STATE_VERSION}, verifying every response once`,
+        `State file "${file}" was written by a newer ocspbot (state version ${header.version}); ocspbot ${VERSION} rebuilds it in its own version ${STATE_VERSION}, verifying every response once`,
       );
       return empty;
     }
-    if (
-      parsed?.version !== STATE_VERSION || typeof parsed.responses !== "object" ||
-      !parsed.responses
-    ) {
+    if (header?.version !== STATE_VERSION || header.ocspbot !== "state") {
       log.warn(
         `Ignoring state file "${file}": not an ocspbot state file of version ${STATE_VERSION}; verifying every response`,
       );
       return empty;
     }
-    const records = new Map<string, StateRecord>();
-    for (const responsePath in parsed.responses) {
-      records.set(responsePath, parsed.responses[responsePath]);
+    const records = new Map<string, string>();
+    for (let start = headerEnd + 1; start > 0 && start < text.length;) {
+      const end = text.indexOf("\n", start);
+      const line = text.slice(start, end < 0 ? text.length : end);
+      const tab = line.indexOf("\t");
+      if (tab > 0) records.set(line.slice(0, tab), line);
+      start = end < 0 ? text.length : end + 1;
     }
-    return new State(file, records, new Map(Object.entries(parsed.scans ?? {})));
+    return new State(file, records, new Map(Object.entries(header.scans ?? {})));
+  }
+
+  /**
+   * The key of a response path: relative to the state's folder when inside
+   * it; quoted as JSON when a tab or a line break would end it early.
+   */
+  #key(responsePath: string): string {
+    const folder = this.#folder;
+    const key = responsePath.startsWith(folder) ? responsePath.slice(folder.length) : responsePath;
+    return /^"|[\t\n\r]/.test(key) ? JSON.stringify(key) : key;
+  }
+
+  /** The last line parsed: a certificate's attempt and record are asked for one after the other. */
+  #parsed?: { line: string; record: StateRecord };
+
+  #record(key: string): StateRecord | undefined {
+    const record = this.records.get(key);
+    if (typeof record !== "string") return record;
+    if (this.#parsed?.line !== record) {
+      this.#parsed = { line: record, record: parseStateLine(record) };
+    }
+    return this.#parsed.record;
   }
 
   verified(responsePath: string): VerifiedRecord | undefined {
-    return this.records.get(responsePath)?.verified;
+    return this.#record(this.#key(responsePath))?.verified;
   }
 
   attempt(responsePath: string): Attempt | undefined {
-    return this.records.get(responsePath)?.attempt;
+    return this.#record(this.#key(responsePath))?.attempt;
   }
 
   setVerified(responsePath: string, verified: VerifiedRecord | undefined): void {
-    const record = this.records.get(responsePath);
+    const key = this.#key(responsePath);
+    const record = this.#record(key);
     if (verified === undefined && record?.verified === undefined) return;
-    this.records.set(responsePath, { ...record, verified });
+    this.records.set(key, { ...record, verified });
     this.#changed = true;
   }
 
@@ -2141,35 +2265,34 @@ class State {
   }
 
   setAttempt(responsePath: string, attempt: Attempt): void {
-    this.records.set(responsePath, { ...this.records.get(responsePath), attempt });
+    const key = this.#key(responsePath);
+    this.records.set(key, { ...this.#record(key), attempt });
     this.#changed = true;
   }
 
   /**
-   * Writes the state atomically when it changed. Records of other configs
-   * sharing the folder are kept while their response exists.
+   * Writes the state atomically when it changed: a header line, then a line
+   * per response (unchanged ones as they were read). Records of other
+   * configs sharing the folder are kept while their response exists.
    */
-  async save(targets: Target[], files: Files): Promise<string[]> {
+  async save(covered: (responsePath: string) => boolean, files: Files): Promise<string[]> {
     if (!this.#changed) return [];
-    const covered = new Set(targets.map((target) => target.responsePath));
-    const responses: Record<string, StateRecord> = {};
-    for (const [responsePath, record] of this.records) {
-      if (!record.verified && !record.attempt) continue;
-      if (covered.has(responsePath) || files.entry(responsePath)) {
-        responses[responsePath] = record;
-      }
+    const folder = this.#folder;
+    const lines = [
+      JSON.stringify({
+        ocspbot: "state",
+        version: STATE_VERSION,
+        scans: Object.fromEntries(this.scans),
+      }),
+    ];
+    for (const [key, record] of this.records) {
+      const line = typeof record === "string" ? record : stateLine(key, record);
+      if (line === undefined) continue;
+      const unquoted = key.startsWith('"') ? JSON.parse(key) : key;
+      const responsePath = path.isAbsolute(unquoted) ? unquoted : path.join(folder, unquoted);
+      if (covered(responsePath) || files.entry(responsePath)) lines.push(line);
     }
-    const warnings = await files.write(
-      this.file,
-      encoder.encode(
-        JSON.stringify({
-          version: STATE_VERSION,
-          responses,
-          scans: Object.fromEntries(this.scans),
-        }) +
-          "\n",
-      ),
-    );
+    const warnings = await files.write(this.file, encoder.encode(lines.join("\n") + "\n"));
     this.#changed = false;
     return warnings;
   }
@@ -3090,6 +3213,22 @@ class Files {
     return this.#listing(folder).keys();
   }
 
+  /** The last few files stat'ed: one chain or rootchain file often serves every certificate. */
+  #stats: { file: string; info: Deno.FileInfo }[] = [];
+
+  /**
+   * What stat says of a certificate's input file; the error names what it
+   * is. A file named again in a row is stat'ed once a run.
+   */
+  stat(file: string, what: string): Deno.FileInfo {
+    const known = this.#stats.find((entry) => entry.file === file);
+    if (known) return known.info;
+    const info = readInput(file, what, Deno.statSync);
+    this.#stats.unshift({ file, info });
+    if (this.#stats.length > 4) this.#stats.pop();
+    return info;
+  }
+
   #added(file: string): void {
     const name = path.basename(file);
     this.#listing(path.dirname(file)).set(name, {
@@ -3446,16 +3585,24 @@ export function summarize(
   notProcessed: number,
   onChangeFailed = false,
 ): Summary {
-  const count = (action: Action) => outcomes.filter((o) => o.action === action).length;
-  return {
-    renewed: count("renewed"),
-    unchanged: count("unchanged"),
-    skipped: count("skipped"),
-    expired: outcomes.filter((o) => o.skipReason === "expired").length,
-    failed: count("failed"),
+  const summary: Summary = {
+    renewed: 0,
+    unchanged: 0,
+    skipped: 0,
+    expired: 0,
+    failed: 0,
     notProcessed,
     onChangeFailed,
   };
+  for (const outcome of outcomes) count(summary, outcome);
+  return summary;
+}
+
+/** Counts one outcome into `summary`: a run of 100,000 need keep no outcome to count it. */
+export function count(summary: Summary, outcome: Outcome): void {
+  if (outcome.action === "interrupted") return;
+  summary[outcome.action]++;
+  if (outcome.skipReason === "expired") summary.expired++;
 }
 
 /** The Python bot's summary line, plus what it could not count. */
@@ -4171,6 +4318,8 @@ interface RunContext {
   parsed: Map<Target, ParsedFiles>;
   /** --force: renew every certificate the run covers now. */
   forced: boolean;
+  /** A report of every certificate is asked for (--json, metrics_file): keep each outcome. */
+  keepOutcomes: boolean;
 }
 
 /**
@@ -4230,7 +4379,7 @@ async function inspect(target: Target, context: RunContext): Promise<Facts> {
     // A chain or rootchain left out is "" in the record: nothing to compare.
     file === undefined
       ? ""
-      : identify(file, readInput(file, what, Deno.statSync), record?.files?.[i + 1], what)
+      : identify(file, context.files.stat(file, what), record?.files?.[i + 1], what)
   );
   const found = storedResponseInfo(target.responsePath, record !== undefined, context.files);
   const storedInfo = typeof found === "string" ? undefined : found;
@@ -4685,6 +4834,7 @@ export async function runPool<T, R>(
   limit: number,
   work: (item: T) => Promise<R>,
   stop: (result: R) => boolean,
+  keep: (result: R) => boolean = () => true,
 ): Promise<{ results: R[]; notStarted: number }> {
   const results: R[] = [];
   let next = 0;
@@ -4692,7 +4842,7 @@ export async function runPool<T, R>(
   const worker = async () => {
     while (!stopped && next < items.length) {
       const result = await work(items[next++]);
-      results.push(result);
+      if (keep(result)) results.push(result);
       if (stop(result)) stopped = true;
     }
   };
@@ -4760,20 +4910,31 @@ async function runChecks(targets: Target[], context: RunContext): Promise<RunRep
  */
 async function runRenewals(targets: Target[], context: RunContext): Promise<RunReport> {
   const { config, log, stop } = context;
+  const summary = summarize([], 0);
+  // Each outcome is counted; only those a report needs are kept.
   const { results, notStarted } = await runPool(
     targets,
     config.parallelThreads,
-    (target) => processTarget(target, context),
+    async (target) => {
+      const outcome = await processTarget(target, context);
+      count(summary, outcome);
+      return outcome;
+    },
     (outcome) => stop.aborted || (config.stopOnError && outcome.action === "failed"),
+    (outcome) => context.keepOutcomes || outcome.action === "renewed",
   );
+  summary.notProcessed = notStarted;
   try {
-    const warnings = await context.state.save(targets, context.files);
+    let covered: Set<string> | undefined;
+    const warnings = await context.state.save(
+      (file) => (covered ??= new Set(targets.map((target) => target.responsePath))).has(file),
+      context.files,
+    );
     for (const warning of warnings) log.warn(`State file ${warning}`);
   } catch (error) {
     log.warn(`${errorText(error)}; the next run verifies every response again`);
   }
   const renewed = results.filter((o) => o.action === "renewed").map((o) => o.id);
-  let onChangeFailed = false;
   if (config.onChange && renewed.length > 0 && !stop.aborted) {
     try {
       await runOnChange(config.onChange, renewed, config.timeoutSeconds, stop);
@@ -4781,16 +4942,15 @@ async function runRenewals(targets: Target[], context: RunContext): Promise<RunR
     } catch (error) {
       if (!(error instanceof Interrupted)) {
         log.error(`${errorText(error)}; the renewed responses stay in place`);
-        onChangeFailed = true;
+        summary.onChangeFailed = true;
       }
     }
   }
-  const summary = summarize(results, notStarted, onChangeFailed);
   const { unchanged, skipped, failed, notProcessed } = summary;
   const totals = { renewed: summary.renewed, unchanged, skipped, failed, notProcessed };
   if (stop.aborted) {
-    const unfinished = targets.length - results.length +
-      results.filter((o) => o.action === "interrupted").length;
+    // Interrupted ones count as left as they were, as do those never started.
+    const unfinished = targets.length - (summary.renewed + unchanged + skipped + failed);
     log.error(
       `Stopped by ${stop.reason}: ${renewed.length} renewed responses are in place${
         renewed.length > 0 && config.onChange ? " (on_change was not run)" : ""
@@ -5003,6 +5163,7 @@ async function run(args: string[], output: Output): Promise<number> {
       parsed: new Map(),
       // --check reports what is; forcing a renewal it will not make would skew that.
       forced: (invocation.force || invocation.renewed.length > 0) && mode === "run",
+      keepOutcomes: format === "json" || config.metricsFile !== undefined,
     };
     const report = mode === "check"
       ? await runChecks(targets, context)
