@@ -58,6 +58,7 @@ import {
   installBot,
   makeSite,
   openssl,
+  readmeFiles,
   readmeHook,
   readmeRecipe,
   response,
@@ -530,6 +531,35 @@ Deno.test("the README lists every config key where it may be written, and no oth
   assertEquals(listed("Keys of each `domains` entry"), inTable("domain"));
   assertEquals(listed("Keys of each `scan_keys` entry"), inTable("scan"));
   assertEquals(inTable("include"), ["domains", "scan_keys"]);
+});
+
+Deno.test("the README keeps lines short and inline code whole", async () => {
+  // Read in a raw file or a narrow terminal, and copied from: outside fenced
+  // code no line runs past 100 characters, and no line holds an odd number
+  // of backticks, which is an inline code span broken across two lines.
+  const problems: string[] = [];
+  for (const [file, text] of await readmeFiles()) {
+    let fence: string | undefined;
+    text.split("\n").forEach((line, index) => {
+      const opening = /^\s*(`{3,}|~{3,})/.exec(line)?.[1];
+      if (fence !== undefined) {
+        if (opening?.[0] === fence[0] && opening.length >= fence.length) fence = undefined;
+        return;
+      }
+      if (opening !== undefined) {
+        fence = opening;
+        return;
+      }
+      const where = `${file}:${index + 1}`;
+      const length = [...line].length;
+      if (length > 100) problems.push(`${where}: ${length} characters`);
+      if ((line.match(/`/g) ?? []).length % 2 === 1) {
+        problems.push(`${where}: inline code broken across lines: ${line}`);
+      }
+    });
+    if (fence !== undefined) problems.push(`${file}: a code block is never closed`);
+  }
+  assertEquals(problems, []);
 });
 
 Deno.test("assess() gives --check's verdict on one certificate", async (t) => {

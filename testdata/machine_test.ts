@@ -22,6 +22,7 @@ import {
   type LeafOptions,
   makeSite,
   readmeBlocks,
+  readmeFiles,
   readmeRecipe,
   response,
   runBot,
@@ -719,7 +720,7 @@ async function readmeBlock(): Promise<(name: string) => string> {
   const blocks = await readmeBlocks();
   return (name) => {
     const text = blocks.get(name);
-    assert(text !== undefined, `README.md has no block "${name}"`);
+    assert(text !== undefined, `README.md and docs/*.md have no block "${name}"`);
     return text;
   };
 }
@@ -829,10 +830,10 @@ Deno.test("the README's systemd units: verified, scored, and run by a real syste
       const score = security.match(/Overall exposure level for ocspbot\.service: ([\d.]+) (\w+)/);
       assert(score, security);
       assert(Number(score[1]) <= 2.5, security);
-      const readme = await Deno.readTextFile(path.join(import.meta.dirname!, "..", "README.md"));
+      const readme = [...(await readmeFiles()).values()].join("\n");
       assert(
         readme.includes(`rates it **${score[1]} ${score[2]}**`),
-        `README does not state ${score[1]}`,
+        `README.md and docs/*.md do not state ${score[1]}`,
       );
     });
 

@@ -730,15 +730,42 @@ export async function exists(file: string): Promise<boolean> {
 // ------------------------------------------------- the README, as tested --
 
 /**
- * The README's fenced blocks that tests use as they stand, by name: a block
- * after a `<!-- test: name -->` line, or after the line naming the unit file
- * it is (`/etc/systemd/system/<name>`). What a user pastes is what is tested.
+ * The documentation a user reads, by path from the repository's root:
+ * README.md, then docs/*.md in name order.
+ */
+export async function readmeFiles(): Promise<Map<string, string>> {
+  const root = path.join(import.meta.dirname!, "..");
+  const files = new Map([["README.md", await Deno.readTextFile(path.join(root, "README.md"))]]);
+  const docs: string[] = [];
+  try {
+    for await (const entry of Deno.readDir(path.join(root, "docs"))) {
+      if (entry.isFile && entry.name.endsWith(".md")) docs.push(`docs/${entry.name}`);
+    }
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  for (const name of docs.sort()) files.set(name, await Deno.readTextFile(path.join(root, name)));
+  return files;
+}
+
+/**
+ * The README's fenced blocks that tests use as they stand, by name, from
+ * README.md and docs/*.md: a block after a `<!-- test: name -->` line, or
+ * after the line naming the unit file it is (`/etc/systemd/system/<name>`).
+ * What a user pastes is what is tested; a name given twice is an error.
  */
 export async function readmeBlocks(): Promise<Map<string, string>> {
-  const text = await Deno.readTextFile(path.join(import.meta.dirname!, "..", "README.md"));
   const named =
     /(?:<!-- test: ([^>]+?) -->|^`\/etc\/systemd\/system\/([^`]+)`[^\n]*:)\n\n```\w*\n([\s\S]*?)```/gm;
-  return new Map([...text.matchAll(named)].map((match) => [match[1] ?? match[2], match[3]]));
+  const blocks = new Map<string, string>();
+  for (const [file, text] of await readmeFiles()) {
+    for (const match of text.matchAll(named)) {
+      const name = match[1] ?? match[2];
+      if (blocks.has(name)) throw new Error(`The block "${name}" is named twice (${file})`);
+      blocks.set(name, match[3]);
+    }
+  }
+  return blocks;
 }
 
 /**
