@@ -42,9 +42,10 @@
  *
  * Permissions: read (config, certificates, responses), write (responses,
  * backups, logs, the state file and its lock), run (openssl, on_change),
- * env (`OCSPBOT_FAKE_NOW`, tests only; `OCSPBOT_DEBUG=1` adds stack traces to
- * unexpected errors); net only with `haproxy_socket`,
- * because Deno counts HAProxy's Unix socket as network.
+ * env (`JOURNAL_STREAM`, for the journal's priorities; `OCSPBOT_FAKE_NOW`,
+ * tests only; `OCSPBOT_DEBUG=1` adds stack traces to unexpected errors); net
+ * only with `haproxy_socket`, because Deno counts HAProxy's Unix socket as
+ * network, or to follow a responder's HTTP redirects.
  *
  * `--v8-flags=--max-semi-space-size=1` is optional: it keeps V8's young
  * generation small, which with thousands of certificates saves a fifth of
