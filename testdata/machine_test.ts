@@ -690,7 +690,12 @@ class PrivateSystemd {
         "--",
         ...args,
       ],
-      env: { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" },
+      // Only the services run on the test's clock (DefaultEnvironment): libfaketime
+      // 0.9.10 can crash a process at exit (status 139), which would fail a setup step.
+      env: {
+        PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        LD_PRELOAD: "",
+      },
       stdin: options.stdin === undefined ? "null" : "piped",
       stdout: "piped",
       stderr: "piped",
