@@ -1543,6 +1543,9 @@ export function discoverTargets(config: Config, files: Files, memo?: ScanMemo): 
   ];
   const byId = new Map<string, Target>();
   const byResponse = new Map<string, Target>();
+  // One scan entry alone cannot write one response twice without one id twice:
+  // its responses are its unique file names, in its folders' mirrors.
+  const oneScan = config.scanKeys.length + config.domains.length === 1;
   for (const target of targets) {
     const sameId = byId.get(target.id);
     if (sameId) {
@@ -1551,6 +1554,8 @@ export function discoverTargets(config: Config, files: Files, memo?: ScanMemo): 
         EXIT.configInvalid,
       );
     }
+    byId.set(target.id, target);
+    if (oneScan) continue;
     const sameResponse = byResponse.get(target.responsePath);
     if (sameResponse) {
       throw new ExitError(
@@ -1558,7 +1563,6 @@ export function discoverTargets(config: Config, files: Files, memo?: ScanMemo): 
         EXIT.configInvalid,
       );
     }
-    byId.set(target.id, target);
     byResponse.set(target.responsePath, target);
   }
   return targets;
