@@ -4373,7 +4373,7 @@ function storedResponseInfo(
  * costs four stats: no file is read, no openssl process started. A file whose
  * stat changed is hashed, and only a changed byte means verifying again.
  */
-function inspect(target: Target, context: RunContext): Facts | Promise<Facts> {
+async function inspect(target: Target, context: RunContext): Promise<Facts> {
   const { config, now, state } = context;
   const record = state.verified(target.responsePath);
   const inputs = ([
@@ -4396,23 +4396,19 @@ function inspect(target: Target, context: RunContext): Facts | Promise<Facts> {
     state.setVerified(target.responsePath, { ...record!, files });
   }
   const cert = recalled?.cert ?? certificateInfo(parsedFiles(target, context).bundle.leaf.x509);
-  const urls = target.responderUri ? [target.responderUri] : cert.ocspUrls;
-  const facts = (stored?: ResponseReport): Facts => ({ cert, storedEntry, stored, inputs, urls });
+  let stored: ResponseReport | undefined = recalled?.report;
   if (typeof found === "string") {
+    stored = { verified: false, problem: found };
     state.setVerified(target.responsePath, undefined);
-    return facts({ verified: false, problem: found });
-  }
-  if (!storedInfo || recalled) return facts(recalled?.report);
-  if (storedInfo.size === 0) {
-    state.setVerified(target.responsePath, undefined);
-    return facts({ verified: false, problem: "the file is empty" });
-  }
-  // Only here does a certificate wait for anything: openssl verifying what is stored.
-  return checkStoredResponse(target, context).then((stored) => {
+  } else if (storedInfo && !stored) {
+    stored = storedInfo.size === 0
+      ? { verified: false, problem: "the file is empty" }
+      : await checkStoredResponse(target, context);
     const staple = stored.verified && isStaple(stored, config.policy);
     state.setVerified(target.responsePath, staple ? recordOf(stored, cert, files) : undefined);
-    return facts(stored);
-  });
+  }
+  const urls = target.responderUri ? [target.responderUri] : cert.ocspUrls;
+  return { cert, storedEntry, stored, inputs, urls };
 }
 
 /** The facts of an outcome: what the response says, when it is due, the last attempt. */
@@ -4489,22 +4485,12 @@ async function keepRejected(
  * One certificate of the hourly run: inspect what is stored, plan, and
  * renew when due.
  */
-function processTarget(target: Target, context: RunContext): Outcome | Promise<Outcome> {
+async function processTarget(target: Target, context: RunContext): Promise<Outcome> {
   const log = context.log.forDomain(target.id);
   const attempt = context.state.attempt(target.responsePath);
   let outcome = describe(target, attempt);
-  const failed = (error: unknown): Outcome => {
-    // The run says once that it was stopped, not once per certificate.
-    if (error instanceof Interrupted) return { ...outcome, action: "interrupted" };
-    log.error(errorText(error));
-    return {
-      ...outcome,
-      attempt: context.state.attempt(target.responsePath),
-      action: "failed",
-      error: errorText(error),
-    };
-  };
-  const decide = (facts: Facts): Outcome | Promise<Outcome> => {
+  try {
+    const facts = await inspect(target, context);
     const plan = planTarget(facts, context.config.policy, context.now, context);
     outcome = describe(target, attempt, facts, facts.stored, plan.renewAt);
     switch (plan.kind) {
@@ -4518,17 +4504,18 @@ function processTarget(target: Target, context: RunContext): Outcome | Promise<O
         log.info(`OCSP response is fine: ${plan.reason}`);
         return { ...outcome, action: "unchanged" };
       case "renew":
-        return renew(target, facts, plan, context, log, outcome).catch(failed);
+        return await renew(target, facts, plan, context, log, outcome);
     }
-  };
-  // A certificate whose state answers is done without waiting, and its
-  // objects die young; only openssl's work is awaited.
-  try {
-    const facts = inspect(target, context);
-    if (!(facts instanceof Promise)) return decide(facts);
-    return facts.then(decide).catch(failed);
   } catch (error) {
-    return failed(error);
+    // The run says once that it was stopped, not once per certificate.
+    if (error instanceof Interrupted) return { ...outcome, action: "interrupted" };
+    log.error(errorText(error));
+    return {
+      ...outcome,
+      attempt: context.state.attempt(target.responsePath),
+      action: "failed",
+      error: errorText(error),
+    };
   }
 }
 
@@ -4850,7 +4837,7 @@ async function runOnChange(
 export async function runPool<T, R>(
   items: T[],
   limit: number,
-  work: (item: T) => R | Promise<R>,
+  work: (item: T) => Promise<R>,
   stop: (result: R) => boolean,
   keep: (result: R) => boolean = () => true,
 ): Promise<{ results: R[]; notStarted: number }> {
@@ -4858,12 +4845,8 @@ export async function runPool<T, R>(
   let next = 0;
   let stopped = false;
   const worker = async () => {
-    for (let done = 0; !stopped && next < items.length; done++) {
-      // Work done without waiting is not awaited, but the event loop (signals,
-      // output) still gets a turn every so often.
-      const pending = work(items[next++]);
-      const result = pending instanceof Promise ? await pending : pending;
-      if (done % 1024 === 1023) await new Promise((resolve) => setTimeout(resolve, 0));
+    while (!stopped && next < items.length) {
+      const result = await work(items[next++]);
       if (keep(result)) results.push(result);
       if (stop(result)) stopped = true;
     }
@@ -4933,18 +4916,14 @@ async function runChecks(targets: Target[], context: RunContext): Promise<RunRep
 async function runRenewals(targets: Target[], context: RunContext): Promise<RunReport> {
   const { config, log, stop } = context;
   const summary = summarize([], 0);
-  const counted = (outcome: Outcome) => {
-    count(summary, outcome);
-    return outcome;
-  };
   // Each outcome is counted; only those a report needs are kept.
   const { results, notStarted } = await runPool(
     targets,
     config.parallelThreads,
-    (target) => {
-      const outcome = processTarget(target, context);
-      if (!(outcome instanceof Promise)) return counted(outcome);
-      return outcome.then(counted);
+    async (target) => {
+      const outcome = await processTarget(target, context);
+      count(summary, outcome);
+      return outcome;
     },
     (outcome) => stop.aborted || (config.stopOnError && outcome.action === "failed"),
     (outcome) => context.keepOutcomes || outcome.action === "renewed",
