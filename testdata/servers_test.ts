@@ -179,6 +179,20 @@ function nextSecond(): Promise<void> {
 
 const thisUpdate = (text: string) => /This Update: (.*)/.exec(text)?.[1];
 
+/**
+ * A leaf for `name` in `folder` as HAProxy's `crt` wants it: certificate,
+ * intermediate and key in one file, whose `.ocsp` a scan_keys mask writes.
+ */
+async function issueBundle(ca: TestCa, folder: string, name: string) {
+  const leaf = await ca.issueLeaf(folder, name);
+  await Deno.writeTextFile(
+    leaf.cert,
+    await Deno.readTextFile(ca.chain) + await Deno.readTextFile(path.join(ca.dir, "leaf.key")),
+    { append: true },
+  );
+  return leaf;
+}
+
 /** A leaf for a.test in `<site>/certs`, and the fullchain.pem a web server loads for it. */
 async function issueWithFullchain(ca: TestCa, site: string) {
   const leaf = await ca.issueLeaf(path.join(site, "certs"), "a.test");
@@ -304,14 +318,7 @@ Deno.test("HAProxy staples the .ocsp file ocspbot wrote, and takes new ones on i
   await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");
     const certs = path.join(site, "certs");
-    const leaf = await ca.issueLeaf(certs, "a.test");
-    // HAProxy's crt: certificate, intermediate and key in one file; the
-    // response beside it as <crt>.ocsp, which a scan_keys mask writes.
-    await Deno.writeTextFile(
-      leaf.cert,
-      await Deno.readTextFile(ca.chain) + await Deno.readTextFile(path.join(ca.dir, "leaf.key")),
-      { append: true },
-    );
+    const leaf = await issueBundle(ca, certs, "a.test");
     const other = await ca.issueLeaf(path.join(site, "other"), "b.test");
     const socket = path.join(site, "haproxy.sock");
     const port = freePort();
@@ -433,12 +440,7 @@ Deno.test("a fleet of HAProxies: each socket gets the renewal, over Unix or TCP;
   await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");
     const certs = path.join(site, "certs");
-    const leaf = await ca.issueLeaf(certs, "a.test");
-    await Deno.writeTextFile(
-      leaf.cert,
-      await Deno.readTextFile(ca.chain) + await Deno.readTextFile(path.join(ca.dir, "leaf.key")),
-      { append: true },
-    );
+    const leaf = await issueBundle(ca, certs, "a.test");
     const [unixPort, tcpPort, apiPort] = [freePort(), freePort(), freePort()];
     const socket = path.join(site, "haproxy.sock");
     await writeHaproxyConfig(path.join(site, "unix.cfg"), unixPort, leaf.cert, [
@@ -484,12 +486,7 @@ Deno.test("a first run against an HAProxy started without a response: a warning,
   await withCa(async (ca) => {
     const site = path.join(ca.dir, "site");
     const certs = path.join(site, "certs");
-    const leaf = await ca.issueLeaf(certs, "a.test");
-    await Deno.writeTextFile(
-      leaf.cert,
-      await Deno.readTextFile(ca.chain) + await Deno.readTextFile(path.join(ca.dir, "leaf.key")),
-      { append: true },
-    );
+    const leaf = await issueBundle(ca, certs, "a.test");
     const port = freePort();
     const socket = path.join(site, "haproxy.sock");
     await writeHaproxyConfig(path.join(site, "haproxy.cfg"), port, leaf.cert, [

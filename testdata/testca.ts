@@ -108,14 +108,24 @@ export interface BotRun {
 }
 
 /** Spawns the bot from `cwd` as a user would. */
-export async function runBot(
+export function runBot(
   cwd: string,
   args: string[] = [],
   env: Record<string, string> = {},
   permissions = BOT_PERMISSIONS,
 ): Promise<BotRun> {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", ...permissions, BOT, ...args],
+  return spawned(Deno.execPath(), ["run", "--quiet", ...permissions, BOT, ...args], cwd, env);
+}
+
+/** Runs `program` to its end from `cwd`, colours off, and returns what it printed. */
+async function spawned(
+  program: string,
+  args: string[],
+  cwd: string,
+  env: Record<string, string>,
+): Promise<BotRun> {
+  const output = await new Deno.Command(program, {
+    args,
     cwd,
     env: { NO_COLOR: "1", ...env },
     stdin: "null",
@@ -171,36 +181,19 @@ export async function runMain(
  * or a shell script does (`> /dev/full`, `| true`, `>> log 2>&1`); `code` is
  * the bot's own status, not the pipe's.
  */
-export async function runBotRedirected(
+export function runBotRedirected(
   cwd: string,
   args: string[],
   redirection: string,
   env: Record<string, string> = {},
 ): Promise<BotRun> {
-  const output = await new Deno.Command("bash", {
-    args: [
-      "-c",
-      `"$@" ${redirection}; exit \${PIPESTATUS[0]}`,
-      "bash",
-      Deno.execPath(),
-      "run",
-      "--quiet",
-      ...BOT_PERMISSIONS,
-      BOT,
-      ...args,
-    ],
+  const command = [Deno.execPath(), "run", "--quiet", ...BOT_PERMISSIONS, BOT, ...args];
+  return spawned(
+    "bash",
+    ["-c", `"$@" ${redirection}; exit \${PIPESTATUS[0]}`, "bash", ...command],
     cwd,
-    env: { NO_COLOR: "1", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
+    env,
+  );
 }
 
 /** Runs openssl to completion and returns stdout; throws with stderr. */
