@@ -20,7 +20,8 @@
  *   bot and its floor, testdata/bench_floor.ts (Deno start, read the state,
  *   stat each distinct file once, compare stamps), both with the Install
  *   section's flags; `--with-all` adds the bot with `-A`, which skips Deno's
- *   permission checks. Ratios are medians of the rounds' own ratios.
+ *   permission checks, and `--with-default-heap` the bot without the V8
+ *   flag. Ratios are medians of the rounds' own ratios.
  *
  * Wall time, openssl processes per certificate (counted by a wrapper given
  * as openssl_executable) and peak memory (GNU time's maximum RSS).
@@ -43,7 +44,12 @@ const README_FLAGS = [
   "--allow-env",
   "--v8-flags=--max-semi-space-size=1",
 ];
-const ALL_FLAGS = ["-A", "--v8-flags=--max-semi-space-size=1"];
+/** Other ways to run the bot that `--with-all` and `--with-default-heap` add to each round. */
+const VARIANTS = {
+  "with -A": ["-A", "--v8-flags=--max-semi-space-size=1"],
+  "without the V8 flag": README_FLAGS.filter((flag) => !flag.startsWith("--v8-flags")),
+};
+type Variant = keyof typeof VARIANTS;
 const THREADS = [1, 8];
 
 interface Measurement {
@@ -98,7 +104,7 @@ async function measureBot(
 async function measureFloor(
   site: string,
   ca: TestCa,
-  names: string[],
+  leaves: IssuedLeaf[],
   threads: number,
   openssl: string,
 ) {
@@ -106,8 +112,8 @@ async function measureFloor(
   const certs = path.join(site, "certs");
   const started = performance.now();
   await Promise.all(Array.from({ length: threads }, async () => {
-    while (next < names.length) {
-      const name = names[next++];
+    while (next < leaves.length) {
+      const { name, serial } = leaves[next++];
       const { success } = await new Deno.Command(openssl, {
         args: [
           "ocsp",
@@ -122,12 +128,12 @@ async function measureFloor(
           "-no_nonce",
           "-issuer",
           path.join(certs, `${name}-chain.pem`),
-          "-cert",
-          path.join(certs, `${name}.pem`),
+          "-serial",
+          serial,
           "-CAfile",
           path.join(certs, `${name}-rootchain.pem`),
-          "-VAfile",
-          path.join(certs, `${name}-rootchain.pem`),
+          "-verify_other",
+          path.join(certs, `${name}-chain.pem`),
         ],
         stdin: "null",
         stdout: "null",
@@ -153,14 +159,25 @@ async function writeConfig(
   );
 }
 
+interface IssuedLeaf {
+  name: string;
+  serial: string;
+}
+
 /** Issues `count` leaves into `<site>/certs`, a few openssl processes at a time. */
-async function issueLeaves(ca: TestCa, site: string, count: number): Promise<string[]> {
+async function issueLeaves(ca: TestCa, site: string, count: number): Promise<IssuedLeaf[]> {
   const names = Array.from({ length: count }, (_, i) => `host${String(i).padStart(6, "0")}.test`);
+  const leaves: IssuedLeaf[] = [];
   let next = 0;
   await Promise.all(Array.from({ length: 4 }, async () => {
-    while (next < count) await ca.issueLeaf(path.join(site, "certs"), names[next++]);
+    while (next < count) {
+      const name = names[next++];
+      // LeafFiles.serial is hex without its 0x; openssl would read it as decimal.
+      const { serial } = await ca.issueLeaf(path.join(site, "certs"), name);
+      leaves.push({ name, serial: `0x${serial}` });
+    }
   }));
-  return names;
+  return leaves;
 }
 
 interface FirstRunRow {
@@ -178,7 +195,7 @@ async function benchIssued(count: number, latencies: number[]): Promise<FirstRun
   ca.cacheAnswers = true;
   try {
     const site = path.join(ca.dir, "site");
-    const names = await issueLeaves(ca, site, count);
+    const leaves = await issueLeaves(ca, site, count);
     const wrapper = path.join(site, "openssl-counting");
     const countCalls = await TestCa.writeCountingOpenssl(wrapper);
     const responses = path.join(site, "responses");
@@ -190,7 +207,7 @@ async function benchIssued(count: number, latencies: number[]): Promise<FirstRun
       await writeConfig(site, threads, wrapper);
       for (const latencyMs of latencies) {
         ca.latencyMs = latencyMs;
-        const floorSeconds = await measureFloor(site, ca, names, threads, wrapper);
+        const floorSeconds = await measureFloor(site, ca, leaves, threads, wrapper);
         await Deno.remove(responses, { recursive: true });
         // The second run asks no responder: once is enough.
         for (
@@ -326,8 +343,8 @@ async function buildLayout(
 interface Round {
   bot: Measurement;
   floor: Measurement;
-  /** The bot with -A, with `--with-all`. */
-  all?: Measurement;
+  /** The bot run in each of the variants asked for. */
+  variants: Partial<Record<Variant, Measurement>>;
 }
 
 interface LayoutRow {
@@ -342,7 +359,7 @@ interface LayoutRow {
 /**
  * Nothing due over `count` certificates in each of `layouts`: each built
  * and hashed once, then `rounds` rounds, each running, layout by layout,
- * the bot and the floor (and with `withAll` the bot with -A).
+ * the bot, the floor and the bot in each of `variants`.
  */
 async function benchLayouts(
   ca: TestCa,
@@ -350,7 +367,7 @@ async function benchLayouts(
   count: number,
   layouts: Layout[],
   rounds: number,
-  withAll: boolean,
+  variants: Variant[],
 ): Promise<LayoutRow[]> {
   const sites = [];
   for (const layout of layouts) {
@@ -382,8 +399,11 @@ async function benchLayouts(
       for (const [i, { site, countCalls, floorArgs }] of sites.entries()) {
         const bot = await measureBot(site, countCalls);
         const floor = await measureBot(site, countCalls, README_FLAGS, FLOOR, floorArgs);
-        const all = withAll ? await measureBot(site, countCalls, ALL_FLAGS) : undefined;
-        rows[i].rounds.push({ bot, floor, all });
+        const measured: Round["variants"] = {};
+        for (const variant of variants) {
+          measured[variant] = await measureBot(site, countCalls, VARIANTS[variant]);
+        }
+        rows[i].rounds.push({ bot, floor, variants: measured });
         walls.push(
           `${rows[i].layout} ${bot.wallSeconds.toFixed(2)}/${floor.wallSeconds.toFixed(2)}`,
         );
@@ -439,7 +459,10 @@ function layoutTable(rows: LayoutRow[]): string {
     const checks = [
       exits((round) => round.bot) && `bot exit ${exits((round) => round.bot)}`,
       exits((round) => round.floor) && `floor exit ${exits((round) => round.floor)}`,
-      exits((round) => round.all) && `-A exit ${exits((round) => round.all)}`,
+      ...Object.keys(VARIANTS).map((variant) => {
+        const codes = exits((round) => round.variants[variant as Variant]);
+        return codes && `${variant}: exit ${codes}`;
+      }),
       calls > 0 && `${calls} openssl calls`,
     ].filter(Boolean).join("; ") || "ok";
     return `| ${certificates} | ${layout} | ${rounds.length} | ${
@@ -454,18 +477,24 @@ function layoutTable(rows: LayoutRow[]): string {
         : "n/a"
     } | ${hashed.wallSeconds.toFixed(2)} | ${checks} |`;
   });
-  const all = rows.filter((row) => row.rounds.some((round) => round.all)).map((
-    { certificates, layout, rounds },
-  ) =>
-    `${certificates} ${layout}: bot with Install flags / with -A = ${
-      median(rounds.map((r) => r.bot.wallSeconds / r.all!.wallSeconds)).toFixed(2)
-    } (-A: ${median(rounds.map((r) => r.all!.wallSeconds)).toFixed(2)} s)`
+  const variants = rows.flatMap(({ certificates, layout, rounds }) =>
+    (Object.keys(VARIANTS) as Variant[])
+      .filter((variant) => rounds.every((round) => round.variants[variant]))
+      .map((variant) => {
+        const of = (pick: (round: Round) => number) => median(rounds.map(pick));
+        const other = (round: Round) => round.variants[variant]!;
+        return `${certificates} ${layout}: bot ${variant} / with the Install flags: wall ${
+          fixed(of((r) => other(r).wallSeconds / r.bot.wallSeconds), 2)
+        } (${fixed(of((r) => other(r).wallSeconds), 2)} s), peak RSS ${
+          fixed(of((r) => (other(r).peakMiB ?? NaN) / (r.bot.peakMiB ?? NaN)), 2)
+        } (${fixed(of((r) => other(r).peakMiB ?? NaN), 0)} MiB)`;
+      })
   );
   return [
     "| certificates | layout | rounds | bot wall s | floor wall s | bot / floor wall | bot peak MiB | floor peak MiB | bot / floor RSS | bot wall / copies layout's | every file hashed s | checks |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ...lines,
-    ...(all.length > 0 ? ["", ...all] : []),
+    ...(variants.length > 0 ? ["", ...variants] : []),
   ].join("\n");
 }
 
@@ -505,6 +534,7 @@ if (import.meta.main) {
       layouts: { type: "string", default: LAYOUTS.join(",") },
       rounds: { type: "string", default: "7" },
       "with-all": { type: "boolean", default: false },
+      "with-default-heap": { type: "boolean", default: false },
     },
   });
   const numbers = (text: string) => text.split(",").filter(Boolean).map(Number);
@@ -513,6 +543,10 @@ if (import.meta.main) {
   if (unknown.length > 0) throw new Error(`--layouts takes ${LAYOUTS.join(",")}, not ${unknown}`);
   const rounds = Number(values.rounds);
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error("--rounds takes a whole number");
+  const variants = [
+    ...(values["with-all"] ? ["with -A" as const] : []),
+    ...(values["with-default-heap"] ? ["without the V8 flag" as const] : []),
+  ];
   const firstRuns: FirstRunRow[] = [];
   for (const size of numbers(values.sizes)) {
     console.error(`bench: ${size} certificates`);
@@ -525,7 +559,7 @@ if (import.meta.main) {
       const seed = await seedOriginal(ca);
       for (const size of numbers(values.large)) {
         console.error(`bench: ${size} copies of one certificate, nothing due`);
-        large.push(...await benchLayouts(ca, seed, size, layouts, rounds, values["with-all"]));
+        large.push(...await benchLayouts(ca, seed, size, layouts, rounds, variants));
       }
     } finally {
       await ca.close();
