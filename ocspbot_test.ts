@@ -70,8 +70,10 @@ import {
   withTempDir,
   writeWithFolders,
 } from "./testdata/testca.ts";
+import { type FloorLayout, readState } from "./testdata/bench_floor.ts";
 
 const HOUR = 3600_000;
+const FLOOR_SCRIPT = path.join(import.meta.dirname!, "testdata", "bench_floor.ts");
 const decoder = new TextDecoder();
 
 // ------------------------------------------------------------- helpers --
@@ -1324,6 +1326,43 @@ Deno.test("a settled file is trusted by its stat; a byte changed under an old mt
       assertEquals([run.code, run.calls], [1, 2], run.stdout + run.stderr);
       assertMatch(run.stdout, /\[a\.test\] Renewing .*stored response does not verify/);
     });
+  });
+});
+
+Deno.test("the bench's floor reads the state as the bot writes it, and sees a changed file", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test", "b.test"]);
+    assertEquals((await runMain(site)).code, 2);
+    // Only a file that has not changed for 2 s is stamped (ctime has whole seconds).
+    await new Promise((resolve) => setTimeout(resolve, 2100));
+    assertEquals((await runMain(site)).code, 0);
+    const layout: FloorLayout = {
+      state: path.join(site, "responses", ".ocspbot-state.json"),
+      folder: path.join(site, "certs"),
+      cert: "{domain}.pem",
+      chain: "{domain}-chain.pem",
+      rootchain: "{domain}-rootchain.pem",
+      ocsp: "{domain}.ocsp-resp",
+    };
+    const state = readState(layout.state);
+    const seen: string[] = [];
+    state.records((responsePath, files) => {
+      seen.push(responsePath);
+      const info = Deno.statSync(responsePath);
+      assertEquals(state.stamp(info, Date.now()), fileStamp(info, Date.now()));
+      assert(files?.[0].startsWith(fileStamp(info, Date.now()) + state.separator), `${files}`);
+    });
+    assertEquals(seen.sort(), [response(site, "a.test"), response(site, "b.test")]);
+    const floor = async () =>
+      (await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--quiet", "--allow-read", FLOOR_SCRIPT, JSON.stringify(layout)],
+        stdout: "null",
+        stderr: "null",
+      }).output()).code;
+    assertEquals(await floor(), 0);
+    const cert = path.join(site, "certs", "b.test.pem");
+    await Deno.utime(cert, new Date(), new Date(Date.now() - HOUR));
+    assertEquals(await floor(), 1, "the floor missed a changed certificate");
   });
 });
 
