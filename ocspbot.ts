@@ -1742,18 +1742,14 @@ function readBundle(file: string, what: string) {
   return parseBundle(readInput(file, what, Deno.readFileSync), file);
 }
 
-/** Reads a certificate's dates and OCSP URLs in-process: no openssl needed. */
-export function parseCertificate(bytes: Uint8Array, file: string): CertificateInfo {
-  return certificateInfo(parseBundle(bytes, file).leaf.x509);
-}
-
 /** The name a client asks for a certificate by (SNI): its first DNS name, else its CN. */
 function certificateName(cert: X509Certificate): string | undefined {
   const dns = /(?:^|, )DNS:([^,\s]+)/.exec(cert.subjectAltName ?? "")?.[1];
   return dns ?? /(?:^|\n)CN=([^\n]+)/.exec(cert.subject)?.[1];
 }
 
-function certificateInfo(cert: X509Certificate): CertificateInfo {
+/** Reads a certificate's dates, OCSP URLs and Must-Staple in-process: no openssl needed. */
+export function certificateInfo(cert: X509Certificate): CertificateInfo {
   const ocspUrls = (cert.infoAccess ?? "").split("\n")
     .filter((line) => line.startsWith("OCSP - URI:"))
     .map((line) => line.slice("OCSP - URI:".length).trim());

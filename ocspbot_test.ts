@@ -1,11 +1,13 @@
 // Copyright 2026 the ocspbot authors. MIT license.
 
 import nodeAssert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
 import * as path from "node:path";
 import {
   assess,
   type Attempt,
   type CertificateInfo,
+  certificateInfo,
   checkSummary,
   configKeys,
   derLength,
@@ -23,7 +25,6 @@ import {
   metricsText,
   nextAttempt,
   type Outcome,
-  parseCertificate,
   parseCommandLine,
   parseInterval,
   parseOcspOutput,
@@ -3467,12 +3468,12 @@ Deno.test("proxy, from the config or from http_proxy/no_proxy", async () => {
   });
 });
 
-Deno.test("parseCertificate() sees the TLS Feature (must-staple) extension", async () => {
+Deno.test("certificateInfo() sees the TLS Feature (must-staple) extension", async () => {
   await withCa(async (ca) => {
     const folder = path.join(ca.dir, "leaves");
     const plain = await ca.issueLeaf(folder, "plain.test");
     const staple = await ca.issueLeaf(folder, "staple.test", { mustStaple: true });
-    const read = (file: string) => parseCertificate(Deno.readFileSync(file), file);
+    const read = (file: string) => certificateInfo(new X509Certificate(Deno.readFileSync(file)));
     assertEquals(read(plain.cert).mustStaple, false);
     assertEquals(read(staple.cert).mustStaple, true);
     assertEquals(read(staple.cert).ocspUrls, [ca.url]);
