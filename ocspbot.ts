@@ -457,6 +457,10 @@ under half the renewal window left (or any problem of a must-staple
 certificate), 3 the check could not run or found no certificate.
 `;
 
+/** Whole texts only: a stream's decoding keeps state, and needs its own TextDecoder. */
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
 // --------------------------------------------------------- command line --
 
 /**
@@ -1724,7 +1728,7 @@ export function parseBundle(bytes: Uint8Array, file: string): {
   certificates: FileCertificate[];
   leaf: FileCertificate;
 } {
-  const pems = pemCertificates(new TextDecoder().decode(bytes));
+  const pems = pemCertificates(decoder.decode(bytes));
   if (pems.length === 0) {
     const x509 = readX509(bytes, file);
     const only = { x509, pem: x509.toString() };
@@ -1841,10 +1845,10 @@ async function askServer(
       context.config.timeoutSeconds,
       context.stop,
     );
-    stdout = new TextDecoder().decode(output.stdout);
+    stdout = decoder.decode(output.stdout);
     problem = timedOut
       ? `no handshake within ${context.config.timeoutSeconds} s (config key "timeout")`
-      : summarizeOpensslErrors(new TextDecoder().decode(output.stderr)) ||
+      : summarizeOpensslErrors(decoder.decode(output.stderr)) ||
         `openssl s_client exited with ${output.code}`;
   } catch (error) {
     if (error instanceof Interrupted) throw error;
@@ -2833,7 +2837,6 @@ async function runOpenssl(
     );
   }
   const { output } = run;
-  const decoder = new TextDecoder();
   return {
     code: output.code,
     output: output.stdout,
@@ -2944,7 +2947,7 @@ async function fetchResponse(
       }`,
     );
   }
-  const printed = new TextDecoder().decode(result.output.subarray(responseLength));
+  const printed = decoder.decode(result.output.subarray(responseLength));
   const bytes = result.output.slice(0, responseLength);
   const report = parseOcspOutput(printed, result.stderr, result.code);
   if (report.verified) report.signerNotAfter = certificatesEnd(bytes);
@@ -3268,7 +3271,7 @@ class Files {
       try {
         const output = new Deno.Command("id", { args: ["-u"], stdin: "null", stderr: "null" })
           .outputSync();
-        const uid = Number(new TextDecoder().decode(output.stdout).trim());
+        const uid = Number(decoder.decode(output.stdout).trim());
         this.#uid = output.success && Number.isInteger(uid) ? uid : null;
       } catch {
         this.#uid = null;
@@ -4025,8 +4028,6 @@ export function exitStatus(summary: Summary): number {
 
 // --------------------------------------------------------------- output --
 
-const encoder = new TextEncoder();
-
 type Writer = { writeSync(p: Uint8Array): number };
 
 function writeAll(writer: Writer, bytes: Uint8Array) {
@@ -4735,11 +4736,12 @@ async function pushToHaproxy(
     for (let done = 0; done < request.length;) {
       done += await connection.write(request.subarray(done));
     }
-    const decoder = new TextDecoder();
+    const streaming = new TextDecoder();
     const buffer = new Uint8Array(4096);
     for (let read; (read = await connection.read(buffer)) !== null;) {
-      answer += decoder.decode(buffer.subarray(0, read), { stream: true });
+      answer += streaming.decode(buffer.subarray(0, read), { stream: true });
     }
+    answer += streaming.decode();
     connection.close();
   } catch (error) {
     throw new Error(
@@ -4817,7 +4819,7 @@ async function runOnChange(
   }
   const { output } = run;
   if (!output.success) {
-    const stderr = new TextDecoder().decode(output.stderr).trim().split("\n").slice(-3);
+    const stderr = decoder.decode(output.stderr).trim().split("\n").slice(-3);
     throw new Error(
       `on_change command ${shown} failed with exit status ${output.code}${
         stderr[0] ? `: ${stderr.join("; ")}` : ""
