@@ -570,6 +570,12 @@ export interface Reading {
   /** The place's values read so far, in table order: a default may depend on them. */
   read: Record<string, unknown>;
   fromInclude: boolean;
+  /**
+   * The uid of the user whose include this is, when not root's nor
+   * ocspbot's: messages then name the place, never quote the text, and the
+   * include may read only what that user could read.
+   */
+  owner?: number;
   warnings: string[];
 }
 
@@ -592,7 +598,10 @@ interface KeyRow<T> {
 
 /** The ExitError of a value that cannot be used: 253, naming file and key. */
 function invalid(at: Reading, problem: string): never {
-  throw new ExitError(`Config "${at.file}": "${at.key}" ${problem}`, EXIT.configInvalid);
+  const said = at.owner === undefined
+    ? problem
+    : `is not valid (the file is uid ${at.owner}'s, so what it says is not shown)`;
+  throw new ExitError(`Config "${at.file}": "${at.key}" ${said}`, EXIT.configInvalid);
 }
 
 function describeType(value: unknown): string {
@@ -690,7 +699,8 @@ function asEntries<P extends "domain" | "scan">(place: P) {
     return entries.map(([id, entry]) => {
       const key = place === "domain" ? `${at.key}.${id}` : `${at.key}[${id}]`;
       const read = readPlace(asMapping(entry, { ...at, key }), place, { ...at, key });
-      return { ...read, id, key, file: at.file, fromInclude: at.fromInclude } as
+      const origin = { id, key, file: at.file, fromInclude: at.fromInclude, owner: at.owner };
+      return { ...read, ...origin } as
         & PlaceValues<P, typeof ENTRY_KEYS>
         & EntryOrigin;
     });
@@ -738,6 +748,8 @@ interface EntryOrigin {
   file: string;
   /** Written in an include: its responses must stay inside ocsp_folder. */
   fromInclude: boolean;
+  /** Reading.owner: the include's user, who must be able to read what it names. */
+  owner?: number;
 }
 
 function missing(at: Reading): never {
@@ -1013,7 +1025,16 @@ export type RenewalPolicy = Partial<
 /** The interpreted configuration, includes not yet read. */
 export type Config =
   & Omit<PlaceValues<"top">, keyof RenewalPolicy>
-  & { file: string; policy: RenewalPolicy };
+  & {
+    file: string;
+    policy: RenewalPolicy;
+    /**
+     * What the run cannot do and must say, each failing only its own part:
+     * an include left out, a certificate refused when found. Each one makes
+     * the run end 255 and --check CRITICAL.
+     */
+    problems: string[];
+  };
 
 /** One entry of `domains`, as written in a config file. */
 export type DomainEntry = PlaceValues<"domain", typeof ENTRY_KEYS> & EntryOrigin;
@@ -1044,6 +1065,12 @@ function readPlace(map: Mapping, place: Place, at: Reading): Record<string, unkn
   const known = keyNames(place);
   for (const name of Object.keys(map)) {
     if (known.includes(name)) continue;
+    if (at.owner !== undefined) {
+      at.warnings.push(
+        `Config "${at.file}": an unknown key in "${prefix || "(top level)"}" is ignored`,
+      );
+      continue;
+    }
     const guess = known.find((candidate) => editDistance(name, candidate) <= 2);
     at.warnings.push(
       `Config "${at.file}": unknown key "${prefix}${name}" is ignored${
@@ -1114,7 +1141,7 @@ export function interpretConfig(
     policy.minimumValidityPercentage = minimumValidityPercentage;
   }
   if (stapleRevoked) policy.stapleRevoked = true;
-  return { ...rest, file, policy };
+  return { ...rest, file, policy, problems: [] };
 }
 
 /** Interprets an include file: only `domains` and `scan_keys` count there. */
@@ -1122,8 +1149,9 @@ export function interpretInclude(
   document: unknown,
   file: string,
   warnings: string[] = [],
+  owner?: number,
 ): { domains: DomainEntry[]; scanKeys: ScanEntry[] } {
-  const at: Reading = { file, key: "(top level)", read: {}, fromInclude: true, warnings };
+  const at: Reading = { file, key: "(top level)", read: {}, fromInclude: true, owner, warnings };
   return readPlace(asMapping(document, at), "include", at) as PlaceValues<"include">;
 }
 
@@ -1190,44 +1218,71 @@ export async function loadYamlReader(): Promise<YamlReader> {
   return { load: (text, json) => yaml.load(text, { schema, json }) };
 }
 
-/** Reads a YAML file; ExitError(254) when it cannot be read or parsed. */
-function readYaml(file: string, warnings: string[], yaml: YamlReader): unknown {
-  let text: string;
-  try {
-    text = Deno.readTextFileSync(file);
-  } catch (error) {
-    throw new ExitError(
-      `Cannot read config "${file}": ${errorText(error)}`,
-      EXIT.configUnloadable,
-    );
-  }
+/**
+ * Parses a config file's text; ExitError(254) when it does not parse. The
+ * error of a file another user controls (`hidden`) gives the line, not the
+ * text: quoting it is how root would show what a planted file says.
+ */
+function parseYaml(
+  text: string,
+  file: string,
+  warnings: string[],
+  yaml: YamlReader,
+  hidden: boolean,
+) {
+  const failure = (error: unknown) => {
+    const mark = (error as { mark?: { line?: number } }).mark;
+    const reason = (error as { reason?: string }).reason;
+    return hidden && typeof mark?.line === "number"
+      ? `line ${mark.line + 1}: ${reason ?? "not YAML"}`
+      : hidden
+      ? "not YAML"
+      : errorText(error);
+  };
   try {
     return yaml.load(text, false);
   } catch (error) {
     // PyYAML lets a repeated key overwrite the earlier one; so do we, loudly.
     if (!/duplicated mapping key/.test(errorText(error))) {
       throw new ExitError(
-        `Cannot parse config "${file}": ${errorText(error)}`,
+        `Cannot parse config "${file}": ${failure(error)}`,
         EXIT.configUnloadable,
       );
     }
     warnings.push(
       `Config "${file}": a key appears twice; the last one counts, as with the Python bot: ${
-        errorText(error).split("\n")[0]
+        failure(error).split("\n")[0]
       }`,
     );
     return yaml.load(text, true);
   }
 }
 
-/** Reads the main config and its includes. */
-export function loadConfig(file: string, warnings: string[], yaml: YamlReader): Config {
-  const config = interpretConfig(readYaml(file, warnings, yaml), file, warnings);
+/**
+ * Reads the main config and its includes. An include that cannot be read,
+ * parsed or used is left out with a problem that names it (its certificates
+ * are not renewed, the run ends 255), not the whole run: includes often come
+ * from other teams. An include is read only if it is a file of its own, not
+ * another user's link nor a second name of another file.
+ */
+export function loadConfig(
+  file: string,
+  warnings: string[],
+  yaml: YamlReader,
+  files = new Files(),
+): Config {
+  let text: string;
+  try {
+    text = decoder.decode(files.read(file, "config", "any").bytes);
+  } catch (error) {
+    throw new ExitError(`Cannot read config "${file}": ${errorText(error)}`, EXIT.configUnloadable);
+  }
+  const config = interpretConfig(parseYaml(text, file, warnings, yaml, false), file, warnings);
   for (const folder of config.includes) {
     let names: string[];
     try {
       names = [...Deno.readDirSync(folder)]
-        .filter((entry) => /\.ya?ml$/.test(entry.name))
+        .filter((entry) => /\.ya?ml$/.test(entry.name) && !entry.isDirectory)
         .map((entry) => entry.name)
         .sort();
     } catch (error) {
@@ -1246,14 +1301,33 @@ export function loadConfig(file: string, warnings: string[], yaml: YamlReader): 
       // The Python bot tested these names against the working directory, so
       // includes did nothing unless it was started inside the include folder.
       const included = path.join(folder, name);
-      if (!isFile(included)) continue;
-      const { domains, scanKeys } = interpretInclude(
-        readYaml(included, warnings, yaml),
-        included,
-        warnings,
-      );
-      config.domains.push(...domains);
-      config.scanKeys.push(...scanKeys);
+      try {
+        const read = files.read(included, "include", "trusted");
+        if (read.info.nlink > 1) {
+          throw new Error(
+            `"${included}" has ${read.info.nlink} hard links, so it is also another file; an include must be a file of its own`,
+          );
+        }
+        const owner = read.ours ? undefined : read.info.uid;
+        const document = parseYaml(
+          decoder.decode(read.bytes),
+          included,
+          warnings,
+          yaml,
+          owner !== undefined,
+        );
+        const { domains, scanKeys } = interpretInclude(document, included, warnings, owner);
+        config.domains.push(...domains);
+        config.scanKeys.push(...scanKeys);
+      } catch (error) {
+        // A link to an include not written yet, as a folder once was skipped.
+        if (error instanceof Deno.errors.NotFound) continue;
+        config.problems.push(
+          `Include "${included}" is left out, its certificates are not renewed: ${
+            errorText(error)
+          }`,
+        );
+      }
     }
   }
   return config;
@@ -1460,6 +1534,7 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
   const targets: Target[] = [];
   const walk = (relative: string) => {
     const dir = path.join(root, relative);
+    ownerMayRead(dir, entry);
     const responseDir = path.resolve(ocspFolder, relative);
     const { domains, folders } = scanFolder(dir);
     // What the certificates of one folder share. Each keeps only its domain
@@ -1472,6 +1547,15 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
     });
     Object.assign(shared, { source, ...settings });
     for (const domain of domains) {
+      // "...pem" by "{domain}.pem" is the domain "..": its response would land outside.
+      if (domain === "." || domain === ".." || domain.includes("/")) {
+        config.problems.push(
+          `Certificate "${
+            path.join(dir, certMask.fill(domain))
+          }" (${source}) gives the domain "${domain}", which cannot name a response; it is left out: rename the file`,
+        );
+        continue;
+      }
       const target: Target = Object.create(shared);
       (target as { id: string }).id = domain;
       const outside = entry.fromInclude && outsideOcspFolder(target.responsePath, ocspFolder);
@@ -1491,7 +1575,7 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
   return targets;
 }
 
-function domainTarget(entry: DomainEntry, config: Config, files: Files): Target {
+function domainTarget(entry: DomainEntry, config: Config): Target {
   const { ocspFolder } = config;
   for (const key of ["cert", "chain", "rootchain"] as const) {
     if (entry[key] !== undefined && !isFile(entry[key])) {
@@ -1502,6 +1586,7 @@ function domainTarget(entry: DomainEntry, config: Config, files: Files): Target 
         EXIT.configInvalid,
       );
     }
+    if (entry[key] !== undefined) ownerMayRead(entry[key], entry);
   }
   const responsePath = path.resolve(ocspFolder, entry.ocsp);
   const outside = entry.fromInclude && outsideOcspFolder(responsePath, ocspFolder);
@@ -1510,20 +1595,6 @@ function domainTarget(entry: DomainEntry, config: Config, files: Files): Target 
       `Config "${entry.file}": "domains.${entry.id}.ocsp" names "${entry.ocsp}", ${outside}`,
       EXIT.configInvalid,
     );
-  }
-  try {
-    // Most responses do not exist on a first run: a lookup, not a failing stat.
-    if (files.entry(responsePath) && !Deno.statSync(responsePath).isFile) {
-      throw new ExitError(
-        `Config "${entry.file}": "domains.${entry.id}.ocsp" names "${responsePath}", which exists but is not a file`,
-        EXIT.configInvalid,
-      );
-    }
-  } catch (error) {
-    if (error instanceof ExitError) throw error;
-    if (!(error instanceof Deno.errors.NotFound)) {
-      throw new ExitError(errorText(error), EXIT.failure);
-    }
   }
   return {
     id: entry.id,
@@ -1540,11 +1611,32 @@ function domainTarget(entry: DomainEntry, config: Config, files: Files): Target 
  * Every certificate of the config: scanned ones first, then `domains`.
  * Two targets with one id, or one response file, are a config error.
  */
-export function discoverTargets(config: Config, files: Files, memo?: ScanMemo): Target[] {
+export function discoverTargets(config: Config, memo?: ScanMemo): Target[] {
+  // An include's entry that cannot be used fails its own certificates, not the run.
+  const contained = (entry: EntryOrigin, find: () => Target[]) => {
+    if (!entry.fromInclude) return find();
+    try {
+      return find();
+    } catch (error) {
+      config.problems.push(
+        `"${entry.key}" of include "${entry.file}" is left out, its certificates are not renewed: ${
+          errorText(error)
+        }`,
+      );
+      return [];
+    }
+  };
+  const reserved = reservedNames(config);
   const targets = [
-    ...config.scanKeys.flatMap((entry) => scanForTargets(entry, config, memo)),
-    ...config.domains.map((entry) => domainTarget(entry, config, files)),
-  ];
+    ...config.scanKeys.flatMap((entry) =>
+      contained(entry, () => scanForTargets(entry, config, memo))
+    ),
+    ...config.domains.flatMap((entry) => contained(entry, () => [domainTarget(entry, config)])),
+  ].filter((target) => {
+    const refused = reserved(target.responsePath);
+    if (refused) config.problems.push(`Certificate "${target.id}" (${target.source}): ${refused}`);
+    return !refused;
+  });
   const byId = new Map<string, Target>();
   const byResponse = new Map<string, Target>();
   // One scan entry alone cannot write one response twice without one id twice:
@@ -1570,6 +1662,46 @@ export function discoverTargets(config: Config, files: Files, memo?: ScanMemo): 
     byResponse.set(target.responsePath, target);
   }
   return targets;
+}
+
+/**
+ * Why a response path is one of the names ocspbot keeps for itself (the
+ * state, its lock, the metrics, a temporary or rejected answer's name), or
+ * undefined: an include naming the lock would replace it mid-run, and let a
+ * second run in beside the first.
+ */
+function reservedNames(config: Config): (responsePath: string) => string | undefined {
+  const own = new Map([
+    [path.resolve(config.stateFile), "the state file"],
+    [path.resolve(`${config.stateFile}.lock`), "the lock file"],
+    ...(config.metricsFile ? [[path.resolve(config.metricsFile), "metrics_file"] as const] : []),
+  ]);
+  return (responsePath) => {
+    const kept = own.get(responsePath) ??
+      (/^\..+\.(?:rejected|[0-9a-f]{16}\.tmp)$/.test(path.basename(responsePath))
+        ? "a name ocspbot gives temporary and rejected answers"
+        : undefined);
+    return kept &&
+      `its response "${responsePath}" would be ${kept}; ocspbot refuses it: choose another "ocsp" or "ocsp_mask"`;
+  };
+}
+
+/**
+ * Throws unless the user whose include names `file` could read it (a
+ * folder: list and enter it), by its owner's or everybody's bits; groups are
+ * not counted. Root reads for an include only what its owner could: a
+ * root-only folder's names must not reach a log through somebody's include.
+ */
+function ownerMayRead(file: string, entry: EntryOrigin): void {
+  if (entry.owner === undefined) return;
+  const info = Deno.statSync(file);
+  const need = info.isDirectory ? 0o5 : 0o4;
+  const bits = info.uid === entry.owner ? (info.mode ?? 0) >> 6 : info.mode ?? 0;
+  if ((bits & need) !== need) {
+    throw new Error(
+      `"${file}" is not readable by uid ${entry.owner}, whose include names it; an include may name only what its owner could read`,
+    );
+  }
 }
 
 /** The certificates `--only` asks for, all without it; an id not configured is 252. */
@@ -1676,11 +1808,6 @@ export function sha256(bytes: Uint8Array | string): string {
   return nodeCrypto().createHash("sha256").update(bytes).digest("base64url").slice(0, HASH_CHARS);
 }
 
-/** SHA-256 of a file: certificates and responses are a few KiB, read whole. */
-function hashFile(file: string): string {
-  return sha256(Deno.readFileSync(file));
-}
-
 /** The PEM certificate blocks of a file, in order; keys and other blocks are left out. */
 export function pemCertificates(text: string): string[] {
   return text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
@@ -1742,8 +1869,11 @@ export function parseBundle(bytes: Uint8Array, file: string): {
   return { certificates, leaf };
 }
 
-function readBundle(file: string, what: string) {
-  return parseBundle(readInput(file, what, Deno.readFileSync), file);
+function readBundle(file: string, what: string, files: Files) {
+  return parseBundle(
+    readInput(file, what, (name) => files.read(name, "certificate", "any").bytes),
+    file,
+  );
 }
 
 /** The name a client asks for a certificate by (SNI): its first DNS name, else its CN. */
@@ -1778,7 +1908,7 @@ interface ParsedFiles {
 function parsedFiles(target: Target, context: RunContext): ParsedFiles {
   let parsed = context.parsed.get(target);
   if (!parsed) {
-    parsed = { bundle: readBundle(target.certPath, "certificate") };
+    parsed = { bundle: readBundle(target.certPath, "certificate", context.files) };
     context.parsed.set(target, parsed);
   }
   return parsed;
@@ -1883,7 +2013,11 @@ async function opensslVerifies(
     const args = ["verify", "-partial_chain", "-no_check_time", "-CAfile", "/dev/stdin", file];
     return (await runOpenssl(args, context, issuer.pem)).code === 0;
   } finally {
-    removeIfPresent(file);
+    try {
+      Deno.removeSync(file);
+    } catch {
+      // Gone already.
+    }
     context.files.temporary.delete(file);
   }
 }
@@ -1899,7 +2033,9 @@ async function requestInput(target: Target, context: RunContext): Promise<Reques
   const parsed = parsedFiles(target, context);
   if (parsed.request) return parsed.request;
   const { leaf, certificates } = parsed.bundle;
-  const chain = target.chainPath ? readBundle(target.chainPath, "chain").certificates : [];
+  const chain = target.chainPath
+    ? readBundle(target.chainPath, "chain", context.files).certificates
+    : [];
   const candidates = [...chain, ...certificates.filter((c) => c !== leaf)];
   const verdicts = candidates.map((candidate) => issuedBy(leaf.x509, candidate.x509));
   let index = verdicts.indexOf(true);
@@ -2159,19 +2295,22 @@ class State {
     let text: string;
     try {
       // Another user's link here could point at any file, which a warning would then describe.
-      const info = Deno.lstatSync(file);
-      if (info.isSymlink && !files.trusts(info)) {
+      const read = files.read(file, "state", "trusted");
+      if (!read.ours) {
+        // The folder's owner could have written a line that calls a garbage staple verified.
         log.warn(
-          `Ignoring state file: ${
-            untrustedLinkText(file, info)
-          }; verifying every response, and the link is replaced by the state`,
+          `Ignoring state file "${file}": it is owned by uid ${read.info.uid}, writable by others or a second name of another file, so anyone could have written it; verifying every response, and it is replaced by the state`,
         );
         return empty;
       }
-      text = Deno.readTextFileSync(file);
+      text = decoder.decode(read.bytes);
     } catch (error) {
       if (!(error instanceof Deno.errors.NotFound)) {
-        log.warn(`Cannot read state file "${file}": ${errorText(error)}; verifying every response`);
+        log.warn(
+          `Ignoring state file: ${
+            errorText(error)
+          }; verifying every response, and it is replaced by the state`,
+        );
       }
       return empty;
     }
@@ -2297,7 +2436,8 @@ class State {
       const responsePath = path.isAbsolute(unquoted) ? unquoted : path.join(folder, unquoted);
       if (covered(responsePath) || files.entry(responsePath)) lines.push(line);
     }
-    const warnings = await files.write(this.file, encoder.encode(lines.join("\n") + "\n"));
+    const text = encoder.encode(lines.join("\n") + "\n");
+    const warnings = await files.write(this.file, text, MODES.private);
     this.#changed = false;
     return warnings;
   }
@@ -2888,20 +3028,35 @@ function certificatesEnd(response: Uint8Array): Date | undefined {
 }
 
 /** Verifies a stored response and reads its status and dates. */
-async function checkStoredResponse(target: Target, context: RunContext): Promise<ResponseReport> {
+async function checkStoredResponse(
+  target: Target,
+  read: Uint8Array | undefined,
+  context: RunContext,
+): Promise<ResponseReport> {
   const input = await requestInput(target, context);
-  const result = await runOpenssl(
-    ["ocsp", "-respin", target.responsePath, ...verificationArgs(target, input)],
-    context,
-    input.issuerPem,
-  );
-  const report = parseOcspOutput(result.stdout, result.stderr, result.code);
-  if (report.verified) {
-    report.signerNotAfter = certificatesEnd(
-      readInput(target.responsePath, "stored response", Deno.readFileSync),
+  // openssl judges the very bytes that were hashed, from a file only this run can change.
+  const bytes = read ??
+    readInput(
+      target.responsePath,
+      "stored response",
+      (name) => context.files.read(name, "response", "any").bytes,
     );
+  const copy = Deno.makeTempFileSync({ prefix: "ocspbot-stored-", suffix: ".der" });
+  context.files.temporary.add(copy);
+  try {
+    Deno.writeFileSync(copy, bytes);
+    const result = await runOpenssl(
+      ["ocsp", "-respin", copy, ...verificationArgs(target, input)],
+      context,
+      input.issuerPem,
+    );
+    const report = parseOcspOutput(result.stdout, result.stderr, result.code);
+    if (report.verified) report.signerNotAfter = certificatesEnd(bytes);
+    return report;
+  } finally {
+    Deno.removeSync(copy);
+    context.files.temporary.delete(copy);
   }
-  return report;
 }
 
 /**
@@ -3084,24 +3239,42 @@ async function redirectTarget(
 
 // ---------------------------------------------------------------- files --
 
-function removeIfPresent(file: string): void {
-  try {
-    Deno.removeSync(file);
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
-  }
-}
+/**
+ * The most ocspbot reads of each kind of file, far above any real one: a
+ * certificate bundle or a response is a few KiB, the state of 100,000
+ * certificates about 20 MiB. Another user's sparse 2 GiB "certificate" or a
+ * link to /dev/zero then costs an error, not the machine's memory.
+ */
+export const SIZE_CAPS = {
+  certificate: 1 << 20,
+  response: 1 << 20,
+  state: 256 << 20,
+  config: 64 << 20,
+  include: 4 << 20,
+  metrics: 16 << 20,
+  "HAProxy answer": 1 << 20,
+} as const;
+export type FileKind = keyof typeof SIZE_CAPS;
+
+/** The modes ocspbot gives what it makes, whatever the umask. */
+const MODES = { folder: 0o755, file: 0o644, private: 0o600 } as const;
 
 /**
- * node:fs, for what Deno's own file API lacks: O_NOFOLLOW, and changing
- * owner and mode through an open file rather than by a name someone could
- * swap. Loaded on first use, as node:crypto.
+ * node:fs, for what Deno's own file API lacks: O_NOFOLLOW, O_NONBLOCK,
+ * O_DIRECTORY, and changing owner and mode through an open file rather than
+ * by a name someone could swap. Loaded on first use, as node:crypto.
  */
 function nodeFs(): typeof import("node:fs") {
   return process.getBuiltinModule("node:fs");
 }
 
-function untrustedLinkText(link: string, info: Deno.FileInfo): string {
+/** The errno name of a node:fs error ("ENOENT"), or undefined. */
+function errorCode(error: unknown): string | undefined {
+  const code = (error as { code?: unknown })?.code;
+  return typeof code === "string" ? code : undefined;
+}
+
+function untrustedLinkText(link: string, info: { uid: number | null }): string {
   return `"${link}" is a link owned by uid ${info.uid}, which another user could have planted; ocspbot follows only links of root and of the user it runs as`;
 }
 
@@ -3109,23 +3282,13 @@ function untrustedLinkText(link: string, info: Deno.FileInfo): string {
  * The target of a link judged trusted, read so that a link swapped in
  * between (a new inode) is not followed instead.
  */
-function readTrustedLink(link: string, info: Deno.FileInfo): string {
+function readTrustedLink(link: string, info: Deno.FileInfo, shown: string): string {
   const target = Deno.readLinkSync(link);
   const again = Deno.lstatSync(link);
   if (!again.isSymlink || again.ino !== info.ino || again.dev !== info.dev) {
-    throw new Error(`"${link}" changed while it was being read; try again`);
+    throw new Error(`"${shown}" changed while it was being read; try again`);
   }
   return target;
-}
-
-/** Where a write of `file` lands: a folder without links, and a name in it. */
-interface Landing {
-  folder: string;
-  name: string;
-  /** What is there now, when it is a file (or another user's link, to be replaced). */
-  existing?: Deno.FileInfo;
-  /** Another user's link found at the name: replaced, never written through. */
-  untrustedLink?: string;
 }
 
 /** Eight random bytes in hex: a temporary file's name nobody can guess ahead. */
@@ -3137,17 +3300,38 @@ function randomSuffix(): string {
     .join("");
 }
 
+/** What stat says of a file ocspbot opened, as the door hands it on. */
+type OpenedInfo = import("node:fs").Stats;
+
+/** What the door found at a name: a file it opened, a link, or anything else. */
+type Opened =
+  | { fd: number; info: OpenedInfo }
+  | { link: Deno.FileInfo }
+  | { special: Deno.FileInfo };
+
+/** A file read through the door: its bytes, and what fstat said of what was read. */
+export interface ReadFile {
+  bytes: Uint8Array;
+  info: OpenedInfo;
+  /**
+   * Root or ocspbot's own user owns it and nobody else may write it: what it
+   * says may be believed (the state) and quoted.
+   */
+  ours: boolean;
+}
+
 /**
- * Gives the new file the mode, owner and group of the file it replaces, as
- * far as this user may; returns a warning naming what could not be kept,
- * since a server that cannot read its staple fails silently. Works on the
- * open file: a name could be swapped for a link in the meantime.
+ * Gives the new file the owner and group of the file it replaces, as far as
+ * this user may, and its read and write bits, never set-id, sticky or
+ * world-write bits: a planted `6777` file must not make the staple
+ * world-writable or setuid. Returns a warning naming what could not be kept,
+ * since a server that cannot read its staple fails silently.
  */
-function keepAttributes(fd: number, old: Deno.FileInfo, file: string): string | undefined {
+function keepAttributes(fd: number, old: OpenedInfo, file: string): string | undefined {
   const fs = nodeFs();
   const lost: string[] = [];
   const fresh = fs.fstatSync(fd);
-  if (old.uid !== null && old.gid !== null && (old.uid !== fresh.uid || old.gid !== fresh.gid)) {
+  if (old.uid !== fresh.uid || old.gid !== fresh.gid) {
     try {
       fs.fchownSync(fd, old.uid, old.gid);
     } catch {
@@ -3160,13 +3344,7 @@ function keepAttributes(fd: number, old: Deno.FileInfo, file: string): string | 
       }
     }
   }
-  if (old.mode !== null) {
-    try {
-      fs.fchmodSync(fd, old.mode & 0o7777);
-    } catch {
-      lost.push(`mode ${(old.mode & 0o7777).toString(8)}`);
-    }
-  }
+  fs.fchmodSync(fd, old.mode & 0o664);
   if (lost.length === 0) return undefined;
   const kept = fs.fstatSync(fd);
   return `Cannot keep the ${
@@ -3175,17 +3353,28 @@ function keepAttributes(fd: number, old: Deno.FileInfo, file: string): string | 
 }
 
 /**
- * The files of a run, as ocspbot sees and changes them. Each folder it reads
- * responses from or writes into is listed once per run: whether a response
- * exists yet is a lookup, not a failed stat, which costs an exception apiece
- * on a first run. Every write goes through here, and follows a link only
- * when root or the user ocspbot runs as made it.
+ * The one door to every file and folder a run writes, and to every file it
+ * reads whole. Deno has no openat(2), and opening /proc/self/fd/N/… needs
+ * --allow-all, so the door stands in the folder instead: it moves the
+ * process's working directory there by a walk from `/`, one name at a time,
+ * each checked by lstat before and by stat of "." after (same device and
+ * inode), so a folder on the way that another user swaps for a link cannot
+ * move a read or a write elsewhere; names are then used relative to it, and
+ * the working directory moved back before anything else runs (every step in
+ * the folder is synchronous). Files are opened without following a last
+ * link that another user owns, without blocking (a FIFO or a device cannot
+ * hang the run), checked by fstat to be what is meant, and read up to their
+ * kind's SIZE_CAPS. Links of root or of the user ocspbot runs as are
+ * followed, as Linux's fs.protected_symlinks does in shared folders. Each
+ * folder it lists is listed once per run: whether a response exists yet is
+ * a lookup, not a failed stat, which costs an exception apiece on a first
+ * run.
  */
 class Files {
   #folders = new Map<string, Map<string, Deno.DirEntry>>();
   /**
-   * Temporary files being written now, so that a run ended by a signal can
-   * remove them; they never outlive a failed write either.
+   * Temporary files outside the door (openssl's inputs, in a private
+   * temporary file), so that a run ended by a signal can remove them.
    */
   readonly temporary = new Set<string>();
   #uid: number | null | undefined;
@@ -3193,15 +3382,16 @@ class Files {
   #listing(folder: string): Map<string, Deno.DirEntry> {
     let entries = this.#folders.get(folder);
     if (!entries) {
-      entries = new Map();
+      const listed = new Map<string, Deno.DirEntry>();
       try {
-        for (const entry of Deno.readDirSync(folder)) entries.set(entry.name, entry);
+        this.#within(folder, false, () => {
+          for (const entry of Deno.readDirSync(".")) listed.set(entry.name, entry);
+        });
       } catch (error) {
-        // A folder not made yet holds nothing; it is made when written to.
-        if (!(error instanceof Deno.errors.NotFound)) {
-          throw new Error(`Cannot list folder "${folder}": ${errorText(error)}`);
-        }
+        throw new Error(`Cannot list folder "${folder}": ${errorText(error)}`);
       }
+      // A folder not made yet holds nothing; it is made when written to.
+      entries = listed;
       this.#folders.set(folder, entries);
     }
     return entries;
@@ -3222,7 +3412,8 @@ class Files {
 
   /**
    * What stat says of a certificate's input file; the error names what it
-   * is. A file named again in a row is stat'ed once a run.
+   * is. A file named again in a row is stat'ed once a run. What the stat says
+   * only decides whether to read: the read goes through the door.
    */
   stat(file: string, what: string): Deno.FileInfo {
     const known = this.#stats.find((entry) => entry.file === file);
@@ -3243,22 +3434,46 @@ class Files {
     });
   }
 
-  /** Removes a file, if the listing has it. */
+  /** Removes a file (a link, a FIFO: anything but a folder), if the listing has it. */
   remove(file: string): void {
     if (!this.entry(file)) return;
-    removeIfPresent(file);
+    this.#within(path.dirname(path.resolve(file)), false, () => {
+      try {
+        nodeFs().unlinkSync(path.basename(file));
+      } catch (error) {
+        if (errorCode(error) !== "ENOENT") throw error;
+      }
+    });
     this.#listing(path.dirname(file)).delete(path.basename(file));
   }
 
   /**
-   * Whether a link may be followed to write: root or the user ocspbot runs
-   * as made it. Anybody else who may write into its folder could have
-   * planted it to make ocspbot, often root, overwrite a file of their
-   * choosing; this is the rule Linux's fs.protected_symlinks applies in
-   * shared folders.
+   * When a regular file was last written; undefined for a link, a folder or
+   * anything else, or nothing.
    */
-  trusts(link: Deno.FileInfo): boolean {
-    return link.uid === 0 || (link.uid !== null && link.uid === this.#runningUid());
+  writtenAt(file: string): number | undefined {
+    return this.#within(path.dirname(path.resolve(file)), false, () => {
+      try {
+        const info = Deno.lstatSync(path.basename(file));
+        return info.isFile ? info.mtime?.getTime() ?? 0 : undefined;
+      } catch {
+        return undefined;
+      }
+    });
+  }
+
+  /**
+   * Whether a link may be followed: root or the user ocspbot runs as made it.
+   * Anybody else who may write into its folder could have planted it to make
+   * ocspbot, often root, read or overwrite a file of their choosing.
+   */
+  trusts(owner: { uid: number | null }): boolean {
+    return owner.uid === 0 || (owner.uid !== null && owner.uid === this.#runningUid());
+  }
+
+  /** Owned by root or ocspbot's user, and writable by nobody else. */
+  #ours(info: OpenedInfo): boolean {
+    return this.trusts(info) && (info.mode & 0o022) === 0;
   }
 
   /**
@@ -3281,203 +3496,463 @@ class Files {
   }
 
   /**
-   * The folder a write into `folder` lands in, every link resolved: links of
-   * root or of ocspbot's user are followed, another user's link stops the
-   * write. Missing folders are made one at a time, so none is made through a
-   * link. Where part of the path is a file, the error names that part: mkdir's
-   * own "File exists" says nothing useful.
+   * Runs `act` (synchronous: nothing else may run meanwhile) with the
+   * working directory in `folder`, entered by #enter(), and moves it back.
+   * `act` gets the folder's path as walked, every link resolved. Without
+   * `create`, a missing folder is undefined and `act` is not run.
    */
-  #vetFolder(folder: string): string {
+  #within<T>(folder: string, create: boolean, act: (walked: string) => T): T | undefined {
+    const before = Deno.cwd();
+    try {
+      const walked = this.#enter(folder, create);
+      return walked === undefined ? undefined : act(walked);
+    } finally {
+      Deno.chdir(before);
+    }
+  }
+
+  /**
+   * Moves the working directory into `folder` from `/`, one name at a time:
+   * lstat says what a name is, chdir enters it, and stat of "." must then
+   * be that very folder; a folder swapped for a link in between is caught,
+   * never entered unseen. Links of root or of ocspbot's user are followed,
+   * another user's link stops the walk. With `create`, missing folders are
+   * made one at a time, mode 0755 whatever the umask. Returns the path as
+   * walked, or undefined when a folder is missing and not to be made.
+   */
+  #enter(folder: string, create: boolean): string | undefined {
     const parts = path.resolve(folder).split("/").filter(Boolean);
-    let real = "/";
-    for (let hops = 0; parts.length > 0;) {
+    const same = (a: Deno.FileInfo, b: Deno.FileInfo) => a.dev === b.dev && a.ino === b.ino;
+    Deno.chdir("/");
+    let trail = [Deno.statSync(".")];
+    let walked = "/";
+    for (let hops = 0, made = false; parts.length > 0;) {
       const part = parts.shift()!;
       if (part === ".") continue;
       if (part === "..") {
-        real = path.dirname(real);
+        if (trail.length === 1) continue;
+        Deno.chdir("..");
+        trail.pop();
+        if (!same(Deno.statSync("."), trail.at(-1)!)) {
+          throw new Error(`"${walked}" was moved while it was being opened; try again`);
+        }
+        walked = path.dirname(walked);
         continue;
       }
-      const next = path.join(real, part);
+      const next = path.join(walked, part);
       let info: Deno.FileInfo;
       try {
-        info = Deno.lstatSync(next);
+        info = Deno.lstatSync(part);
       } catch (error) {
         if (!(error instanceof Deno.errors.NotFound)) throw error;
-        Deno.mkdirSync(next);
-        real = next;
+        if (!create) return undefined;
+        if (made) throw error;
+        try {
+          Deno.mkdirSync(part, { mode: MODES.folder });
+        } catch (error) {
+          if (!(error instanceof Deno.errors.AlreadyExists)) throw error;
+        }
+        parts.unshift(part);
+        made = true;
         continue;
       }
       if (info.isSymlink) {
         if (!this.trusts(info)) throw new Error(untrustedLinkText(next, info));
         if (++hops > 40) throw new Error(`"${folder}" is a loop of symbolic links`);
-        const target = readTrustedLink(next, info);
+        const target = readTrustedLink(part, info, next);
         parts.unshift(...target.split("/").filter(Boolean));
-        if (target.startsWith("/")) real = "/";
+        if (target.startsWith("/")) {
+          Deno.chdir("/");
+          trail = [trail[0]];
+          walked = "/";
+        }
+        made = false;
         continue;
       }
-      if (!info.isDirectory) throw new Error(`"${next}" is a file, not a folder`);
-      real = next;
+      if (!info.isDirectory) {
+        throw new Error(`"${next}" is ${info.isFile ? "a file, " : ""}not a folder`);
+      }
+      Deno.chdir(part);
+      const entered = Deno.statSync(".");
+      if (!same(entered, info)) {
+        throw new Error(`"${next}" was swapped while it was being opened; nothing was done there`);
+      }
+      // Made here, by this walk: its mode is ours to set, through ".", not by a name.
+      if (made) Deno.chmodSync(".", MODES.folder);
+      made = false;
+      trail.push(entered);
+      walked = next;
     }
-    return real;
+    return walked;
   }
 
   /**
-   * Resolves where a write of `file` lands. A link at the file itself is
-   * followed when trusted, so that "symlinks stay links" (a server pointed at
-   * a shared file); another user's link is replaced, not followed. `absent`:
-   * the caller knows nothing is there, which spares a failing lstat.
+   * Opens `name` in the working directory: a regular file, never a link, a
+   * FIFO, a device or a folder (those are returned as what lstat says, for
+   * the caller to judge). Unless run with --allow-all, Deno resolves links
+   * itself before it opens, so O_NOFOLLOW alone proves nothing: lstat looks
+   * first, and the descriptor must then be that very file, or the one just
+   * made (with O_CREAT, always O_EXCL: a name that exists is EEXIST).
    */
-  #landingOf(file: string, absent = false): Landing {
-    let folder = this.#vetFolder(path.dirname(path.resolve(file)));
-    let name = path.basename(file);
-    for (let hops = 0; !absent; hops++) {
-      const here = path.join(folder, name);
-      let info: Deno.FileInfo;
-      try {
-        info = Deno.lstatSync(here);
-      } catch (error) {
-        if (error instanceof Deno.errors.NotFound) break;
-        throw error;
-      }
-      if (!info.isSymlink) return { folder, name, existing: info };
-      if (!this.trusts(info)) {
-        return { folder, name, existing: info, untrustedLink: untrustedLinkText(here, info) };
-      }
-      if (hops >= 40) throw new Error(`"${file}" is a loop of symbolic links`);
-      const target = path.resolve(folder, readTrustedLink(here, info));
-      folder = this.#vetFolder(path.dirname(target));
-      name = path.basename(target);
+  #openName(name: string, flags: number, mode?: number): Opened {
+    const fs = nodeFs();
+    const { O_NOFOLLOW, O_NONBLOCK, O_CREAT } = fs.constants;
+    let seen: Deno.FileInfo | undefined;
+    try {
+      seen = Deno.lstatSync(name);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
     }
-    return { folder, name };
+    const fail = (code: string, message: string) => Object.assign(new Error(message), { code });
+    if (seen?.isSymlink) return { link: seen };
+    if (seen && (flags & O_CREAT)) throw fail("EEXIST", `"${name}" exists`);
+    if (seen && !seen.isFile) return { special: seen };
+    if (!seen && !(flags & O_CREAT)) throw fail("ENOENT", `"${name}" does not exist`);
+    const fd = fs.openSync(name, flags | O_NOFOLLOW | O_NONBLOCK, mode);
+    try {
+      const info = fs.fstatSync(fd);
+      const now = Deno.lstatSync(name);
+      const expected = seen ?? now;
+      if (
+        !info.isFile() || now.isSymlink || info.dev !== expected.dev || info.ino !== expected.ino
+      ) {
+        throw fail("ECHANGED", `"${name}" changed while it was being opened`);
+      }
+      return { fd, info };
+    } catch (error) {
+      fs.closeSync(fd);
+      throw error;
+    }
   }
 
   /**
-   * Replaces `file` with `bytes` by one rename, so a reader sees the old file or
-   * the new one whole, never none or part of one. The bytes go to a hidden
-   * temporary file beside it (HAProxy's `crt <dir>` skips names starting with a
-   * dot) with a name nobody can guess, created only if no such name exists, so
-   * a link planted there is never followed; they are synced to disk, checked by
-   * size, and take the old file's mode, owner and group. Missing folders are
-   * created. Throws naming the folder and the cause, with the temporary file
-   * removed; returns warnings: an owner, group or mode that could not be kept,
-   * another user's link that was replaced.
+   * Reads a whole file through the door: a regular file only, at most its
+   * kind's SIZE_CAPS. `links`: "any" follows every link (a certificate in an
+   * ACME client's folder, which nothing is written through); "trusted"
+   * refuses another user's link, which could lead root to any file. A
+   * missing file throws Deno.errors.NotFound.
    */
-  async write(file: string, bytes: Uint8Array): Promise<string[]> {
+  read(file: string, kind: FileKind, links: "any" | "trusted"): ReadFile {
+    const fs = nodeFs();
+    let wanted = path.resolve(file);
+    // Said before the walk: Deno will not let a walk enter /dev, /proc or /sys at all.
+    if (!Deno.statSync(wanted).isFile) throw new Error(`"${file}" is not a regular file`);
+    let othersLink = false;
+    for (let hops = 0;; hops++) {
+      const name = path.basename(wanted);
+      const step = this.#within(path.dirname(wanted), false, (walked) => {
+        const shown = path.join(walked, name);
+        let opened;
+        try {
+          opened = this.#openName(name, fs.constants.O_RDONLY);
+        } catch (error) {
+          if (errorCode(error) === "ENOENT") return undefined;
+          throw error;
+        }
+        if ("link" in opened) {
+          if (!this.trusts(opened.link)) {
+            if (links === "trusted") throw new Error(untrustedLinkText(shown, opened.link));
+            othersLink = true;
+          }
+          if (hops >= 40) throw new Error(`"${file}" is a loop of symbolic links`);
+          return path.resolve(walked, readTrustedLink(name, opened.link, shown));
+        }
+        if ("special" in opened) {
+          // A FIFO would hang the read, a device never end it: neither is opened.
+          throw new Error(`"${shown}" is not a regular file`);
+        }
+        try {
+          const info = opened.info;
+          const bytes = readCapped(opened.fd, info.size, kind, shown);
+          // A second name (a hard link) or another user's link could be of anyone's file.
+          const ours = this.#ours(info) && info.nlink === 1 && !othersLink;
+          return { bytes, info, ours };
+        } finally {
+          fs.closeSync(opened.fd);
+        }
+      });
+      if (step === undefined) throw new Deno.errors.NotFound("No such file or directory");
+      if (typeof step !== "string") return step;
+      wanted = step;
+    }
+  }
+
+  /**
+   * Replaces `file` with `bytes` by one rename, so a reader sees the old file
+   * or the new one whole, never none or part of one. The bytes go to a hidden
+   * temporary file beside it (HAProxy's `crt <dir>` skips names starting with
+   * a dot) with a name nobody can guess, created only if no such name exists,
+   * so a link planted there is never followed; they are synced to disk,
+   * checked by size, and take the old file's owner, group and read/write
+   * bits, or `mode` for a new file. A trusted link at the name is followed,
+   * so that "symlinks stay links" (a server pointed at a shared file);
+   * another user's link, a FIFO, a socket or a device there is replaced, not
+   * followed or opened; a folder there fails this write alone. Throws naming
+   * the folder and the cause, with the temporary file removed; returns
+   * warnings: an owner or group that could not be kept, what was replaced.
+   */
+  write(file: string, bytes: Uint8Array, mode: number = MODES.file): Promise<string[]> {
     const fs = nodeFs();
     const warnings: string[] = [];
-    let landing: Landing = { folder: path.dirname(path.resolve(file)), name: path.basename(file) };
-    let temporary: string | undefined;
+    let wanted = path.resolve(file);
+    for (let hops = 0;; hops++) {
+      const name = path.basename(wanted);
+      let walkedFolder = path.dirname(wanted);
+      try {
+        const followed = this.#within(path.dirname(wanted), true, (walked) => {
+          walkedFolder = walked;
+          const shown = path.join(walked, name);
+          let existing: OpenedInfo | undefined;
+          let replaced: string | undefined;
+          try {
+            const info = Deno.lstatSync(name);
+            if (info.isDirectory) throw new Error(`"${shown}" is a folder, not a file`);
+            if (info.isSymlink && this.trusts(info)) {
+              if (hops >= 40) throw new Error(`"${file}" is a loop of symbolic links`);
+              return path.resolve(walked, readTrustedLink(name, info, shown));
+            }
+            if (info.isSymlink) replaced = untrustedLinkText(shown, info);
+            else if (!info.isFile) {
+              replaced =
+                `"${shown}" is not a regular file (a FIFO, socket or device), owned by uid ${info.uid}`;
+            } else existing = fs.lstatSync(name);
+          } catch (error) {
+            if (!(error instanceof Deno.errors.NotFound)) throw error;
+          }
+          this.#replace(name, bytes, existing ? undefined : mode, existing, file, warnings);
+          if (replaced) warnings.push(`${replaced}: replaced by the file itself`);
+          return undefined;
+        });
+        if (followed === undefined) break;
+        wanted = followed;
+      } catch (error) {
+        throw new Error(
+          `Cannot write "${name}" in folder "${walkedFolder}": ${errorText(error)}`,
+        );
+      }
+    }
+    this.#added(file);
+    return Promise.resolve(warnings);
+  }
+
+  /**
+   * The temporary file, its sync, its attributes and the rename of write(),
+   * in the working directory; the temporary file never outlives a failure.
+   */
+  #replace(
+    name: string,
+    bytes: Uint8Array,
+    mode: number | undefined,
+    existing: OpenedInfo | undefined,
+    file: string,
+    warnings: string[],
+  ): void {
+    const fs = nodeFs();
+    const temporary = `.${name}.${randomSuffix()}.tmp`;
+    const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+    const fd = fs.openSync(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, MODES.private);
     try {
-      landing = this.#landingOf(file, this.entry(file) === undefined);
-      const { folder, name, existing, untrustedLink } = landing;
-      temporary = path.join(folder, `.${name}.${randomSuffix()}.tmp`);
-      this.temporary.add(temporary);
-      const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
-      const fd = fs.openSync(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o666);
       try {
         writeAll({ writeSync: (chunk) => fs.writeSync(fd, chunk) }, bytes);
-        await new Promise<void>((resolve, reject) =>
-          fs.fsync(fd, (error) => error ? reject(error) : resolve())
-        );
+        fs.fsyncSync(fd);
         const written = fs.fstatSync(fd).size;
         if (written !== bytes.length) {
           throw new Error(`${written} of ${bytes.length} bytes written`);
         }
-        const lost = existing?.isFile ? keepAttributes(fd, existing, file) : undefined;
+        const lost = existing ? keepAttributes(fd, existing, file) : undefined;
+        if (mode !== undefined) fs.fchmodSync(fd, mode);
         if (lost) warnings.push(lost);
       } finally {
         fs.closeSync(fd);
       }
-      // A link planted in the folder's path meanwhile would move the rename elsewhere.
-      if (Deno.realPathSync(folder) !== folder) {
-        throw new Error("a link appeared in its path while it was written; nothing was replaced");
-      }
-      Deno.renameSync(temporary, path.join(folder, name));
-      if (untrustedLink) warnings.push(`${untrustedLink}: replaced by the file itself`);
-      this.#added(file);
-      return warnings;
+      fs.renameSync(temporary, name);
     } catch (error) {
-      if (temporary) {
-        try {
-          removeIfPresent(temporary);
-        } catch {
-          // The folder refused the file in the first place.
-        }
+      try {
+        fs.unlinkSync(temporary);
+      } catch {
+        // Renamed already, or never made.
       }
-      throw new Error(
-        `Cannot write "${landing.name}" in folder "${landing.folder}": ${errorText(error)}`,
-      );
-    } finally {
-      if (temporary) this.temporary.delete(temporary);
+      throw error;
     }
   }
 
   /**
-   * Opens a log to append to, never through a link another user could have
-   * planted (such a link is removed and a file made in its place) and never a
-   * FIFO or device, which could hang or harm the run. The open itself follows
-   * no link, so a link swapped in after the check fails it rather than
-   * redirecting it.
+   * Opens a file that ocspbot keeps for itself (a log, the lock), through
+   * the door: another user's link, a FIFO, socket or device, or a second
+   * name (hard link) of another file found there is removed and a file of
+   * its own made in its place, with `mode`, so root never appends to, locks
+   * or changes what somebody else chose. `exclusive`: a file owned by
+   * another user is replaced too (a lock others can open, they can hold).
+   * `flags` are O_WRONLY|O_APPEND for a log, O_RDONLY for a lock. Returns
+   * the descriptor, its stat, and the warnings to say.
+   */
+  openOwn(
+    file: string,
+    what: string,
+    flags: number,
+    mode: number,
+    exclusive: boolean,
+  ): { fd: number; info: OpenedInfo; warnings: string[] } {
+    const fs = nodeFs();
+    const { O_CREAT, O_EXCL } = fs.constants;
+    const warnings: string[] = [];
+    let wanted = path.resolve(file);
+    for (let tries = 0;; tries++) {
+      if (tries > 40) throw new Error(`"${file}" keeps changing while it is opened`);
+      const name = path.basename(wanted);
+      const step = this.#within(path.dirname(wanted), true, (walked) => {
+        const shown = path.join(walked, name);
+        const replace = (problem: string) => {
+          fs.unlinkSync(name);
+          warnings.push(`${what} "${shown}" ${problem}: removed, and a file made in its place`);
+        };
+        let opened: Opened;
+        try {
+          opened = this.#openName(name, flags | O_CREAT | O_EXCL, mode);
+          if ("fd" in opened) fs.fchmodSync(opened.fd, mode);
+        } catch (error) {
+          if (errorCode(error) === "ECHANGED") return "again";
+          if (errorCode(error) !== "EEXIST") throw error;
+          try {
+            opened = this.#openName(name, flags);
+          } catch (error) {
+            if (errorCode(error) === "ECHANGED" || errorCode(error) === "ENOENT") return "again";
+            // A 0600 lock a run as another user left: this run could never take it.
+            if (errorCode(error) !== "EACCES" || !exclusive) throw error;
+            replace(
+              `is uid ${
+                Deno.lstatSync(name).uid
+              }'s and cannot be opened by this user (run ocspbot as one user)`,
+            );
+            return "again";
+          }
+        }
+        if ("special" in opened) {
+          if (opened.special.isDirectory) throw new Error(`"${shown}" is a folder, not a file`);
+          replace("is not a regular file (a FIFO, socket or device)");
+          return "again";
+        }
+        if ("link" in opened) {
+          if (this.trusts(opened.link)) {
+            wanted = path.resolve(walked, readTrustedLink(name, opened.link, shown));
+          } else {
+            fs.unlinkSync(name);
+            warnings.push(
+              `${what} ${
+                untrustedLinkText(shown, opened.link)
+              }: removed, and a file made in its place`,
+            );
+          }
+          return "again";
+        }
+        const info = opened.info;
+        const problem = info.nlink > 1
+          ? `has ${info.nlink} hard links, so it is also another file`
+          : exclusive && !this.trusts(info)
+          ? `is owned by uid ${info.uid}`
+          : undefined;
+        if (problem) {
+          fs.closeSync(opened.fd);
+          replace(problem);
+          return "again";
+        }
+        if (exclusive && (info.mode & 0o7777) !== mode) fs.fchmodSync(opened.fd, mode);
+        return { fd: opened.fd, info };
+      })!;
+      if (step !== "again") return { ...step, warnings };
+    }
+  }
+
+  /**
+   * Opens a log to append to, through openOwn(): never another user's link,
+   * FIFO or hard link, never by a path that can change under the open.
    */
   openLog(file: string, key: string, warnings: string[]): Destination {
     const fs = nodeFs();
-    const { O_WRONLY, O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
-    for (let tries = 0;; tries++) {
-      const { folder, name, untrustedLink } = this.#landingOf(file);
-      const target = path.join(folder, name);
-      if (untrustedLink) {
-        Deno.removeSync(target);
-        warnings.push(`${key} ${untrustedLink}: removed, and a file made in its place`);
-      }
-      let fd: number;
-      try {
-        fd = fs.openSync(target, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0o666);
-      } catch (error) {
-        // ELOOP: a link appeared since it was judged; judge it again.
-        if ((error as { code?: string }).code === "ELOOP" && tries < 3) continue;
-        throw error;
-      }
-      if (!fs.fstatSync(fd).isFile()) {
-        fs.closeSync(fd);
-        throw new Error(`"${target}" is not a regular file`);
-      }
-      return new Destination(
-        `${key} "${file}"`,
-        { writeSync: (bytes) => fs.writeSync(fd, bytes) },
-        () => fs.closeSync(fd),
-      );
-    }
+    const { O_WRONLY, O_APPEND } = fs.constants;
+    const opened = this.openOwn(file, key, O_WRONLY | O_APPEND, MODES.file, false);
+    warnings.push(...opened.warnings);
+    return new Destination(
+      `${key} "${file}"`,
+      { writeSync: (bytes) => fs.writeSync(opened.fd, bytes) },
+      () => fs.closeSync(opened.fd),
+    );
   }
 
   /**
-   * Opens the lock file, read only: a flock needs no more, and one left by a
-   * root run must not lock out a later run as another user. A missing one is
-   * made only if its name is still free, so a link planted there is never
-   * followed to make a file (think /etc/nologin); another user's link is
-   * removed first.
+   * Opens the lock file, mode 0600: a user who can open it can flock it and
+   * hold every run off; flock needs only read access. Deno locks only its
+   * own FsFile, which it opens by name: the file the door opened and checked
+   * is opened again by its path as walked, off the event loop (a FIFO
+   * swapped in between could block that open, never the run's signals), and
+   * must be the same file.
    */
-  openLock(file: string, warnings: string[]): Deno.FsFile {
+  async openLock(file: string, warnings: string[]): Promise<Deno.FsFile> {
+    const fs = nodeFs();
     for (let tries = 0;; tries++) {
-      const { folder, name, existing, untrustedLink } = this.#landingOf(file);
-      const target = path.join(folder, name);
-      if (untrustedLink) {
-        Deno.removeSync(target);
-        warnings.push(`The lock file ${untrustedLink}: removed, and a file made in its place`);
-      }
+      const opened = this.openOwn(
+        file,
+        "The lock file",
+        fs.constants.O_RDONLY,
+        MODES.private,
+        true,
+      );
+      warnings.push(...opened.warnings.splice(0));
+      let handle: Deno.FsFile | undefined;
       try {
-        if (!existing || untrustedLink) {
-          return Deno.openSync(target, { write: true, createNew: true });
+        const walked = this.#within(path.dirname(path.resolve(file)), false, (w) => w)!;
+        const open = Deno.open(path.join(walked, path.basename(file)), { read: true });
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error("it did not open within 5 s")), 5000);
+        });
+        try {
+          handle = await Promise.race([open, late]);
+        } finally {
+          clearTimeout(timer);
         }
-        const handle = Deno.openSync(target, { read: true });
-        const opened = handle.statSync();
-        if (opened.ino === existing.ino && opened.dev === existing.dev) return handle;
-        handle.close(); // Swapped since it was judged: judge it again.
-      } catch (error) {
-        if (!(error instanceof Deno.errors.AlreadyExists) || tries >= 3) throw error;
+        const info = handle.statSync();
+        if (info.dev === opened.info.dev && info.ino === opened.info.ino) return handle;
+        handle.close();
+      } finally {
+        fs.closeSync(opened.fd);
       }
-      if (tries >= 3) throw new Error("it keeps changing while it is opened");
+      if (tries >= 3) throw new Error(`"${file}" keeps changing while it is opened`);
     }
   }
+}
+
+/** Reads an open regular file whole, refusing more than its kind's cap (it may still grow). */
+function readCapped(fd: number, size: number, kind: FileKind, shown: string): Uint8Array {
+  const cap = SIZE_CAPS[kind];
+  const tooLarge = () =>
+    new Error(
+      `"${shown}" is larger than ${
+        formatBytes(cap)
+      }, more than any real ${kind} file; ocspbot does not read it`,
+    );
+  if (size > cap) throw tooLarge();
+  const fs = nodeFs();
+  let buffer = new Uint8Array(Math.max(size, 4096) + 1);
+  let length = 0;
+  for (;;) {
+    if (length === buffer.length) {
+      if (length > cap) throw tooLarge();
+      const grown = new Uint8Array(Math.min(buffer.length * 2, cap + 1));
+      grown.set(buffer);
+      buffer = grown;
+    }
+    const read = fs.readSync(fd, buffer, length, buffer.length - length, null);
+    if (read === 0) break;
+    length += read;
+    if (length > cap) throw tooLarge();
+  }
+  return buffer.subarray(0, length);
+}
+
+/** A size as a person reads it: "1 MiB", "256 MiB". */
+function formatBytes(bytes: number): string {
+  return bytes >= 1 << 20 ? `${bytes / (1 << 20)} MiB` : `${bytes} bytes`;
 }
 
 /** `R-YYYYMMDD-HHMMSS` in local time, the Python bot's backup name. */
@@ -3523,8 +3998,10 @@ function pruneBackups(stem: string, keep: number, files: Files): string[] {
     .filter((entry) => pattern.test(entry))
     .map((entry) => {
       const file = path.join(dir, entry);
-      return { file, time: Deno.statSync(file).mtime?.getTime() ?? 0 };
+      // A link or a folder of that name is nobody's backup: counted and removed never.
+      return { file, time: files.writtenAt(file) };
     })
+    .filter((backup): backup is { file: string; time: number } => backup.time !== undefined)
     // Newest first by time written: the names are local time, which can repeat an hour.
     .sort((a, b) => b.time - a.time || b.file.localeCompare(a.file));
   const removed = backups.slice(keep).map((backup) => backup.file);
@@ -3555,7 +4032,7 @@ async function acquireLock(
 ): Promise<Deno.FsFile> {
   let handle: Deno.FsFile;
   try {
-    handle = files.openLock(file, warnings);
+    handle = await files.openLock(file, warnings);
   } catch (error) {
     throw new ExitError(
       `Cannot open the lock file "${file}": ${
@@ -3780,8 +4257,9 @@ export function checkSummary(
   outcomes: Outcome[],
   now: Date,
   policy: RenewalPolicy = {},
+  problems: readonly string[] = [],
 ): { line: string; status: number } {
-  if (outcomes.length === 0) {
+  if (outcomes.length === 0 && problems.length === 0) {
     // A config whose certificates all vanished checks nothing: that is no OK.
     return {
       line: "OCSP UNKNOWN - no certificates found in the configuration",
@@ -3797,6 +4275,9 @@ export function checkSummary(
     o.status === "good" && o.nextUpdate ? [o.nextUpdate.getTime()] : []
   );
   const parts: string[] = [];
+  if (problems.length > 0) {
+    parts.push(`${problems.length} left out of the config (see the ERROR lines)`);
+  }
   if (critical.length > 0) {
     parts.push(`${critical.length} of ${checked.length} critical${named(critical)}`);
   }
@@ -3826,7 +4307,7 @@ export function checkSummary(
   }
   const skipped = outcomes.length - checked.length;
   if (skipped > 0) parts.push(`${skipped} skipped (no OCSP URL)`);
-  const [label, status] = critical.length + servedCritical.length > 0
+  const [label, status] = critical.length + servedCritical.length + problems.length > 0
     ? ["CRITICAL", NAGIOS.critical]
     : failing.length + due.length + servedWarning.length > 0
     ? ["WARNING", NAGIOS.warning]
@@ -4169,6 +4650,15 @@ export class Output {
     return destination.journal ? `<${priority}>${line}\n` : `${line}\n`;
   }
 
+  /**
+   * A log that could not be opened: said on stderr, and counted as output
+   * that failed, so that "nothing renewed" cannot hide it.
+   */
+  unopened(message: string): void {
+    this.#failed = true;
+    this.say(this.stderr, `ERROR: ${printable(message)}`, PRIORITY.error);
+  }
+
   /** Whether a line could not be written somewhere. */
   get failed(): boolean {
     return this.#failed;
@@ -4230,25 +4720,26 @@ export class Logger {
   ): Logger {
     const outName = config.outputLog && formatLogName(config.outputLog, now);
     const errName = config.errorLog && formatLogName(config.errorLog, now);
-    const opened: Destination[] = [];
-    const open = (name: string, key: string) => {
+    const console = options.format === "json" ? output.stderr : output.stdout;
+    // A log that cannot be opened costs its lines on the console, not the renewals.
+    const open = (name: string, key: string, instead: Destination) => {
       try {
-        const destination = files.openLog(name, key, warnings);
-        opened.push(destination);
-        return destination;
+        return files.openLog(name, key, warnings);
       } catch (error) {
-        for (const destination of opened) destination.close();
-        throw new ExitError(
-          `Cannot open ${key} "${name}" of config "${config.file}": ${errorText(error)}`,
-          EXIT.configUnloadable,
+        output.unopened(
+          `Cannot open ${key} "${name}" of config "${config.file}": ${
+            errorText(error)
+          }; its lines go to ${instead.name} instead`,
         );
+        return instead;
       }
     };
-    const console = options.format === "json" ? output.stderr : output.stdout;
-    const out = outName ? open(outName, "output_log") : console;
-    const err = errName ? (errName === outName ? out : open(errName, "error_log")) : output.stderr;
+    const out = outName ? open(outName, "output_log", console) : console;
+    const err = errName
+      ? (errName === outName ? out : open(errName, "error_log", output.stderr))
+      : output.stderr;
     if (err !== output.stderr) output.fallbacks.unshift(err);
-    return new Logger(output, out, err, Boolean(outName) && errName !== outName, options.quiet);
+    return new Logger(output, out, err, out !== console && err !== out, options.quiet);
   }
 
   /** The console only: for --check, whose verdict belongs on stdout. */
@@ -4328,13 +4819,19 @@ interface RunContext {
  * A file as the state remembers it: the recorded entry while stat says the
  * file is unchanged, else what it holds now, hashed.
  */
-function identify(file: string, info: Deno.FileInfo, recorded: string | undefined, what: string) {
+function identify(
+  file: string,
+  info: Deno.FileInfo,
+  recorded: string | undefined,
+  what: string,
+  files: Files,
+): { entry: string; bytes?: Uint8Array } {
   const stamp = fileStamp(info, Date.now());
   const unchanged = unchangedEntry(recorded, stamp);
-  if (unchanged) return unchanged;
-  // Reading a FIFO or a device would hang the run, or never end.
-  if (!info.isFile) throw new Error(`Cannot read ${what} "${file}": not a regular file`);
-  return fileEntry(stamp, readInput(file, what, hashFile));
+  if (unchanged) return { entry: unchanged };
+  const kind = what === "stored response" ? "response" : "certificate";
+  const bytes = readInput(file, what, (name) => files.read(name, kind, "any").bytes);
+  return { entry: fileEntry(stamp, sha256(bytes)), bytes };
 }
 
 /**
@@ -4381,12 +4878,29 @@ async function inspect(target: Target, context: RunContext): Promise<Facts> {
     // A chain or rootchain left out is "" in the record: nothing to compare.
     file === undefined
       ? ""
-      : identify(file, context.files.stat(file, what), record?.files?.[i + 1], what)
+      : identify(file, context.files.stat(file, what), record?.files?.[i + 1], what, context.files)
+        .entry
   );
-  const found = storedResponseInfo(target.responsePath, record !== undefined, context.files);
-  const storedInfo = typeof found === "string" ? undefined : found;
-  const storedEntry = storedInfo &&
-    identify(target.responsePath, storedInfo, record?.files?.[0], "stored response");
+  let found = storedResponseInfo(target.responsePath, record !== undefined, context.files);
+  let storedInfo = typeof found === "string" ? undefined : found;
+  let storedEntry: string | undefined;
+  let storedBytes: Uint8Array | undefined;
+  try {
+    if (storedInfo) {
+      const what = "stored response";
+      ({ entry: storedEntry, bytes: storedBytes } = identify(
+        target.responsePath,
+        storedInfo,
+        record?.files?.[0],
+        what,
+        context.files,
+      ));
+    }
+  } catch (error) {
+    // Whatever is there is no staple: a new one replaces it.
+    found = errorText(error);
+    storedInfo = undefined;
+  }
   const files = storedEntry ? [storedEntry, ...inputs] : [];
   const recalled = storedEntry ? recallReport(record, files, now) : undefined;
   if (recalled && files.some((entry, i) => entry !== record!.files[i])) {
@@ -4400,7 +4914,7 @@ async function inspect(target: Target, context: RunContext): Promise<Facts> {
   } else if (storedInfo && !stored) {
     stored = storedInfo.size === 0
       ? { verified: false, problem: "the file is empty" }
-      : await checkStoredResponse(target, context);
+      : await checkStoredResponse(target, storedBytes, context);
     const staple = stored.verified && isStaple(stored, config.policy);
     state.setVerified(target.responsePath, staple ? recordOf(stored, cert, files) : undefined);
   }
@@ -4458,6 +4972,19 @@ async function installResponse(
     throw new Error(`${errorText(error)}; the stored response stays as it was`);
   }
   return backup;
+}
+
+/**
+ * Removes what an earlier run left beside a response; what cannot be
+ * removed (another user's folder of that name) is a warning, never the
+ * renewal's failure.
+ */
+function removeLeftover(file: string, files: Files, log: Logger): void {
+  try {
+    files.remove(file);
+  } catch (error) {
+    log.warn(`Cannot remove "${file}": ${errorText(error)}; remove it by hand`);
+  }
 }
 
 /**
@@ -4539,7 +5066,7 @@ async function renew(
   try {
     log.info(`Renewing OCSP response from ${plan.urls[0]}: ${plan.reason}`);
     // ocspbot 1.0 and the Python bot left answers here; HAProxy's `crt <dir>` chokes on them.
-    files.remove(`${target.responsePath}.new`);
+    removeLeftover(`${target.responsePath}.new`, files, log);
     const fetched = await fetchWithRetries(target, plan.urls, context, log);
     const { report } = fetched;
     const revocation = report.verified && report.status === "revoked"
@@ -4572,7 +5099,7 @@ async function renew(
       return { ...outcome, attempt, action: "unchanged" };
     }
     const backup = await installResponse(target, fetched.bytes, context, log);
-    files.remove(rejectedPath(target.responsePath));
+    removeLeftover(rejectedPath(target.responsePath), files, log);
     // Just written, so no stamp yet: the next run reads it once more.
     const entries = [fileEntry("", fetchedHash), ...inputs];
     state.setVerified(target.responsePath, recordOf(report, cert, entries));
@@ -4738,8 +5265,11 @@ async function pushToHaproxy(
     }
     const streaming = new TextDecoder();
     const buffer = new Uint8Array(4096);
-    for (let read; (read = await connection.read(buffer)) !== null;) {
+    // Its real answers are one line; a socket that floods must not fill the memory.
+    for (let read, received = 0; (read = await connection.read(buffer)) !== null;) {
       answer += streaming.decode(buffer.subarray(0, read), { stream: true });
+      received += read;
+      if (received > SIZE_CAPS["HAProxy answer"]) break;
     }
     answer += streaming.decode();
     connection.close();
@@ -4756,7 +5286,9 @@ async function pushToHaproxy(
   }
   if (!/^OCSP Response updated/m.test(answer)) {
     throw new Error(
-      `HAProxy (socket "${socket}") refused the new response: ${answer.trim() || "no answer"}`,
+      `HAProxy (socket "${socket}") refused the new response: ${
+        answer.length > 200 ? `${answer.slice(0, 200).trim()}…` : answer.trim() || "no answer"
+      }`,
     );
   }
 }
@@ -4853,14 +5385,19 @@ export async function runPool<T, R>(
   return { results, notStarted: items.length - next };
 }
 
-/** Test seam: `OCSPBOT_FAKE_NOW` (an ISO time) replaces the clock. */
-function currentTime(): Date {
-  let fake: string | undefined;
+/** `OCSPBOT_FAKE_NOW`, the test harnesses' clock, when it is set. */
+function fakeClock(): string | undefined {
   try {
-    fake = Deno.env.get("OCSPBOT_FAKE_NOW");
+    return Deno.env.get("OCSPBOT_FAKE_NOW") || undefined;
   } catch {
     // Without --allow-env there is no fake clock to read.
+    return undefined;
   }
+}
+
+/** Test seam: `OCSPBOT_FAKE_NOW` (an ISO time) replaces the clock. */
+function currentTime(): Date {
+  const fake = fakeClock();
   if (!fake) return new Date();
   const now = new Date(fake);
   if (Number.isNaN(now.getTime())) {
@@ -4894,7 +5431,7 @@ async function runChecks(targets: Target[], context: RunContext): Promise<RunRep
     () => context.stop.aborted,
   );
   if (context.stop.aborted) throw new Interrupted(context.stop);
-  const { line, status } = checkSummary(results, now, config.policy);
+  const { line, status } = checkSummary(results, now, config.policy, config.problems);
   log.result(line);
   const count = (health: Health) => results.filter((o) => o.health === health).length;
   const totals = {
@@ -4962,7 +5499,29 @@ async function runRenewals(targets: Target[], context: RunContext): Promise<RunR
     return { status: EXIT.failure, outcomes: results, totals };
   }
   log.info(summaryLine(summary));
-  return { status: exitStatus(summary), outcomes: results, totals };
+  // What was left out of the config failed as surely as a certificate that did.
+  const status = config.problems.length > 0 ? EXIT.failure : exitStatus(summary);
+  return { status, outcomes: results, totals };
+}
+
+/**
+ * The lines of the metrics file as the last run wrote them, only if it is
+ * ocspbot's own: another user's file, or a link to one, would have root copy
+ * its lines into a file everybody may read.
+ */
+function previousMetrics(file: string, files: Files, log: Logger): string[] {
+  try {
+    const read = files.read(file, "metrics", "trusted");
+    if (read.ours) return decoder.decode(read.bytes).split("\n");
+    log.warn(
+      `metrics_file "${file}" is owned by uid ${read.info.uid}, writable by others or a second name of another file: its lines are not carried over, and it is replaced`,
+    );
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) {
+      log.warn(`metrics_file: ${errorText(error)}: its lines are not carried over`);
+    }
+  }
+  return [];
 }
 
 /**
@@ -4980,7 +5539,7 @@ async function writeMetrics(
   const { now, log, files } = context;
   try {
     const other = mode === "run" ? 'mode="check"' : 'mode="run"';
-    const previous = files.entry(file) ? Deno.readTextFileSync(file).split("\n") : [];
+    const previous = files.entry(file) ? previousMetrics(file, files, log) : [];
     const otherRuns = previous.filter((line) =>
       line.startsWith("ocspbot_run_") && line.includes(other)
     );
@@ -5123,11 +5682,17 @@ async function run(args: string[], output: Output): Promise<number> {
   const { mode, format } = invocation;
   const options = { quiet: invocation.quiet, format };
   const warnings: string[] = [];
+  if (fakeClock()) {
+    // Left in root's environment, it would move every production run's clock unseen.
+    warnings.push(
+      `OCSPBOT_FAKE_NOW is set: this run's clock says ${now.toISOString()}, not the real time; unset it outside tests`,
+    );
+  }
   const files = new Files();
   let config: Config;
   let log: Logger;
   try {
-    config = loadConfig(invocation.configPath, warnings, await loadYamlReader());
+    config = loadConfig(invocation.configPath, warnings, await loadYamlReader(), files);
     log = mode === "check"
       ? Logger.console(output, options)
       : Logger.open(output, config, now, options, warnings, files);
@@ -5153,7 +5718,8 @@ async function run(args: string[], output: Output): Promise<number> {
     }
     for (const warning of warnings.splice(0)) log.warn(warning);
     const state = State.load(config.stateFile, log, files);
-    let targets = selectTargets(discoverTargets(config, files, state), invocation.only);
+    let targets = selectTargets(discoverTargets(config, state), invocation.only);
+    for (const problem of config.problems) log.error(problem);
     if (invocation.renewed.length > 0) targets = renewedTargets(targets, invocation.renewed);
     if (targets.length === 0) log.warn("No certificates found in the configuration");
     const context: RunContext = {

@@ -106,6 +106,11 @@ function fakeNow(offsetMs: number): Record<string, string> {
   return { OCSPBOT_FAKE_NOW: new Date(Date.now() + offsetMs).toISOString() };
 }
 
+/** stderr without the warning every run on a fake clock starts with. */
+function withoutFakeClock(stderr: string): string {
+  return stderr.replace(/^WARNING: OCSPBOT_FAKE_NOW is set: .*\n/m, "");
+}
+
 /**
  * A fake clock for runs that talk to the responder: the real time plus
  * `offsetMs`, in whole seconds (as file names show it). The responder signs
@@ -1974,11 +1979,11 @@ Deno.test("an include writes only inside ocsp_folder; the main config anywhere",
       ],
     ];
     for (const [name, include, message] of cases) {
-      await t.step(`${name}: 253, naming the include and the key`, async () => {
+      await t.step(`${name}: 255, naming the include and the key`, async () => {
         await Deno.writeTextFile(path.join(includeDir, "team.yaml"), include);
         const run = await runMain(site);
-        assertEquals(run.code, 253, run.stdout + run.stderr);
-        assertMatch(run.stderr, /^ERROR: Config "conf\.d\/team\.yaml": /m);
+        assertEquals(run.code, 255, run.stdout + run.stderr);
+        assertMatch(run.stderr, /^ERROR: ".*" of include "conf\.d\/team\.yaml" is left out, /m);
         assertMatch(run.stderr, message);
         assertEquals(await Deno.readTextFile(appConf), "setting = precious\n");
       });
@@ -2139,13 +2144,6 @@ Deno.test("config errors end with the documented exit status", async (t) => {
         /"domains\.a\.cert" names "certs\/none\.pem"/,
       ],
       [
-        "an ocsp path that is a folder",
-        "ocsp_folder: responses\n" + domain("a.der"),
-        [],
-        253,
-        /exists but is not a file/,
-      ],
-      [
         "a scan folder that does not exist",
         "minimum_validity: 1d\nscan_keys:\n  - folder: typo\n",
         [],
@@ -2156,8 +2154,9 @@ Deno.test("config errors end with the documented exit status", async (t) => {
         "a log that cannot be opened",
         "minimum_validity: 1d\noutput_log: certs/a.pem/x.log\n",
         [],
-        254,
-        /Cannot open output_log/,
+        // Its lines go to the console; the run goes on, and "nothing renewed" cannot hide it.
+        255,
+        /^ERROR: Cannot open output_log "certs\/a\.pem\/x\.log" .*; its lines go to stdout instead/m,
       ],
       [
         "a log name with an unknown placeholder",
@@ -2986,7 +2985,7 @@ Deno.test("a pre-signing responder's same answer is quiet until the stored respo
     const site = await makeSite(ca, ["a.test"]);
     assertEquals((await runMain(site)).code, 1);
     const early = await runMain(site, ["-q"], fakeNow(19 * HOUR));
-    assertEquals([early.code, early.stdout, early.stderr], [0, "", ""]);
+    assertEquals([early.code, early.stdout, withoutFakeClock(early.stderr)], [0, "", ""]);
     const told = await runMain(site, [], fakeNow(19 * HOUR));
     assertMatch(
       told.stdout,
