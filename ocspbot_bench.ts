@@ -20,8 +20,10 @@
  *   bot and its floor, testdata/bench_floor.ts (Deno start, read the state,
  *   stat each distinct file once, compare stamps), both with the Install
  *   section's flags; `--with-all` adds the bot with `-A`, which skips Deno's
- *   permission checks, and `--with-default-heap` the bot without the V8
- *   flag. Ratios are medians of the rounds' own ratios.
+ *   permission checks, `--with-default-heap` the bot without the V8 flag,
+ *   and `--baseline FILE` another ocspbot.ts (a worktree of an older
+ *   commit, say) with the same flags. Ratios are medians of the rounds' own
+ *   ratios.
  *
  * Wall time, openssl processes per certificate (counted by a wrapper given
  * as openssl_executable) and peak memory (GNU time's maximum RSS).
@@ -44,12 +46,25 @@ const README_FLAGS = [
   "--allow-env",
   "--v8-flags=--max-semi-space-size=1",
 ];
-/** Other ways to run the bot that `--with-all` and `--with-default-heap` add to each round. */
-const VARIANTS = {
-  "with -A": ["-A", "--v8-flags=--max-semi-space-size=1"],
-  "without the V8 flag": README_FLAGS.filter((flag) => !flag.startsWith("--v8-flags")),
+/**
+ * Another way to run the bot, added to each round: `--with-all`,
+ * `--with-default-heap`, or `--baseline FILE` (another ocspbot.ts, such as a
+ * worktree of an older commit, with the Install flags).
+ */
+interface Variant {
+  name: string;
+  flags: string[];
+  script: string;
+}
+
+const VARIANTS: Record<string, Variant> = {
+  "with-all": { name: "with -A", flags: ["-A", "--v8-flags=--max-semi-space-size=1"], script: BOT },
+  "with-default-heap": {
+    name: "without the V8 flag",
+    flags: README_FLAGS.filter((flag) => !flag.startsWith("--v8-flags")),
+    script: BOT,
+  },
 };
-type Variant = keyof typeof VARIANTS;
 const THREADS = [1, 8];
 
 interface Measurement {
@@ -343,8 +358,8 @@ async function buildLayout(
 interface Round {
   bot: Measurement;
   floor: Measurement;
-  /** The bot run in each of the variants asked for. */
-  variants: Partial<Record<Variant, Measurement>>;
+  /** The bot run in each of the variants asked for, by name. */
+  variants: Record<string, Measurement>;
 }
 
 interface LayoutRow {
@@ -401,7 +416,12 @@ async function benchLayouts(
         const floor = await measureBot(site, countCalls, README_FLAGS, FLOOR, floorArgs);
         const measured: Round["variants"] = {};
         for (const variant of variants) {
-          measured[variant] = await measureBot(site, countCalls, VARIANTS[variant]);
+          measured[variant.name] = await measureBot(
+            site,
+            countCalls,
+            variant.flags,
+            variant.script,
+          );
         }
         rows[i].rounds.push({ bot, floor, variants: measured });
         walls.push(
@@ -459,8 +479,8 @@ function layoutTable(rows: LayoutRow[]): string {
     const checks = [
       exits((round) => round.bot) && `bot exit ${exits((round) => round.bot)}`,
       exits((round) => round.floor) && `floor exit ${exits((round) => round.floor)}`,
-      ...Object.keys(VARIANTS).map((variant) => {
-        const codes = exits((round) => round.variants[variant as Variant]);
+      ...Object.keys(rounds[0]?.variants ?? {}).map((variant) => {
+        const codes = exits((round) => round.variants[variant]);
         return codes && `${variant}: exit ${codes}`;
       }),
       calls > 0 && `${calls} openssl calls`,
@@ -478,7 +498,7 @@ function layoutTable(rows: LayoutRow[]): string {
     } | ${hashed.wallSeconds.toFixed(2)} | ${checks} |`;
   });
   const variants = rows.flatMap(({ certificates, layout, rounds }) =>
-    (Object.keys(VARIANTS) as Variant[])
+    Object.keys(rounds[0]?.variants ?? {})
       .filter((variant) => rounds.every((round) => round.variants[variant]))
       .map((variant) => {
         const of = (pick: (round: Round) => number) => median(rounds.map(pick));
@@ -535,6 +555,7 @@ if (import.meta.main) {
       rounds: { type: "string", default: "7" },
       "with-all": { type: "boolean", default: false },
       "with-default-heap": { type: "boolean", default: false },
+      baseline: { type: "string" },
     },
   });
   const numbers = (text: string) => text.split(",").filter(Boolean).map(Number);
@@ -544,8 +565,11 @@ if (import.meta.main) {
   const rounds = Number(values.rounds);
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error("--rounds takes a whole number");
   const variants = [
-    ...(values["with-all"] ? ["with -A" as const] : []),
-    ...(values["with-default-heap"] ? ["without the V8 flag" as const] : []),
+    ...(values["with-all"] ? [VARIANTS["with-all"]] : []),
+    ...(values["with-default-heap"] ? [VARIANTS["with-default-heap"]] : []),
+    ...(values.baseline
+      ? [{ name: `baseline ${values.baseline}`, flags: README_FLAGS, script: values.baseline }]
+      : []),
   ];
   const firstRuns: FirstRunRow[] = [];
   for (const size of numbers(values.sizes)) {
