@@ -1626,17 +1626,12 @@ export function discoverTargets(config: Config, memo?: ScanMemo): Target[] {
       return [];
     }
   };
-  const reserved = reservedNames(config);
   const targets = [
     ...config.scanKeys.flatMap((entry) =>
       contained(entry, () => scanForTargets(entry, config, memo))
     ),
     ...config.domains.flatMap((entry) => contained(entry, () => [domainTarget(entry, config)])),
-  ].filter((target) => {
-    const refused = reserved(target.responsePath);
-    if (refused) config.problems.push(`Certificate "${target.id}" (${target.source}): ${refused}`);
-    return !refused;
-  });
+  ];
   const byId = new Map<string, Target>();
   const byResponse = new Map<string, Target>();
   // One scan entry alone cannot write one response twice without one id twice:
@@ -1668,22 +1663,21 @@ export function discoverTargets(config: Config, memo?: ScanMemo): Target[] {
  * Why a response path is one of the names ocspbot keeps for itself (the
  * state, its lock, the metrics, a temporary or rejected answer's name), or
  * undefined: an include naming the lock would replace it mid-run, and let a
- * second run in beside the first.
+ * second run in beside the first. Asked before a response is fetched, so
+ * that an hour with nothing due pays nothing for it.
  */
-function reservedNames(config: Config): (responsePath: string) => string | undefined {
+function reservedName(responsePath: string, config: Config): string | undefined {
   const own = new Map([
     [path.resolve(config.stateFile), "the state file"],
     [path.resolve(`${config.stateFile}.lock`), "the lock file"],
     ...(config.metricsFile ? [[path.resolve(config.metricsFile), "metrics_file"] as const] : []),
   ]);
-  return (responsePath) => {
-    const kept = own.get(responsePath) ??
-      (/^\..+\.(?:rejected|[0-9a-f]{16}\.tmp)$/.test(path.basename(responsePath))
-        ? "a name ocspbot gives temporary and rejected answers"
-        : undefined);
-    return kept &&
-      `its response "${responsePath}" would be ${kept}; ocspbot refuses it: choose another "ocsp" or "ocsp_mask"`;
-  };
+  const kept = own.get(path.resolve(responsePath)) ??
+    (/^\..+\.(?:rejected|[0-9a-f]{16}\.tmp)$/.test(path.basename(responsePath))
+      ? "a name ocspbot gives temporary and rejected answers"
+      : undefined);
+  return kept &&
+    `Its response "${responsePath}" would be ${kept}; ocspbot refuses it: choose another "ocsp" or "ocsp_mask"`;
 }
 
 /**
@@ -2437,7 +2431,7 @@ class State {
       if (covered(responsePath) || files.entry(responsePath)) lines.push(line);
     }
     const text = encoder.encode(lines.join("\n") + "\n");
-    const warnings = await files.write(this.file, text, MODES.private);
+    const warnings = await files.write(this.file, text, true);
     this.#changed = false;
     return warnings;
   }
@@ -3634,6 +3628,7 @@ class Files {
    */
   read(file: string, kind: FileKind, links: "any" | "trusted"): ReadFile {
     const fs = nodeFs();
+    if (links === "any") return this.#readAny(file, kind);
     let wanted = path.resolve(file);
     // Said before the walk: Deno will not let a walk enter /dev, /proc or /sys at all.
     if (!Deno.statSync(wanted).isFile) throw new Error(`"${file}" is not a regular file`);
@@ -3678,20 +3673,49 @@ class Files {
   }
 
   /**
+   * read() where any link may be followed: nothing is gained by walking
+   * the folders, since a link may lead anywhere anyway, so the name is
+   * opened as it is, without blocking, and only a regular file is read.
+   * Deno itself refuses to open devices other than /dev/null and the like.
+   */
+  #readAny(file: string, kind: FileKind): ReadFile {
+    const fs = nodeFs();
+    let fd: number;
+    try {
+      fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    } catch (error) {
+      if (errorCode(error) === "ENOENT") {
+        throw new Deno.errors.NotFound("No such file or directory");
+      }
+      throw error;
+    }
+    try {
+      const info = fs.fstatSync(fd);
+      if (!info.isFile()) throw new Error(`"${file}" is not a regular file`);
+      const bytes = readCapped(fd, info.size, kind, file);
+      return { bytes, info, ours: false };
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /**
    * Replaces `file` with `bytes` by one rename, so a reader sees the old file
    * or the new one whole, never none or part of one. The bytes go to a hidden
    * temporary file beside it (HAProxy's `crt <dir>` skips names starting with
    * a dot) with a name nobody can guess, created only if no such name exists,
    * so a link planted there is never followed; they are synced to disk,
    * checked by size, and take the old file's owner, group and read/write
-   * bits, or `mode` for a new file. A trusted link at the name is followed,
-   * so that "symlinks stay links" (a server pointed at a shared file);
-   * another user's link, a FIFO, a socket or a device there is replaced, not
-   * followed or opened; a folder there fails this write alone. Throws naming
+   * bits (a new file, or one that was also another file's name, gets 0644);
+   * `privateMode` gives the file 0600 whatever was there (the state). A
+   * trusted link at the name is followed, so that "symlinks stay links" (a
+   * server pointed at a shared file); another user's link, a FIFO, a socket
+   * or a device there is replaced, not followed or opened; a folder there
+   * fails this write alone. Throws naming
    * the folder and the cause, with the temporary file removed; returns
    * warnings: an owner or group that could not be kept, what was replaced.
    */
-  write(file: string, bytes: Uint8Array, mode: number = MODES.file): Promise<string[]> {
+  write(file: string, bytes: Uint8Array, privateMode = false): Promise<string[]> {
     const fs = nodeFs();
     const warnings: string[] = [];
     let wanted = path.resolve(file);
@@ -3715,11 +3739,15 @@ class Files {
             else if (!info.isFile) {
               replaced =
                 `"${shown}" is not a regular file (a FIFO, socket or device), owned by uid ${info.uid}`;
+            } else if ((info.nlink ?? 1) > 1) {
+              // A hard link: its attributes are another file's (a setuid program's, say).
+              replaced = `"${shown}" has ${info.nlink} hard links, so it is also another file`;
             } else existing = fs.lstatSync(name);
           } catch (error) {
             if (!(error instanceof Deno.errors.NotFound)) throw error;
           }
-          this.#replace(name, bytes, existing ? undefined : mode, existing, file, warnings);
+          const mode = privateMode ? MODES.private : existing ? undefined : MODES.file;
+          this.#replace(name, bytes, mode, existing, file, warnings);
           if (replaced) warnings.push(`${replaced}: replaced by the file itself`);
           return undefined;
         });
@@ -5064,6 +5092,8 @@ async function renew(
     state.setAttempt(target.responsePath, attempt);
   };
   try {
+    const refused = reservedName(target.responsePath, config);
+    if (refused) throw new Error(refused);
     log.info(`Renewing OCSP response from ${plan.urls[0]}: ${plan.reason}`);
     // ocspbot 1.0 and the Python bot left answers here; HAProxy's `crt <dir>` chokes on them.
     removeLeftover(`${target.responsePath}.new`, files, log);
