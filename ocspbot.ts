@@ -218,6 +218,21 @@ export interface ScanRecord {
    * stays as it is, so they are looked at again each run.
    */
   dangling?: string[];
+  /** What a run says of certificates left out for a missing chain or rootchain. */
+  skipped?: string[];
+}
+
+/**
+ * An `on_change` that failed after renewals: the server still staples the
+ * old responses, so every run runs it again, with these ids, until it
+ * succeeds, and --check warns meanwhile.
+ */
+export interface PendingChange {
+  ids: string[];
+  /** Seconds since 1970: when it first failed. */
+  since: number;
+  /** Why it failed last. */
+  message: string;
 }
 
 /** Where scans are remembered from one run to the next: the State. */
@@ -1401,6 +1416,11 @@ export class Mask {
     return name.slice(prefix.length, name.length - suffix.length);
   }
 
+  /** Whether it names `{domain}` at all. */
+  get hasDomain(): boolean {
+    return this.#parts.length > 1;
+  }
+
   fill(domain: string): string {
     return this.#parts.length === 2
       ? this.#parts[0] + domain + this.#parts[1]
@@ -1443,8 +1463,13 @@ function pathOf(dir: string, mask: Mask | undefined) {
   };
 }
 
-/** `path.join` for a normalized folder, without its cost when `name` is plain. */
+/**
+ * `os.path.join(dir, name)` as the Python bot has it, for a normalized
+ * folder: an absolute name stands as it is (one root bundle for every
+ * certificate of a private CA), and a plain one costs no path.join().
+ */
 function inFolder(dir: string, name: string): string {
+  if (path.isAbsolute(name)) return path.normalize(name);
   if (name.includes("/")) return path.join(dir, name);
   return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
 }
@@ -1455,7 +1480,12 @@ function inFolder(dir: string, name: string): string {
  * `{domain}` in its first folder, as certbot's `{domain}/cert.pem`, takes
  * the domain from a subfolder's name; links are followed.
  */
-function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undefined): Target[] {
+function scanForTargets(
+  entry: ScanEntry,
+  config: Config,
+  memo: ScanMemo | undefined,
+  warnings: string[],
+): Target[] {
   const { ocspFolder } = config;
   const settings = certificateSettings(entry, config);
   const source = `scan_keys folder "${entry.folder}" of config "${entry.file}"`;
@@ -1478,7 +1508,13 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
   const folderMask = slash < 0 ? undefined : new Mask(entry.certMask.slice(0, slash));
   const masks = [entry.certMask, entry.chainMask ?? "", entry.rootchainMask ?? ""].join("\n");
   const exists = (dir: string, files: Set<string>, name: string) =>
-    name.includes("/") ? isFile(path.join(dir, name)) : files.has(name);
+    name.includes("/") ? isFile(inFolder(dir, name)) : files.has(name);
+  // A file outside the folder can appear while the folder stays as it is.
+  const outside = [entry.chainMask, entry.rootchainMask].some((mask) =>
+    mask !== undefined && path.isAbsolute(mask)
+  );
+  // With the Python bot's masks, "a-chain.pem" matches "{domain}.pem" too: no certificate.
+  const companions = [chainMask, rootchainMask].filter((mask) => mask?.hasDomain);
   /**
    * The domains of the certificates in `dir`, in file name order, and its
    * subfolders. While the folder's stamp stays as the state recorded it, no
@@ -1487,10 +1523,12 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
    * for `{domain}/` masks (what decides is inside the subfolders). A
    * certificate's files are still stat'ed each run, by inspect().
    */
-  const scanFolder = (dir: string): { domains: string[]; folders: string[] } => {
+  const scanFolder = (
+    dir: string,
+  ): { domains: string[]; folders: string[]; skipped?: string[] } => {
     let stamp = "";
     try {
-      stamp = folderMask ? "" : fileStamp(Deno.statSync(dir), Date.now());
+      stamp = folderMask || outside ? "" : fileStamp(Deno.statSync(dir), Date.now());
     } catch {
       // Listing it says what is wrong.
     }
@@ -1512,20 +1550,34 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
     }
     const { files, folders, dangling } = listed;
     const found: [cert: string, domain: string][] = [];
+    const skipped: string[] = [];
     for (const name of folderMask ? folders : files) {
       const domain = (folderMask ?? certMask).match(name);
       if (domain === undefined) continue;
       const cert = certMask.fill(domain);
-      const chain = chainMask?.fill(domain);
-      const rootchain = rootchainMask?.fill(domain);
       if (folderMask && !exists(dir, files, cert)) continue;
-      if (chain && !exists(dir, files, chain)) continue;
-      if (rootchain && !exists(dir, files, rootchain)) continue;
+      const missing = ([[chainMask, "chain"], [rootchainMask, "rootchain"]] as const)
+        .find(([mask]) => mask && !exists(dir, files, mask.fill(domain)));
+      if (missing) {
+        if (!companions.some((mask) => mask!.match(name) !== undefined)) {
+          const [mask, what] = missing;
+          skipped.push(
+            `Certificate "${inFolder(dir, cert)}" (${source}) is skipped: its ${what} "${
+              inFolder(dir, mask!.fill(domain))
+            }" does not exist; add it, or fix "${what}_mask"`,
+          );
+        }
+        continue;
+      }
       found.push([cert, domain]);
     }
     // In file name order, so that runs go the same way every time.
     found.sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
-    const scan = { domains: found.map(([, domain]) => domain), folders };
+    const scan = {
+      domains: found.map(([, domain]) => domain),
+      folders,
+      ...(skipped.length ? { skipped } : {}),
+    };
     if (stamp) {
       memo?.setScanned(dir, masks, { stamp, ...scan, ...(dangling.length ? { dangling } : {}) });
     }
@@ -1536,7 +1588,9 @@ function scanForTargets(entry: ScanEntry, config: Config, memo: ScanMemo | undef
     const dir = path.join(root, relative);
     ownerMayRead(dir, entry);
     const responseDir = path.resolve(ocspFolder, relative);
-    const { domains, folders } = scanFolder(dir);
+    const { domains, folders, skipped } = scanFolder(dir);
+    // The Python bot skipped them in silence, and a run said "Success" over fewer certificates.
+    if (skipped) warnings.push(...skipped);
     // What the certificates of one folder share. Each keeps only its domain
     // and makes its paths when asked: 100,000 of them then cost little memory.
     const shared = Object.create(null, {
@@ -1611,7 +1665,11 @@ function domainTarget(entry: DomainEntry, config: Config): Target {
  * Every certificate of the config: scanned ones first, then `domains`.
  * Two targets with one id, or one response file, are a config error.
  */
-export function discoverTargets(config: Config, memo?: ScanMemo): Target[] {
+export function discoverTargets(
+  config: Config,
+  memo?: ScanMemo,
+  warnings: string[] = [],
+): Target[] {
   // An include's entry that cannot be used fails its own certificates, not the run.
   const contained = (entry: EntryOrigin, find: () => Target[]) => {
     if (!entry.fromInclude) return find();
@@ -1628,7 +1686,7 @@ export function discoverTargets(config: Config, memo?: ScanMemo): Target[] {
   };
   const targets = [
     ...config.scanKeys.flatMap((entry) =>
-      contained(entry, () => scanForTargets(entry, config, memo))
+      contained(entry, () => scanForTargets(entry, config, memo, warnings))
     ),
     ...config.domains.flatMap((entry) => contained(entry, () => [domainTarget(entry, config)])),
   ];
@@ -2274,11 +2332,15 @@ class State {
   /** The state's folder, ending in "/": keys are relative to it. */
   readonly #folder: string;
 
+  #pendingChange?: PendingChange;
+
   private constructor(
     readonly file: string,
     private readonly records: Map<string, string | StateRecord>,
     private readonly scans: Map<string, ScanRecord> = new Map(),
+    pendingChange?: PendingChange,
   ) {
+    this.#pendingChange = pendingChange;
     // Resolved once: path.resolve() asks the process for its cwd every time.
     this.#folder = path.dirname(path.resolve(file)) + "/";
   }
@@ -2338,7 +2400,16 @@ class State {
       if (tab > 0) records.set(line.slice(0, tab), line);
       start = end < 0 ? text.length : end + 1;
     }
-    return new State(file, records, new Map(Object.entries(header.scans ?? {})));
+    const pending = header.pendingChange;
+    const valid = Array.isArray(pending?.ids) &&
+      pending.ids.every((id: unknown) => typeof id === "string") &&
+      typeof pending.since === "number" && typeof pending.message === "string";
+    return new State(
+      file,
+      records,
+      new Map(Object.entries(header.scans ?? {})),
+      valid ? pending : undefined,
+    );
   }
 
   /**
@@ -2402,6 +2473,17 @@ class State {
     }
   }
 
+  /** The on_change that failed and waits to be run again, if one does. */
+  get pendingChange(): PendingChange | undefined {
+    return this.#pendingChange;
+  }
+
+  set pendingChange(pending: PendingChange | undefined) {
+    if (pending === undefined && this.#pendingChange === undefined) return;
+    this.#pendingChange = pending;
+    this.#changed = true;
+  }
+
   setAttempt(responsePath: string, attempt: Attempt): void {
     const key = this.#key(responsePath);
     this.records.set(key, { ...this.#record(key), attempt });
@@ -2421,6 +2503,7 @@ class State {
         ocspbot: "state",
         version: STATE_VERSION,
         scans: Object.fromEntries(this.scans),
+        ...(this.#pendingChange ? { pendingChange: this.#pendingChange } : {}),
       }),
     ];
     for (const [key, record] of this.records) {
@@ -2586,7 +2669,7 @@ export function planTarget(
   facts: Pick<Facts, "cert" | "stored" | "urls">,
   policy: RenewalPolicy,
   now: Date,
-  options: { forced?: boolean } = {},
+  options: { forced?: boolean; lastAttempt?: Attempt } = {},
 ): Plan {
   const { cert, stored, urls } = facts;
   if (now.getTime() >= cert.notAfter.getTime()) {
@@ -2614,6 +2697,19 @@ export function planTarget(
   }
   if (options.forced) return { kind: "renew", urls, reason: "renewal forced (--force)" };
   const decision = planRenewal(policy, cert, stored, now);
+  const { lastAttempt } = options;
+  if (!decision.due && lastAttempt?.outcome === "failed") {
+    // A one-off failure (a --force while the responder was down) would else
+    // keep --check warning until the renewal time, days later.
+    return {
+      kind: "renew",
+      urls,
+      reason: `the last attempt (${
+        formatTime(new Date(lastAttempt.time * 1000))
+      }) failed; trying again`,
+      renewAt: decision.renewAt,
+    };
+  }
   return decision.due
     ? { kind: "renew", urls, reason: decision.reason, renewAt: decision.renewAt }
     : { kind: "fresh", reason: decision.reason, renewAt: decision.renewAt! };
@@ -3116,18 +3212,30 @@ async function fetchWithRetries(
   context: RunContext,
   log: Logger,
 ): Promise<{ report: ResponseReport; bytes: Uint8Array; url: string }> {
-  const { config } = context;
+  const { config, silentResponders } = context;
   const attempts = config.retries + 1;
   let unverified: { report: ResponseReport; bytes: Uint8Array; url: string } | undefined;
   let lastProblem = "";
-  for (let round = 1; round <= attempts; round++) {
+  const answered = new Set<string>();
+  const silent = new Map<string, string>();
+  const asked = urls.filter((url) => !silentResponders.has(url));
+  if (asked.length === 0) {
+    const why = silentResponders.get(urls[0]);
+    throw new Error(
+      `No usable response from ${
+        urls.join(", ")
+      }: it gave no answer earlier in this run (${why}); not asked again until the next run`,
+    );
+  }
+  for (let round = 1, settled = false; round <= attempts && !settled; round++) {
     if (round > 1) {
       await pause(Math.min(2 ** (round - 2), config.timeoutSeconds) * 1000, context.stop);
     }
-    const queue = [...urls];
+    const queue = [...asked];
     for (let hops = 0, url; (url = queue.shift()) !== undefined;) {
       try {
         const answer = { ...await fetchResponse(target, normalizedUrl(url), context), url };
+        answered.add(url);
         const { report } = answer;
         if (report.verified && report.status) return answer;
         if (report.responderError && DEFINITIVE_ERROR_STATUSES.includes(report.responderError)) {
@@ -3137,8 +3245,11 @@ async function fetchWithRetries(
         lastProblem = report.responderError
           ? report.problem!
           : `answer does not verify: ${report.problem}`;
+        // Asking again cannot change what the local files say of the signer's chain.
+        if (!report.responderError && unanchored(report)) settled = true;
       } catch (error) {
         if (error instanceof Redirected) {
+          answered.add(url);
           const next = await redirectTarget(url, target, context);
           if (next.url && hops++ < MAX_REDIRECTS) {
             log.info(
@@ -3152,15 +3263,27 @@ async function fetchWithRetries(
           }`;
         } else if (error instanceof NoResponse || error instanceof OpensslTimeout) {
           lastProblem = errorText(error);
+          silent.set(url, lastProblem);
         } else throw error;
       }
       log.warn(`Attempt ${round} of ${attempts} at ${url} failed: ${lastProblem}`);
     }
   }
+  for (const [url, why] of silent) if (!answered.has(url)) silentResponders.set(url, why);
   if (unverified) return unverified;
   throw new Error(
     `No usable response from ${urls.join(", ")} after ${attempts} attempts: ${lastProblem}`,
   );
+}
+
+/**
+ * Whether an answer failed verification because the signer's chain does not
+ * reach the rootchain (or the trust store): a fact of the local files, which
+ * another attempt cannot change.
+ */
+function unanchored(report: ResponseReport): boolean {
+  return /unable to get (?:local )?issuer certificate|self[- ]signed certificate in certificate chain/
+    .test(report.problem ?? "");
 }
 
 /**
@@ -4286,6 +4409,7 @@ export function checkSummary(
   now: Date,
   policy: RenewalPolicy = {},
   problems: readonly string[] = [],
+  pendingChange?: PendingChange,
 ): { line: string; status: number } {
   if (outcomes.length === 0 && problems.length === 0) {
     // A config whose certificates all vanished checks nothing: that is no OK.
@@ -4308,6 +4432,13 @@ export function checkSummary(
   }
   if (critical.length > 0) {
     parts.push(`${critical.length} of ${checked.length} critical${named(critical)}`);
+  }
+  if (pendingChange) {
+    parts.push(
+      `on_change failing since ${formatTime(new Date(pendingChange.since * 1000))}${
+        named(pendingChange.ids)
+      }: ${pendingChange.message}`,
+    );
   }
   if (failing.length > 0) {
     parts.push(`${failing.length} of ${checked.length} renewals failing${named(failing)}`);
@@ -4337,7 +4468,7 @@ export function checkSummary(
   if (skipped > 0) parts.push(`${skipped} skipped (no OCSP URL)`);
   const [label, status] = critical.length + servedCritical.length + problems.length > 0
     ? ["CRITICAL", NAGIOS.critical]
-    : failing.length + due.length + servedWarning.length > 0
+    : failing.length + due.length + servedWarning.length + (pendingChange ? 1 : 0) > 0
     ? ["WARNING", NAGIOS.warning]
     : ["OK", NAGIOS.ok];
   const perfdata: string[] = [];
@@ -4841,6 +4972,13 @@ interface RunContext {
   forced: boolean;
   /** A report of every certificate is asked for (--json, metrics_file): keep each outcome. */
   keepOutcomes: boolean;
+  /**
+   * Responder URLs that gave no answer at all to a certificate's every
+   * attempt in this run, with why: the others they serve are not made to
+   * wait out the timeout again (OpenSSL 3.0 reports even a refused
+   * connection only when the timeout ends).
+   */
+  silentResponders: Map<string, string>;
 }
 
 /**
@@ -5043,7 +5181,10 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
   let outcome = describe(target, attempt);
   try {
     const facts = await inspect(target, context);
-    const plan = planTarget(facts, context.config.policy, context.now, context);
+    const plan = planTarget(facts, context.config.policy, context.now, {
+      forced: context.forced,
+      lastAttempt: attempt,
+    });
     outcome = describe(target, attempt, facts, facts.stored, plan.renewAt);
     switch (plan.kind) {
       case "skip":
@@ -5461,7 +5602,13 @@ async function runChecks(targets: Target[], context: RunContext): Promise<RunRep
     () => context.stop.aborted,
   );
   if (context.stop.aborted) throw new Interrupted(context.stop);
-  const { line, status } = checkSummary(results, now, config.policy, config.problems);
+  const { line, status } = checkSummary(
+    results,
+    now,
+    config.policy,
+    config.problems,
+    context.state.pendingChange,
+  );
   log.result(line);
   const count = (health: Health) => results.filter((o) => o.health === health).length;
   const totals = {
@@ -5494,6 +5641,8 @@ async function runRenewals(targets: Target[], context: RunContext): Promise<RunR
     (outcome) => context.keepOutcomes || outcome.action === "renewed",
   );
   summary.notProcessed = notStarted;
+  const renewed = results.filter((o) => o.action === "renewed").map((o) => o.id);
+  await announceChanges(renewed, summary, context);
   try {
     let covered: Set<string> | undefined;
     const warnings = await context.state.save(
@@ -5504,18 +5653,6 @@ async function runRenewals(targets: Target[], context: RunContext): Promise<RunR
   } catch (error) {
     log.warn(`${errorText(error)}; the next run verifies every response again`);
   }
-  const renewed = results.filter((o) => o.action === "renewed").map((o) => o.id);
-  if (config.onChange && renewed.length > 0 && !stop.aborted) {
-    try {
-      await runOnChange(config.onChange, renewed, config.timeoutSeconds, stop);
-      log.info(`Ran on_change ${JSON.stringify(config.onChange)} for ${renewed.join(" ")}`);
-    } catch (error) {
-      if (!(error instanceof Interrupted)) {
-        log.error(`${errorText(error)}; the renewed responses stay in place`);
-        summary.onChangeFailed = true;
-      }
-    }
-  }
   const { unchanged, skipped, failed, notProcessed } = summary;
   const totals = { renewed: summary.renewed, unchanged, skipped, failed, notProcessed };
   if (stop.aborted) {
@@ -5523,7 +5660,7 @@ async function runRenewals(targets: Target[], context: RunContext): Promise<RunR
     const unfinished = targets.length - (summary.renewed + unchanged + skipped + failed);
     log.error(
       `Stopped by ${stop.reason}: ${renewed.length} renewed responses are in place${
-        renewed.length > 0 && config.onChange ? " (on_change was not run)" : ""
+        renewed.length > 0 && config.onChange ? " (on_change runs with the next run)" : ""
       }, ${unfinished} certificates were left as they were; state saved`,
     );
     return { status: EXIT.failure, outcomes: results, totals };
@@ -5552,6 +5689,57 @@ function previousMetrics(file: string, files: Files, log: Logger): string[] {
     }
   }
   return [];
+}
+
+/**
+ * Runs on_change for this run's renewals and for those whose on_change
+ * failed in an earlier run (the state remembers them), until it succeeds: a
+ * reload that failed once (a PATH without /usr/sbin under cron, a server
+ * briefly down) must not leave the server on the old staples for days.
+ */
+async function announceChanges(
+  renewed: string[],
+  summary: Summary,
+  context: RunContext,
+): Promise<void> {
+  const { config, log, state, stop, now } = context;
+  const pending = state.pendingChange;
+  if (!config.onChange) {
+    state.pendingChange = undefined;
+    return;
+  }
+  const ids = [...new Set([...(pending?.ids ?? []), ...renewed])];
+  if (ids.length === 0) return;
+  if (stop.aborted) {
+    const why = `the run was stopped by ${stop.reason} before on_change`;
+    state.pendingChange = { ids, since: pending?.since ?? epochSeconds(now), message: why };
+    return;
+  }
+  if (pending) {
+    log.info(
+      `Running on_change again for ${pending.ids.join(" ")}: it failed at ${
+        formatTime(new Date(pending.since * 1000))
+      } (${pending.message})`,
+    );
+  }
+  try {
+    await runOnChange(config.onChange, ids, config.timeoutSeconds, stop);
+    log.info(`Ran on_change ${JSON.stringify(config.onChange)} for ${ids.join(" ")}`);
+    state.pendingChange = undefined;
+  } catch (error) {
+    if (error instanceof Interrupted) return;
+    log.error(
+      `${
+        errorText(error)
+      }; the renewed responses stay in place, and every run runs on_change again until it succeeds`,
+    );
+    state.pendingChange = {
+      ids,
+      since: pending?.since ?? epochSeconds(now),
+      message: errorText(error),
+    };
+    summary.onChangeFailed = true;
+  }
 }
 
 /**
@@ -5748,7 +5936,8 @@ async function run(args: string[], output: Output): Promise<number> {
     }
     for (const warning of warnings.splice(0)) log.warn(warning);
     const state = State.load(config.stateFile, log, files);
-    let targets = selectTargets(discoverTargets(config, state), invocation.only);
+    let targets = selectTargets(discoverTargets(config, state, warnings), invocation.only);
+    for (const warning of warnings.splice(0)) log.warn(warning);
     for (const problem of config.problems) log.error(problem);
     if (invocation.renewed.length > 0) targets = renewedTargets(targets, invocation.renewed);
     if (targets.length === 0) log.warn("No certificates found in the configuration");
@@ -5763,6 +5952,7 @@ async function run(args: string[], output: Output): Promise<number> {
       // --check reports what is; forcing a renewal it will not make would skew that.
       forced: (invocation.force || invocation.renewed.length > 0) && mode === "run",
       keepOutcomes: format === "json" || config.metricsFile !== undefined,
+      silentResponders: new Map(),
     };
     const report = mode === "check"
       ? await runChecks(targets, context)

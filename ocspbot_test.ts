@@ -3478,3 +3478,152 @@ Deno.test("certificateInfo() sees the TLS Feature (must-staple) extension", asyn
     assertEquals(read(staple.cert).ocspUrls, [ca.url]);
   });
 });
+
+// ------------------------------------------------ the run over weeks --
+
+/** A TCP port on 127.0.0.1 that nothing listens on: a responder that is down. */
+function closedPort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}
+
+/** A `domains:` entry for the leaf `name` of makeSite(), its response `<name>.der`. */
+function domainEntry(name: string, extra = ""): string {
+  return `  ${name}:\n    cert: certs/${name}.pem\n    chain: certs/${name}-chain.pem\n` +
+    `    rootchain: certs/${name}-rootchain.pem\n    ocsp: ${name}.der\n${extra}`;
+}
+
+Deno.test("a private CA's root named once by an absolute rootchain_mask, as the Python bot reads it", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test", "b.test"]);
+    const root = path.join(ca.dir, "pki", "private-root.pem");
+    await writeWithFolders(root, await Deno.readTextFile(ca.rootchain));
+    for (const name of ["a.test", "b.test"]) {
+      await Deno.remove(path.join(site, "certs", `${name}-rootchain.pem`));
+    }
+    // os.path.join(dirpath, "/etc/…") is "/etc/…": the Python bot renews both.
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      BASE_CONFIG + `    rootchain_mask: ${root}\n`,
+    );
+    const run = await runMain(site);
+    assertEquals(run.code, 2, run.stdout + run.stderr);
+    assert(await exists(response(site, "a.test")));
+    assert(await exists(response(site, "b.test")));
+    // Nothing in the folder changes when the file outside does: it is looked at every run.
+    const again = await runMain(site);
+    assertEquals(again.code, 0, again.stdout + again.stderr);
+  });
+});
+
+Deno.test("a scanned certificate without its chain or rootchain is named in a warning, the status kept", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test", "b.test"]);
+    await Deno.remove(path.join(site, "certs", "b.test-rootchain.pem"));
+    for (let run = 1; run <= 2; run++) {
+      // The second run reads the folder from the state's memory: the warning stays.
+      const result = await runMain(site);
+      assertEquals(result.code, run === 1 ? 1 : 0, result.stdout + result.stderr);
+      assertMatch(
+        result.stderr,
+        /^WARNING: Certificate ".*\/certs\/b\.test\.pem" \(scan_keys folder "certs" of config "ocspbot\.yaml"\) is skipped: its rootchain ".*\/certs\/b\.test-rootchain\.pem" does not exist; add it, or fix "rootchain_mask"$/m,
+      );
+      // a.test-chain.pem and the like match "{domain}.pem" too, and are nobody's certificate.
+      assertEquals(result.stderr.match(/is skipped/g)?.length, 1, result.stderr);
+    }
+  });
+});
+
+Deno.test("a responder that is down costs one certificate's attempts per run, not every certificate's", async () => {
+  await withCa(async (ca) => {
+    const names = ["a.test", "b.test", "c.test", "d.test"];
+    const down = `    ocsp_responder_uri: http://127.0.0.1:${closedPort()}/\n`;
+    const site = await makeSite(
+      ca,
+      names,
+      "minimum_validity: 6h\nocsp_folder: responses\ntimeout: 2\nretries: 1\ndomains:\n" +
+        names.map((name) => domainEntry(name, down)).join(""),
+    );
+    const started = Date.now();
+    const run = await runMain(site);
+    const seconds = (Date.now() - started) / 1000;
+    assertEquals(run.code, 255, run.stdout + run.stderr);
+    // One certificate: two attempts of at most 2 s and a pause of 1 s. Four, before: 20 s.
+    assert(seconds < 12, `${seconds} s:\n${run.stderr}`);
+    assertEquals(run.stderr.match(/WARNING: Attempt \d of 2/g)?.length, 2, run.stderr);
+    assertEquals(
+      run.stderr.match(/it gave no answer earlier in this run .*; not asked again/g)?.length,
+      3,
+      run.stderr,
+    );
+  });
+});
+
+Deno.test("a rootchain that does not anchor the chain is not asked again and again", async () => {
+  await withCa(async (ca) => {
+    const other = await TestCa.create();
+    try {
+      const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 5\nretries: 2\n");
+      await Deno.copyFile(other.rootchain, path.join(site, "certs", "a.test-rootchain.pem"));
+      const run = await runMain(site);
+      assertEquals(run.code, 255, run.stdout + run.stderr);
+      assertMatch(run.stderr, /unable to get local issuer certificate/);
+      assertEquals(run.stderr.match(/WARNING: Attempt \d of 3/g)?.length, 1, run.stderr);
+    } finally {
+      await other.close();
+    }
+  });
+});
+
+Deno.test("an on_change that failed runs again with the next run until it succeeds; --check warns meanwhile", async () => {
+  await withCa(async (ca) => {
+    const ready = path.join(ca.dir, "server-up");
+    const reloads = path.join(ca.dir, "reloads.txt");
+    const hook = `on_change: [sh, -c, 'test -e ${ready} || { echo "server down" >&2; exit 1; }; ` +
+      `echo "$OCSPBOT_RENEWED" >> ${reloads}']\n`;
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + hook);
+    const failed = await runMain(site);
+    assertEquals(failed.code, 255, failed.stdout + failed.stderr);
+    assertMatch(failed.stderr, /every run runs on_change again until it succeeds/);
+    const waiting = await runMain(site, ["--check"]);
+    assertEquals(waiting.code, 1, waiting.stdout);
+    assertMatch(
+      waiting.stdout,
+      /^OCSP WARNING - .*on_change failing since .* \(a\.test\): .*server down/m,
+    );
+    const stillDown = await runMain(site);
+    assertEquals(stillDown.code, 255, stillDown.stdout + stillDown.stderr);
+    await Deno.writeTextFile(ready, "");
+    // Nothing is due: the run is for the reload that failed.
+    const retried = await runMain(site);
+    assertEquals(retried.code, 0, retried.stdout + retried.stderr);
+    assertMatch(retried.stdout, /Running on_change again for a\.test: it failed at /);
+    assertEquals(await Deno.readTextFile(reloads), "a.test\n");
+    const quiet = await runMain(site);
+    assertEquals(quiet.code, 0, quiet.stdout + quiet.stderr);
+    assertEquals(await Deno.readTextFile(reloads), "a.test\n", "ran again after it succeeded");
+    const check = await runMain(site, ["--check"]);
+    assertEquals(check.code, 0, check.stdout);
+  });
+});
+
+Deno.test("a one-off failure is tried again by the next run, and --check's warning clears", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 2\nretries: 0\n");
+    assertEquals((await runMain(site)).code, 1);
+    ca.mode = "http500";
+    const forced = await runMain(site, ["--force", "--only", "a.test"]);
+    assertEquals(forced.code, 255, forced.stdout + forced.stderr);
+    const failing = await runMain(site, ["--check"]);
+    assertEquals(failing.code, 1, failing.stdout);
+    assertMatch(failing.stdout, /renewals failing/);
+    ca.mode = "good";
+    const next = await runMain(site);
+    assertMatch(next.stdout, /the last attempt \(.*\) failed; trying again/);
+    assert(next.code === 0 || next.code === 1, next.stdout + next.stderr);
+    const cleared = await runMain(site, ["--check"]);
+    assertEquals(cleared.code, 0, cleared.stdout);
+  });
+});
