@@ -30,7 +30,7 @@
  * Config ─discoverTargets─▶ Target[]              domains, scan_keys      targets
  * Target ─inspect─▶ Facts        certificate, stored response, URLs;      run, reading
  *                                certificates, state and files; decides nothing
- * Facts ─planTarget(policy, now, forced)─▶ Plan   skip | fresh | renew    plan
+ * Facts ─planTarget(policy, now, forced)─▶ Plan   skip | fresh | renew    rules
  * Plan ─renew─▶ Outcome          fetch and verify (openssl), replace      run, openssl,
  *                                the file (files), remember (state)       files, state
  * Plan ─checkTarget─▶ Outcome + Health            --check: same Plan      run, reports
@@ -146,11 +146,17 @@ export interface ResponseReport {
   revocationTime?: Date;
   revocationReason?: string;
   /**
-   * When the earliest certificate the response carries ends: its delegated
-   * responder's, whose end makes TLS clients refuse the staple before its
-   * nextUpdate does.
+   * When the certificate that signed the response ends (its ResponderID
+   * names it among the certificates it carries: a delegated responder's),
+   * whose end makes TLS clients refuse the staple before its nextUpdate
+   * does. Other certificates it carries do not count.
    */
   signerNotAfter?: Date;
+  /**
+   * How many answers (SingleResponses) it holds for this certificate, and
+   * for others: HAProxy loads a response with exactly one.
+   */
+  answers?: { ours: number; others: number };
   verified: boolean;
   /** Why it did not verify or could not be read. */
   problem?: string;
@@ -194,6 +200,11 @@ export interface Attempt {
   failingSince?: number;
   revocationTime?: number;
   revocationReason?: string;
+  /**
+   * The thisUpdate of the latest revoked answer seen for the certificate:
+   * no answer signed before it is stapled afterwards (a stale cache's "good").
+   */
+  revokedSeen?: number;
 }
 
 /** What the state file keeps for one response path. */
@@ -291,6 +302,8 @@ export interface Outcome {
   status?: CertStatus;
   thisUpdate?: Date;
   nextUpdate?: Date;
+  /** When the stored response stops being usable (judgeTimes(): every end counted). */
+  endsAt?: Date;
   renewAt?: Date;
   health?: Health;
   /** The last request to a responder, as the state remembers it after this run. */
@@ -1985,15 +1998,34 @@ interface RequestInput {
  * certificate (answered `unknown`).
  */
 export function serialArgument(certificate: Uint8Array): string {
+  const bytes = certificateFields(certificate).serial;
+  let value = bytes.reduce((sum, byte) => sum * 256n + BigInt(byte), 0n);
+  if (bytes[0] & 0x80) value -= 1n << BigInt(8 * bytes.length);
+  return value < 0n ? `-0x${(-value).toString(16)}` : `0x${value.toString(16)}`;
+}
+
+/**
+ * What ocspbot reads of a certificate's DER itself: its serial's content
+ * octets, its subject Name as DER, and the SHA-1 of its public key's bits
+ * (what a ResponderID byKey holds, RFC 6960 4.2.1).
+ */
+function certificateFields(
+  certificate: Uint8Array,
+): { serial: Uint8Array; subject: Uint8Array; keyHash: string } {
   const [whole] = derElements(certificate);
   const [tbs] = derElements(certificate, whole.content, whole.end);
   const fields = derElements(certificate, tbs.content, tbs.end);
   // The version, [0], comes first unless it is the default, v1.
-  const serial = fields[fields[0].tag === 0xa0 ? 1 : 0];
-  const bytes = certificate.subarray(serial.content, serial.end);
-  let value = bytes.reduce((sum, byte) => sum * 256n + BigInt(byte), 0n);
-  if (bytes[0] & 0x80) value -= 1n << BigInt(8 * bytes.length);
-  return value < 0n ? `-0x${(-value).toString(16)}` : `0x${value.toString(16)}`;
+  const at = fields[0].tag === 0xa0 ? 1 : 0;
+  const [serial, subject, spki] = [fields[at], fields[at + 4], fields[at + 5]];
+  const [, bits] = derElements(certificate, spki.content, spki.end);
+  // The BIT STRING's first octet counts its unused bits.
+  const key = certificate.subarray(bits.content + 1, bits.end);
+  return {
+    serial: certificate.subarray(serial.content, serial.end),
+    subject: certificate.subarray(subject.start, subject.end),
+    keyHash: nodeCrypto().createHash("sha1").update(key).digest("hex"),
+  };
 }
 
 /**
@@ -2104,6 +2136,16 @@ async function requestInput(target: Target, context: RunContext): Promise<Reques
       }; no responder was asked`,
     );
   }
+  const issuer = candidates[index];
+  if (target.rootchainPath) {
+    const anchors = readBundle(target.rootchainPath, "rootchain", context.files).certificates;
+    if (anchoredIn(issuer.x509, [...chain, ...certificates, ...anchors], anchors) === false) {
+      // OpenSSL 3.0 trusts the -issuer certificate it is given; newer versions do not.
+      throw new Error(
+        `Rootchain "${target.rootchainPath}" does not anchor the issuer of "${target.certPath}" (issuer "${leaf.x509.issuer}"): none of its certificates issued it, or a certificate above it; put that CA's root (and intermediates) in the rootchain; no responder was asked`,
+      );
+    }
+  }
   const serial = serialArgument(leaf.x509.raw);
   const input: RequestInput = index === 0 && target.chainPath
     ? { issuerFile: target.chainPath, serial }
@@ -2187,15 +2229,19 @@ export function nextAttempt(
   previous: Attempt | undefined,
   outcome: AttemptOutcome,
   now: Date,
-  details: Pick<Attempt, "message" | "revocationTime" | "revocationReason"> = {},
+  details: Pick<Attempt, "message" | "revocationTime" | "revocationReason" | "revokedSeen"> = {},
 ): Attempt {
   const time = epochSeconds(now);
-  if (outcome === "renewed" || outcome === "same") return { time, outcome };
+  // A revocation once seen is remembered whatever comes after it.
+  const seen = Math.max(details.revokedSeen ?? -Infinity, previous?.revokedSeen ?? -Infinity);
+  const revokedSeen = Number.isFinite(seen) ? { revokedSeen: seen } : {};
+  if (outcome === "renewed" || outcome === "same") return { time, outcome, ...revokedSeen };
   const failing = previous?.outcome === "failed" || previous?.outcome === "revoked";
   return {
     time,
     outcome,
     ...details,
+    ...revokedSeen,
     failingSince: failing ? previous.failingSince ?? previous.time : time,
   };
 }
@@ -2229,9 +2275,12 @@ export function recallReport(
     mustStaple: record.mustStaple === true,
   };
   const signerNotAfter = record.signerNotAfter ? time(record.signerNotAfter) : undefined;
-  const end = responseExpiry({ thisUpdate, nextUpdate, signerNotAfter });
-  const times = [end, thisUpdate.getTime(), cert.notBefore.getTime(), cert.notAfter.getTime()];
-  if (times.some(Number.isNaN) || now.getTime() >= end) return undefined;
+  const times = [thisUpdate.getTime(), cert.notBefore.getTime(), cert.notAfter.getTime()];
+  if (
+    times.some(Number.isNaN) || judgeTimes({ thisUpdate, nextUpdate, signerNotAfter }, now).problem
+  ) {
+    return undefined;
+  }
   const report: ResponseReport = record.revoked
     ? {
       status: "revoked",
@@ -2520,7 +2569,11 @@ class State {
   }
 }
 
-// ----------------------------------------------------------------- plan --
+// ---------------------------------------------------------------- rules --
+// The policy, pure: when a response stops being usable (judgeTimes), which
+// answer of several counts, what replaces what (rejectFetched), and when a
+// certificate is renewed (planTarget). The run, --check, JSON, the metrics
+// and the probe read these; none computes a response's window itself.
 
 /** A time as a person reads it in a log: `2026-11-24 01:55:18 UTC`. */
 export function formatTime(time: Date): string {
@@ -2540,6 +2593,69 @@ export function responseExpiry(
   const expiry = report.nextUpdate?.getTime() ??
     report.thisUpdate!.getTime() + ASSUMED_LIFESPAN_MS;
   return Math.min(expiry, report.signerNotAfter?.getTime() ?? Infinity);
+}
+
+/**
+ * The one judgement of a response's times, for a fetched answer, a stored
+ * one and one a server staples alike: when it stops being usable (`end`:
+ * responseExpiry(), and the certificate's notAfter when it comes first),
+ * and why no client would accept it now (`problem`): no thisUpdate, a
+ * nextUpdate before its thisUpdate (OpenSSL: "nextupdate before
+ * thisupdate"; HAProxy ignores such a file), a thisUpdate ahead of this
+ * machine's clock by more than CLOCK_SKEW_MS, or an end already past.
+ */
+export function judgeTimes(
+  report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter">,
+  now: Date,
+  cert?: Pick<Validity, "notAfter">,
+): { end?: Date; problem?: string; outlives?: boolean } {
+  const { thisUpdate, nextUpdate } = report;
+  if (!thisUpdate) return { problem: "has no thisUpdate" };
+  if (nextUpdate && nextUpdate.getTime() < thisUpdate.getTime()) {
+    return {
+      problem: `has its nextUpdate (${formatTime(nextUpdate)}) before its thisUpdate (${
+        formatTime(thisUpdate)
+      }), which clients refuse`,
+    };
+  }
+  const own = responseExpiry(report);
+  const end = usableUntil(report, cert)!;
+  // A response that outlives its certificate: what counts is the certificate's end.
+  const outlives = cert !== undefined && cert.notAfter.getTime() <= own;
+  const ahead = thisUpdate.getTime() - now.getTime();
+  if (ahead > CLOCK_SKEW_MS) {
+    return {
+      end,
+      problem: `has a thisUpdate (${formatTime(thisUpdate)}) ${
+        Math.round(ahead / 60_000)
+      } min ahead of this machine's clock, in the future: check this machine's time (NTP), or the responder's`,
+    };
+  }
+  if (now.getTime() >= own) {
+    const why = report.nextUpdate
+      ? signerEndsFirst(report)
+      : `, ${lifespanRule()} after its thisUpdate, as it has no nextUpdate`;
+    return { end, outlives, problem: `expired at ${formatTime(new Date(own))}${why}` };
+  }
+  return { end, outlives };
+}
+
+/**
+ * When a response stops being usable for a certificate: its own end
+ * (responseExpiry()) or the certificate's notAfter, whichever comes first;
+ * undefined without a thisUpdate.
+ */
+export function usableUntil(
+  report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter">,
+  cert?: Pick<Validity, "notAfter">,
+): Date | undefined {
+  if (!report.thisUpdate) return undefined;
+  return new Date(Math.min(responseExpiry(report), cert?.notAfter.getTime() ?? Infinity));
+}
+
+/** The rule for a response without nextUpdate, in words: ASSUMED_LIFESPAN_MS. */
+function lifespanRule(): string {
+  return `${ASSUMED_LIFESPAN_MS / 3600_000} hours`;
 }
 
 /** The stretch a response is good for: its dates clipped to the certificate's. */
@@ -2583,7 +2699,9 @@ export function renewalTime(
 }
 
 /** `, but its responder's certificate ends at <time>`, when that comes first. */
-export function signerEndsFirst(report: ResponseReport): string {
+export function signerEndsFirst(
+  report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter">,
+): string {
   const { signerNotAfter } = report;
   if (!signerNotAfter || responseExpiry(report) !== signerNotAfter.getTime()) return "";
   return `, but its responder's certificate ends at ${formatTime(signerNotAfter)}`;
@@ -2623,13 +2741,10 @@ export function planRenewal(
     };
   }
   const expiredAt = new Date(responseExpiry(stored));
-  if (now.getTime() >= expiredAt.getTime()) {
+  const judged = judgeTimes(stored, now);
+  if (judged.problem) {
     // Whatever the policy computes: a certificate not yet valid can put its renewal time later.
-    return {
-      due: true,
-      renewAt: expiredAt,
-      reason: `stored response expired at ${formatTime(expiredAt)}`,
-    };
+    return { due: true, renewAt: expiredAt, reason: `stored response ${judged.problem}` };
   }
   if (expiredAt.getTime() >= cert.notAfter.getTime()) {
     // A newer response could not outlive the certificate either: renewing it
@@ -2647,7 +2762,7 @@ export function planRenewal(
   const expiry =
     (stored.nextUpdate
       ? `${stored.status} until ${formatTime(stored.nextUpdate)}`
-      : `${stored.status}, without nextUpdate (assumed to live 12 hours)`) +
+      : `${stored.status}, without nextUpdate (assumed to live ${lifespanRule()})`) +
     signerEndsFirst(stored);
   return {
     due,
@@ -2749,6 +2864,7 @@ export function rejectFetched(
   stored: ResponseReport | undefined,
   now: Date,
   policy: RenewalPolicy = {},
+  context: { revokedSeen?: number; haproxy?: boolean } = {},
 ): string | undefined {
   if (fetched.responderError) return fetched.problem!;
   if (!fetched.verified) return `new response does not verify: ${fetched.problem}`;
@@ -2756,27 +2872,116 @@ export function rejectFetched(
     const revoked = fetched.status === "revoked" ? revocationText(fetched) : "";
     return `responder says the certificate is ${fetched.status}${revoked}`;
   }
-  if (!fetched.thisUpdate) return "new response has no thisUpdate";
-  const ahead = fetched.thisUpdate.getTime() - now.getTime();
-  if (ahead > CLOCK_SKEW_MS) {
-    return `new response's thisUpdate ${formatTime(fetched.thisUpdate)} is ${
-      Math.round(ahead / 60_000)
-    } min ahead of this machine's clock, in the future: check this machine's time (NTP), or the responder's`;
-  }
-  if (fetched.nextUpdate && fetched.nextUpdate.getTime() <= now.getTime()) {
+  const judged = judgeTimes(fetched, now);
+  if (judged.problem?.startsWith("expired at ")) {
     return `new response expired already, at ${
-      formatTime(fetched.nextUpdate)
+      judged.problem.slice("expired at ".length)
     }: the responder serves a stale answer (a cache?); asking again next run`;
   }
+  if (judged.problem) return `new response ${judged.problem}`;
+  const thisUpdate = fetched.thisUpdate!;
+  const { revokedSeen } = context;
   if (
-    stored?.verified && isStaple(stored, policy) && stored.thisUpdate &&
-    fetched.thisUpdate.getTime() < stored.thisUpdate.getTime()
+    fetched.status === "good" && revokedSeen !== undefined && epochSeconds(thisUpdate) < revokedSeen
   ) {
-    return `new response (thisUpdate ${
-      formatTime(fetched.thisUpdate)
-    }) is older than the stored one (${formatTime(stored.thisUpdate)})`;
+    return `new response (good, thisUpdate ${
+      formatTime(thisUpdate)
+    }) was signed before the revoked answer seen at ${
+      formatTime(new Date(revokedSeen * 1000))
+    }: a stale answer (a cache?) does not undo a revocation`;
   }
+  // Any answer stored, verified and not broken by its times, a revoked one
+  // too, is newer than an older fetched one.
+  const usable = stored?.verified && !judgeTimes(stored, now).problem ? stored : undefined;
+  if (usable && thisUpdate.getTime() < usable.thisUpdate!.getTime()) {
+    return `new response (thisUpdate ${formatTime(thisUpdate)}) is older than the stored one (${
+      formatTime(usable.thisUpdate!)
+    })`;
+  }
+  if (usable && isStaple(usable, policy)) {
+    const [ends, storedEnds] = [responseExpiry(fetched), responseExpiry(usable)];
+    if (ends < storedEnds) {
+      return `new response ends at ${formatTime(new Date(ends))}${
+        signerEndsFirst(fetched)
+      }, before the stored one (${formatTime(new Date(storedEnds))}): the stored one stays`;
+    }
+  }
+  const refused = context.haproxy ? haproxyRefuses(fetched) : undefined;
+  if (refused) return `new response is one HAProxy will not load: ${refused}`;
   return undefined;
+}
+
+/**
+ * Why HAProxy (2.6) will not load a response, or undefined: it ignores one
+ * without nextUpdate ("missing nextupdate") and one holding several answers
+ * ("multiple single responses").
+ */
+export function haproxyRefuses(
+  report: Pick<ResponseReport, "nextUpdate" | "answers">,
+): string | undefined {
+  if (!report.nextUpdate) return "it has no nextUpdate";
+  const { ours = 1, others = 0 } = report.answers ?? {};
+  if (ours + others > 1) return `it holds ${ours + others} answers, not one`;
+  return undefined;
+}
+
+/**
+ * Adds to openssl's report of a verified response what its DER says: the
+ * signer's end, how many answers it holds, and, of several for this
+ * certificate, the one that counts: revoked wins, as mozilla::pkix has it.
+ */
+function withContents(
+  report: ResponseReport,
+  response: Uint8Array,
+  serial: Uint8Array,
+): ResponseReport {
+  if (!report.verified) return report;
+  const contents = responseContents(response, serial);
+  if (!contents) return report;
+  report.answers = { ours: contents.ours.length, others: contents.others };
+  if (contents.signerNotAfter) report.signerNotAfter = contents.signerNotAfter;
+  const revoked = contents.ours.find((answer) => answer.status === "revoked");
+  if (revoked && report.status !== "revoked") {
+    report.status = "revoked";
+    report.thisUpdate = revoked.thisUpdate;
+    report.nextUpdate = revoked.nextUpdate;
+    report.revocationTime = revoked.revocationTime;
+  }
+  return report;
+}
+
+/**
+ * Whether `issuer` reaches one of `anchors` (the rootchain) through
+ * certificates of `pool`, each signed by the next (or is one): checked here,
+ * so that what is stapled does not depend on the OpenSSL version. undefined
+ * when node:crypto cannot check a signature on the way (RSASSA-PSS), and
+ * openssl alone judges.
+ */
+export function anchoredIn(
+  issuer: X509Certificate,
+  pool: FileCertificate[],
+  anchors: FileCertificate[],
+): boolean | undefined {
+  const isAnchor = (cert: X509Certificate) =>
+    anchors.some((anchor) => anchor.x509.raw.equals(cert.raw));
+  let unsure = false;
+  const seen = new Set<string>();
+  let frontier = [issuer];
+  for (let depth = 0; depth < 10 && frontier.length > 0; depth++) {
+    const next: X509Certificate[] = [];
+    for (const cert of frontier) {
+      if (isAnchor(cert)) return true;
+      seen.add(cert.fingerprint256);
+      for (const { x509: parent } of pool) {
+        if (seen.has(parent.fingerprint256)) continue;
+        const issued = issuedBy(cert, parent);
+        if (issued === undefined) unsure = true;
+        if (issued !== false) next.push(parent);
+      }
+    }
+    frontier = next;
+  }
+  return unsure ? undefined : false;
 }
 
 // -------------------------------------------------------------- openssl --
@@ -3106,15 +3311,87 @@ function verificationArgs(target: Target, input: RequestInput): string[] {
   ];
 }
 
-/** When the first certificate a response carries ends: see ResponseReport.signerNotAfter. */
-function certificatesEnd(response: Uint8Array): Date | undefined {
+/** One answer (SingleResponse) of an OCSP response, as its DER says it. */
+interface SingleAnswer {
+  status: CertStatus;
+  thisUpdate?: Date;
+  nextUpdate?: Date;
+  revocationTime?: Date;
+}
+
+/** A GeneralizedTime's content, `YYYYMMDDHHMMSS[.f]Z`, as a Date. */
+function generalizedTime(bytes: Uint8Array): Date | undefined {
+  const match = /^(\d{4})(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)(?:\.\d+)?Z$/.exec(decoder.decode(bytes));
+  if (!match) return undefined;
+  const [year, month, day, hour, minute, second] = match.slice(1).map(Number);
+  return new Date(Date.UTC(year, month - 1, day, hour, minute, second));
+}
+
+/**
+ * What openssl's report leaves out, read from the response's DER: every
+ * answer it holds for the certificate with `serial` (content octets), how
+ * many it holds for others, and when its signer's certificate ends (the
+ * one its ResponderID names among those it carries). undefined when the
+ * DER cannot be read.
+ */
+export function responseContents(
+  response: Uint8Array,
+  serial: Uint8Array,
+): { ours: SingleAnswer[]; others: number; signerNotAfter?: Date } | undefined {
   try {
-    const ends = responseCertificates(response)
-      .map((der) => new Date(new (nodeCrypto().X509Certificate)(der).validTo).getTime());
-    return ends.length > 0 ? new Date(Math.min(...ends)) : undefined;
+    const inside = (element: { content: number; end: number }) =>
+      derElements(response, element.content, element.end);
+    const bytesOf = (element: { content: number; end: number }) =>
+      response.subarray(element.content, element.end);
+    const [ocspResponse] = derElements(response);
+    const responseBytes = inside(ocspResponse).find((element) => element.tag === 0xa0);
+    if (!responseBytes) return undefined;
+    const [, octets] = inside(inside(responseBytes)[0]);
+    const [basic] = inside(octets);
+    const [tbs, , , certsField] = inside(basic);
+    const data = inside(tbs);
+    const at = data[0].tag === 0xa0 ? 1 : 0;
+    const [responderId, , answers] = [data[at], data[at + 1], data[at + 2]];
+    const ours: SingleAnswer[] = [];
+    let others = 0;
+    const hex = (bytes: Uint8Array) =>
+      Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    const wanted = hex(serial);
+    for (const single of inside(answers)) {
+      const [certId, status, thisUpdate, ...rest] = inside(single);
+      const serialNumber = inside(certId)[3];
+      if (hex(bytesOf(serialNumber)) !== wanted) {
+        others++;
+        continue;
+      }
+      const next = rest.find((element) => element.tag === 0xa0);
+      const answer: SingleAnswer = {
+        status: status.tag === 0x80 ? "good" : status.tag === 0xa1 ? "revoked" : "unknown",
+        thisUpdate: generalizedTime(bytesOf(thisUpdate)),
+      };
+      if (next) answer.nextUpdate = generalizedTime(bytesOf(inside(next)[0]));
+      if (status.tag === 0xa1) answer.revocationTime = generalizedTime(bytesOf(inside(status)[0]));
+      ours.push(answer);
+    }
+    const certs = certsField?.tag === 0xa0 ? inside(inside(certsField)[0]) : [];
+    const named = inside(responderId)[0];
+    const signer = certs.map((cert) => response.subarray(cert.start, cert.end)).find((der) => {
+      const fields = certificateFields(der);
+      return responderId.tag === 0xa2
+        ? fields.keyHash === hex(bytesOf(named))
+        : hex(fields.subject) === hex(response.subarray(named.start, named.end));
+    });
+    const signerNotAfter = signer &&
+      new Date(new (nodeCrypto().X509Certificate)(signer).validTo);
+    return { ours, others, ...(signerNotAfter ? { signerNotAfter } : {}) };
   } catch {
     return undefined;
   }
+}
+
+/** The serial of a target's certificate, as its DER holds it. */
+function leafSerial(target: Target, context: RunContext): Uint8Array {
+  return certificateFields(parsedFiles(target, context).bundle.leaf.x509.raw).serial;
 }
 
 /** Verifies a stored response and reads its status and dates. */
@@ -3141,8 +3418,7 @@ async function checkStoredResponse(
       input.issuerPem,
     );
     const report = parseOcspOutput(result.stdout, result.stderr, result.code);
-    if (report.verified) report.signerNotAfter = certificatesEnd(bytes);
-    return report;
+    return withContents(report, bytes, leafSerial(target, context));
   } finally {
     Deno.removeSync(copy);
     context.files.temporary.delete(copy);
@@ -3194,8 +3470,11 @@ async function fetchResponse(
   }
   const printed = decoder.decode(result.output.subarray(responseLength));
   const bytes = result.output.slice(0, responseLength);
-  const report = parseOcspOutput(printed, result.stderr, result.code);
-  if (report.verified) report.signerNotAfter = certificatesEnd(bytes);
+  const report = withContents(
+    parseOcspOutput(printed, result.stderr, result.code),
+    bytes,
+    leafSerial(target, context),
+  );
   return { report, bytes };
 }
 
@@ -4294,6 +4573,19 @@ export function assess(
   if (plan.kind === "skip" && plan.why === "expired") {
     return verdict("critical", `certificate expired on ${formatTime(cert.notAfter)}; renew it`);
   }
+  // A revocation seen is not undone by an older good answer stored before it.
+  const seen = attempt?.revokedSeen;
+  if (
+    attempt?.outcome !== "revoked" && seen !== undefined && stored?.thisUpdate &&
+    epochSeconds(stored.thisUpdate) < seen
+  ) {
+    return verdict(
+      "critical",
+      `a revoked answer signed at ${
+        formatTime(new Date(seen * 1000))
+      } was seen, after the stored good one; replace the certificate`,
+    );
+  }
   if (attempt?.outcome === "revoked") {
     const revoked = revocationText({
       revocationTime: attempt.revocationTime === undefined
@@ -4315,10 +4607,11 @@ export function assess(
   if (stored.status !== "good" || !stored.thisUpdate) {
     return verdict("critical", `stored response says "${stored.status}"${revocationText(stored)}`);
   }
-  const expiry = responseExpiry(stored);
+  const judged = judgeTimes(stored, now, cert);
+  if (judged.problem) return verdict("critical", `stored response ${judged.problem}`);
   // A response that outlives its certificate: what --check reports is the certificate's end.
-  const outlived = cert.notAfter.getTime() <= expiry;
-  const left = `${formatDuration(Math.min(expiry, cert.notAfter.getTime()) - now.getTime())} left`;
+  const outlived = judged.outlives;
+  const left = `${formatDuration(judged.end!.getTime() - now.getTime())} left`;
   const good =
     (stored.nextUpdate
       ? `good, nextUpdate ${formatTime(stored.nextUpdate)}${signerEndsFirst(stored)}`
@@ -4326,9 +4619,6 @@ export function assess(
     (outlived
       ? `, past the certificate's end at ${formatTime(cert.notAfter)} (${left})`
       : ` (${left})`);
-  if (now.getTime() >= expiry) {
-    return verdict("critical", `stored response expired at ${formatTime(new Date(expiry))}`);
-  }
   const renewal = plan.renewAt && !outlived ? `, renewal at ${formatTime(plan.renewAt)}` : "";
   if (attempt?.outcome === "failed") {
     const since = formatTime(new Date((attempt.failingSince ?? attempt.time) * 1000));
@@ -4376,11 +4666,9 @@ export function servedVerdict(
       `${address} staples a response for another certificate (serial ${stapled.serial}, not ${cert.serial}): a certificate replaced without its response; renew it (--renewed) and reload the server`,
     );
   }
-  if (stapled.nextUpdate && stapled.nextUpdate.getTime() <= now.getTime()) {
-    return say(
-      "critical",
-      `${address} staples a response that expired at ${formatTime(stapled.nextUpdate)}`,
-    );
+  const judged = judgeTimes(stapled, now);
+  if (judged.problem) {
+    return say("critical", `${address} staples a response that ${judged.problem}`);
   }
   if (stapled.status !== "good") {
     return say("critical", `${address} staples a response that says "${stapled.status}"`);
@@ -4423,8 +4711,9 @@ export function checkSummary(
   const [critical, failing, due] = [ids("critical"), ids("failing"), ids("due")];
   const named = (list: string[]) =>
     ` (${list.slice(0, 5).join(", ")}${list.length > 5 ? `, ${list.length - 5} more` : ""})`;
+  // Every end counts (the signer's, the certificate's, the 12-hour rule's), as in each line.
   const expiries = checked.flatMap((o) =>
-    o.status === "good" && o.nextUpdate ? [o.nextUpdate.getTime()] : []
+    o.status === "good" && o.endsAt ? [o.endsAt.getTime()] : []
   );
   const parts: string[] = [];
   if (problems.length > 0) {
@@ -5105,6 +5394,7 @@ function describe(
     status: report?.status,
     thisUpdate: report?.thisUpdate,
     nextUpdate: report?.nextUpdate,
+    endsAt: report && usableUntil(report, facts?.cert),
     renewAt,
     attempt,
   };
@@ -5244,9 +5534,13 @@ async function renew(
       ? {
         revocationTime: report.revocationTime && epochSeconds(report.revocationTime),
         revocationReason: report.revocationReason,
+        revokedSeen: report.thisUpdate && epochSeconds(report.thisUpdate),
       }
       : undefined;
-    const rejection = rejectFetched(report, stored, now, config.policy);
+    const rejection = rejectFetched(report, stored, now, config.policy, {
+      revokedSeen: outcome.attempt?.revokedSeen,
+      haproxy: (target.haproxySocket ?? []).length > 0,
+    });
     if (rejection && notYetKnown(report, cert, now)) {
       remember("failed", { message: rejection });
       log.warn(
@@ -5276,7 +5570,7 @@ async function renew(
     state.setVerified(target.responsePath, recordOf(report, cert, entries));
     if (revocation) remember("revoked", { message: "revoked", ...revocation });
     else remember("renewed");
-    announce(report, stored, backup, log);
+    announce(report, backup, log);
     await pushOrExplain(target, fetched.bytes, config, log);
     return {
       ...describe(target, attempt, facts, report, renewalTime(config.policy, cert, report)),
@@ -5316,7 +5610,6 @@ function sameResponseAgain(
 /** Says what was stored, and what a stapling server should know of it. */
 function announce(
   report: ResponseReport,
-  stored: ResponseReport | undefined,
   backup: string,
   log: Logger,
 ): void {
@@ -5331,17 +5624,14 @@ function announce(
       }; its signed answer is now the staple (on_revoked: staple), ${dates}: replace the certificate`,
     );
   } else log.info(`Stored new OCSP response: good, ${dates}`);
-  if (!nextUpdate) log.info("New response has no nextUpdate; it is treated as living 12 hours");
-  if (stored?.nextUpdate && nextUpdate && nextUpdate.getTime() <= stored.nextUpdate.getTime()) {
-    log.warn(
-      `New response's nextUpdate ${formatTime(nextUpdate)} is not later than the old one's (${
-        formatTime(stored.nextUpdate)
-      })`,
-    );
+  if (!nextUpdate) {
+    log.info(`New response has no nextUpdate; it is treated as living ${lifespanRule()}`);
   }
+  // Said now, before a server that reads the file finds out alone.
+  const refused = haproxyRefuses(report);
+  if (refused) log.warn(`HAProxy will not load the new response: ${refused}; other servers do`);
 }
 
-/** Hands a new response to HAProxy; a refusal says how HAProxy gets it otherwise. */
 /**
  * Hands a new response to every HAProxy of the certificate, each whatever
  * the others did. One that loaded no response for it at start (a first run)

@@ -56,6 +56,7 @@ import {
   BOT,
   BOT_PERMISSIONS,
   exists,
+  type ForgedAnswer,
   installBot,
   makeSite,
   openssl,
@@ -635,6 +636,7 @@ Deno.test("checkSummary() gives the Nagios plugin's line and status", async (t) 
     responsePath: `${id}.der`,
     status: "good",
     nextUpdate: new Date(now.getTime() + 30 * HOUR),
+    endsAt: new Date(now.getTime() + 30 * HOUR),
     health,
   });
   const cases: [string, Outcome[], number, RegExp][] = [
@@ -692,6 +694,7 @@ Deno.test("--check's performance data follows the Nagios plugin guidelines' gram
     responsePath: "c.der",
     status: "good",
     nextUpdate: new Date(now.getTime() + (i + 1) * HOUR),
+    endsAt: new Date(now.getTime() + (i + 1) * HOUR),
     health: health as Health | undefined,
   }));
   for (const policy of [{ minimumValidityMs: 6 * HOUR }, { minimumValidityPercentage: 50 }]) {
@@ -3561,7 +3564,22 @@ Deno.test("a responder that is down costs one certificate's attempts per run, no
   });
 });
 
-Deno.test("a rootchain that does not anchor the chain is not asked again and again", async () => {
+Deno.test("an answer whose chain the trust store cannot anchor is not asked for again and again", async () => {
+  await withCa(async (ca) => {
+    // Without a rootchain, openssl anchors in the system's store, which knows no test CA.
+    const site = await makeSite(
+      ca,
+      ["a.test"],
+      BASE_CONFIG + "    rootchain_mask: null\ntimeout: 5\nretries: 2\n",
+    );
+    const run = await runMain(site);
+    assertEquals(run.code, 255, run.stdout + run.stderr);
+    assertMatch(run.stderr, /unable to get local issuer certificate/);
+    assertEquals(run.stderr.match(/WARNING: Attempt \d of 3/g)?.length, 1, run.stderr);
+  });
+});
+
+Deno.test("a rootchain that does not anchor the issuer refuses, before any responder is asked", async () => {
   await withCa(async (ca) => {
     const other = await TestCa.create();
     try {
@@ -3569,8 +3587,11 @@ Deno.test("a rootchain that does not anchor the chain is not asked again and aga
       await Deno.copyFile(other.rootchain, path.join(site, "certs", "a.test-rootchain.pem"));
       const run = await runMain(site);
       assertEquals(run.code, 255, run.stdout + run.stderr);
-      assertMatch(run.stderr, /unable to get local issuer certificate/);
-      assertEquals(run.stderr.match(/WARNING: Attempt \d of 3/g)?.length, 1, run.stderr);
+      assertMatch(
+        run.stderr,
+        /ERROR: Rootchain ".*a\.test-rootchain\.pem" does not anchor the issuer of ".*a\.test\.pem" \(issuer "CN=ocspbot test intermediate"\).*no responder was asked$/m,
+      );
+      assertEquals(ca.hostHeaders.length, 0, "a responder was asked");
     } finally {
       await other.close();
     }
@@ -3627,3 +3648,270 @@ Deno.test("a one-off failure is tried again by the next run, and --check's warni
     assertEquals(cleared.code, 0, cleared.stdout);
   });
 });
+
+// ------------------------------------------------ one verdict per response --
+
+Deno.test("one verdict per response: what the run refuses to staple, --check judges the same", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "timeout: 5\nretries: 0\n");
+    const cert = path.join(site, "certs", "a.test.pem");
+    const stored = response(site, "a.test");
+    const MINUTE = 60_000;
+    const DAY = 24 * HOUR;
+    const brief = await ca.issueSigner("brief signer", 1);
+    const briefEnd = new X509Certificate(await Deno.readTextFile(brief.cert)).validTo;
+    type Case = {
+      name: string;
+      /** The run's clock, as an offset from now; the signer ending soon needs it moved. */
+      clock?: (real: number) => number;
+      /** What is stored before the run (relative to the run's clock); none: nothing. */
+      stored?: (at: (ms: number) => Date) => ForgedAnswer[] | undefined;
+      storedSigner?: "brief";
+      /** What the responder answers (relative to the run's clock). */
+      fetched?: (at: (ms: number) => Date) => ForgedAnswer[];
+      fetchedSigner?: "brief";
+      extraCerts?: () => Promise<Uint8Array[]>;
+      config?: string;
+      /** A run before the one judged, answered with this. */
+      earlier?: (at: (ms: number) => Date) => ForgedAnswer[];
+      /** The run's status; undefined: no run, --check alone. */
+      run?: number;
+      error?: RegExp;
+      warning?: RegExp;
+      replaced: boolean;
+      check: number;
+      checkLine?: RegExp;
+    };
+    const good4d = (at: (ms: number) => Date): ForgedAnswer[] => [
+      { status: "good", thisUpdate: at(-HOUR), nextUpdate: at(4 * DAY) },
+    ];
+    const cases: Case[] = [
+      {
+        name: "nextUpdate before thisUpdate: refused, the 4-day file stays",
+        stored: good4d,
+        fetched: (
+          at,
+        ) => [{ status: "good", thisUpdate: at(4.5 * MINUTE), nextUpdate: at(4 * MINUTE) }],
+        run: 255,
+        error: /new response has its nextUpdate \(.*\) before its thisUpdate/,
+        replaced: false,
+        check: 1,
+        checkLine: /renewals failing/,
+      },
+      {
+        name: "two answers for our serial, good then revoked: revoked wins",
+        stored: good4d,
+        fetched: (at) => [
+          { status: "good", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY) },
+          { status: "revoked", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY) },
+        ],
+        run: 255,
+        error: /responder says the certificate is revoked/,
+        replaced: false,
+        check: 2,
+        checkLine: /CRITICAL/,
+      },
+      {
+        name: "a good answer signed before a revocation seen earlier: refused",
+        stored: good4d,
+        earlier: (at) => [{ status: "revoked", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY) }],
+        fetched: (
+          at,
+        ) => [{ status: "good", thisUpdate: at(-10 * MINUTE), nextUpdate: at(5 * DAY) }],
+        run: 255,
+        error: /was signed before the revoked answer seen at/,
+        replaced: false,
+        check: 2,
+        checkLine: /revoked/,
+      },
+      {
+        name: "a stored revoked answer is not replaced by an older good one",
+        stored: (at) => [{ status: "revoked", thisUpdate: at(-HOUR), nextUpdate: at(4 * DAY) }],
+        fetched: (at) => [{ status: "good", thisUpdate: at(-2 * HOUR), nextUpdate: at(5 * DAY) }],
+        run: 255,
+        error: /is older than the stored one/,
+        replaced: false,
+        check: 2,
+      },
+      {
+        name: "a newer answer ending in 4 minutes does not replace one ending in 4 days",
+        stored: good4d,
+        fetched: (at) => [{ status: "good", thisUpdate: at(-MINUTE), nextUpdate: at(4 * MINUTE) }],
+        run: 255,
+        error: /new response ends at .*, before the stored one/,
+        replaced: false,
+        check: 1,
+        checkLine: /renewals failing/,
+      },
+      {
+        name: "nor one whose responder certificate ends in 4 minutes",
+        clock: () => new Date(briefEnd).getTime() - 4 * MINUTE,
+        stored: good4d,
+        fetched: (at) => [{ status: "good", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY) }],
+        fetchedSigner: "brief",
+        run: 255,
+        error:
+          /new response ends at .*, but its responder's certificate ends at .*, before the stored one/,
+        replaced: false,
+        check: 1,
+        checkLine: /renewals failing/,
+      },
+      {
+        name: "no nextUpdate and thisUpdate 2 days ago: expired by the 12-hour rule",
+        stored: good4d,
+        fetched: (at) => [{ status: "good", thisUpdate: at(-2 * DAY) }],
+        run: 255,
+        error: /new response expired already, at .*, 12 hours after its thisUpdate/,
+        replaced: false,
+        check: 1,
+        checkLine: /renewals failing/,
+      },
+      {
+        name: "another serial's answer beside ours: stored, and HAProxy's refusal said",
+        fetched: (at) => [
+          { status: "good", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY) },
+          { status: "good", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY), other: true },
+        ],
+        run: 1,
+        warning: /WARNING: HAProxy will not load the new response: it holds 2 answers, not one/,
+        replaced: true,
+        check: 0,
+      },
+      {
+        name: "the same for a certificate pushed to HAProxy: refused before anything is written",
+        config: "haproxy_socket: /nonexistent/haproxy.sock\n",
+        fetched: (at) => [
+          { status: "good", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY) },
+          { status: "good", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY), other: true },
+        ],
+        run: 255,
+        error: /new response is one HAProxy will not load: it holds 2 answers, not one/,
+        replaced: false,
+        check: 2,
+      },
+      {
+        name: "no nextUpdate for a certificate pushed to HAProxy: refused",
+        config: "haproxy_socket: /nonexistent/haproxy.sock\n",
+        fetched: (at) => [{ status: "good", thisUpdate: at(-MINUTE) }],
+        run: 255,
+        error: /new response is one HAProxy will not load: it has no nextUpdate/,
+        replaced: false,
+        check: 2,
+      },
+      {
+        name: "an unrelated expired certificate carried along does not end the response",
+        stored: good4d,
+        fetched: (at) => [{ status: "good", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY) }],
+        extraCerts: async () => [
+          await openssl(
+            [
+              "req",
+              "-x509",
+              "-newkey",
+              "ec",
+              "-pkeyopt",
+              "ec_paramgen_curve:P-256",
+              "-nodes",
+              "-keyout",
+              "/dev/null",
+              "-subj",
+              "/CN=long gone",
+              "-days",
+              "1",
+              "-outform",
+              "DER",
+            ],
+            undefined,
+            -10 * DAY,
+          ),
+        ],
+        run: 1,
+        replaced: true,
+        check: 0,
+        checkLine: /OCSP OK - 1 responses fresh, soonest expiry in (4d 23h|5d)/,
+      },
+      {
+        name: "a responder certificate ending in 2 h: --check's summary and perfdata say 2 h",
+        clock: () => new Date(briefEnd).getTime() - 2 * HOUR,
+        stored: (at) => [{ status: "good", thisUpdate: at(-HOUR), nextUpdate: at(5 * DAY) }],
+        storedSigner: "brief",
+        replaced: false,
+        check: 1,
+        checkLine: /soonest expiry in (1h 59m|2h)\b.*soonest_expiry=7[12]\d\ds;/,
+      },
+      {
+        name: "a stored answer 10 minutes ahead of the clock: CRITICAL, and renewed",
+        stored: (at) => [{ status: "good", thisUpdate: at(10 * MINUTE), nextUpdate: at(4 * DAY) }],
+        run: 1,
+        replaced: true,
+        check: 0,
+      },
+    ];
+    for (const c of cases) {
+      await t.step(c.name, async () => {
+        const clock = c.clock?.(Date.now()) ?? Date.now();
+        const at = (ms: number) => new Date(clock + ms);
+        const env: Record<string, string> = c.clock
+          ? { OCSPBOT_FAKE_NOW: new Date(clock).toISOString() }
+          : {};
+        await Deno.remove(path.join(site, "responses"), { recursive: true }).catch(() => {});
+        await Deno.mkdir(path.join(site, "responses"));
+        await Deno.writeTextFile(
+          path.join(site, "ocspbot.yaml"),
+          BASE_CONFIG + "timeout: 5\nretries: 0\n" + (c.config ?? ""),
+        );
+        const signerOf = (which?: "brief") => which ? brief : undefined;
+        const storedAnswers = c.stored?.(at);
+        if (storedAnswers) {
+          const bytes = await ca.forge(cert, storedAnswers, { signer: signerOf(c.storedSigner) });
+          await Deno.writeFile(stored, bytes);
+        }
+        if (c.earlier) {
+          ca.mode = { fixed: await ca.forge(cert, c.earlier(at)) };
+          await runMain(site, ["--force"], env);
+        }
+        const before = await Deno.readFile(stored).catch(() => undefined);
+        if (c.name.includes("ahead of the clock")) {
+          // What --check says of it first, before the run repairs it.
+          const check = await runMain(site, ["--check"], env);
+          assertEquals(check.code, 2, check.stdout);
+          assertMatch(
+            check.stdout,
+            /stored response has a thisUpdate .* ahead of this machine's clock/,
+          );
+          ca.mode = "good";
+        } else if (c.fetched) {
+          const extraCerts = await c.extraCerts?.();
+          ca.mode = {
+            fixed: await ca.forge(cert, c.fetched(at), {
+              signer: signerOf(c.fetchedSigner),
+              extraCerts,
+            }),
+          };
+        }
+        if (c.run !== undefined) {
+          const run = await runMain(site, c.fetched ? ["--force"] : [], env);
+          const said = run.stdout + run.stderr;
+          assertEquals(run.code, c.run, said);
+          if (c.error) assertMatch(run.stderr, c.error);
+          if (c.warning) assertMatch(run.stderr, c.warning);
+          const after = await Deno.readFile(stored).catch(() => undefined);
+          assertEquals(after !== undefined && !equalBytes(after, before), c.replaced, said);
+          if (c.replaced && !c.name.includes("ahead of the clock")) {
+            // The next run finds it fine: not "expired", not due again.
+            const again = await runMain(site, [], env);
+            assertEquals(again.code, 0, again.stdout + again.stderr);
+          }
+        }
+        const check = await runMain(site, ["--check"], env);
+        assertEquals(check.code, c.check, check.stdout);
+        if (c.checkLine) assertMatch(check.stdout, c.checkLine);
+        ca.mode = "good";
+      });
+    }
+  });
+});
+
+function equalBytes(a: Uint8Array, b: Uint8Array | undefined): boolean {
+  return b !== undefined && a.length === b.length && a.every((byte, i) => byte === b[i]);
+}

@@ -14,6 +14,7 @@
  * @module
  */
 
+import { createPrivateKey, sign } from "node:crypto";
 import * as path from "node:path";
 import { main, Output } from "../ocspbot.ts";
 
@@ -27,6 +28,60 @@ export type ResponderMode =
   | { signer: KeyPair } // a real answer signed by this certificate and key
   | { redirect: string } // HTTP 301 to this URL, answered as "good" when it is asked
   | { fixed: Uint8Array<ArrayBuffer> }; // these bytes, whatever was asked
+
+/**
+ * One answer of a forged response (TestCa.forge()): about the certificate
+ * asked for, or (`other`) about another serial, with the times given.
+ */
+export interface ForgedAnswer {
+  status: "good" | "revoked" | "unknown";
+  thisUpdate: Date;
+  nextUpdate?: Date;
+  revocationTime?: Date;
+  other?: boolean;
+}
+
+/** DER: a tag, its length, its content. */
+function der(tag: number, ...content: Uint8Array[]): Uint8Array<ArrayBuffer> {
+  const length = content.reduce((sum, part) => sum + part.length, 0);
+  const octets: number[] = [];
+  for (let rest = length; rest > 0; rest = Math.floor(rest / 256)) octets.unshift(rest % 256);
+  const header = length < 128 ? [tag, length] : [tag, 0x80 | octets.length, ...octets];
+  const bytes = new Uint8Array(header.length + length);
+  bytes.set(header);
+  let at = header.length;
+  for (const part of content) {
+    bytes.set(part, at);
+    at += part.length;
+  }
+  return bytes;
+}
+
+/** The elements inside a DER element (at `start` of `bytes`), each as its whole bytes. */
+function derChildren(bytes: Uint8Array, start = 0): Uint8Array[] {
+  const lengthOf = (at: number) => {
+    const first = bytes[at + 1];
+    if (first < 128) return { header: 2, length: first };
+    const count = first & 0x7f;
+    let length = 0;
+    for (let i = 0; i < count; i++) length = length * 256 + bytes[at + 2 + i];
+    return { header: 2 + count, length };
+  };
+  const outer = lengthOf(start);
+  const children: Uint8Array[] = [];
+  for (let at = start + outer.header; at < start + outer.header + outer.length;) {
+    const { header, length } = lengthOf(at);
+    children.push(bytes.subarray(at, at + header + length));
+    at += header + length;
+  }
+  return children;
+}
+
+/** A GeneralizedTime, whole seconds. */
+function generalizedTime(time: Date): Uint8Array<ArrayBuffer> {
+  const text = time.toISOString().replace(/[-:T]/g, "").slice(0, 14) + "Z";
+  return der(0x18, new TextEncoder().encode(text));
+}
 
 /** A certificate and its key, as files. */
 export interface KeyPair {
@@ -584,6 +639,61 @@ export class TestCa {
       "-",
     ]);
     return await this.#sign(request, this.keyPair(signer));
+  }
+
+  /**
+   * A response for `cert` as a lying or odd responder sends it: openssl's
+   * own answer taken apart, its answers replaced by `answers` (times and
+   * statuses as given; `other` ones about another serial), `extraCerts`
+   * added to the certificates it carries, and signed again by `signer`
+   * (the delegated signer unless given), so that it verifies.
+   */
+  async forge(
+    cert: string,
+    answers: ForgedAnswer[],
+    options: { signer?: KeyPair; extraCerts?: Uint8Array[] } = {},
+  ): Promise<Uint8Array<ArrayBuffer>> {
+    const signer = options.signer ?? this.keyPair("signer");
+    const request = await openssl(
+      ["ocsp", "-no_nonce", "-issuer", this.chain, "-cert", cert, "-reqout", "-"],
+    );
+    const real = await this.#sign(request, signer);
+    const [, responseBytes] = derChildren(real);
+    const [typeAndResponse] = derChildren(responseBytes);
+    const [type, octets] = derChildren(typeAndResponse);
+    const [basic] = derChildren(octets);
+    const [tbs, algorithm, , certs] = derChildren(basic);
+    const fields = derChildren(tbs);
+    const singlesAt = fields.findIndex((field, i) => i > 0 && field[0] === 0x30);
+    const [ours] = derChildren(fields[singlesAt]);
+    const certId = derChildren(ours)[0];
+    const [hash, nameHash, keyHash] = derChildren(certId);
+    const otherSerial = der(0x02, new Uint8Array([0x7f, 0x01, 0x02, 0x03]));
+    const singles = answers.map((answer) => {
+      const id = answer.other ? der(0x30, hash, nameHash, keyHash, otherSerial) : certId;
+      const status = answer.status === "good"
+        ? new Uint8Array([0x80, 0x00])
+        : answer.status === "revoked"
+        ? der(0xa1, generalizedTime(answer.revocationTime ?? answer.thisUpdate))
+        : new Uint8Array([0x82, 0x00]);
+      const next = answer.nextUpdate ? [der(0xa0, generalizedTime(answer.nextUpdate))] : [];
+      return der(0x30, id, status, generalizedTime(answer.thisUpdate), ...next);
+    });
+    const newTbs = der(
+      0x30,
+      ...fields.map((field, i) => i === singlesAt ? der(0x30, ...singles) : field),
+    );
+    const key = createPrivateKey(await Deno.readTextFile(signer.key));
+    const signature = sign(key.asymmetricKeyType === "ed25519" ? null : "sha256", newTbs, key);
+    const carried = certs ? derChildren(derChildren(certs)[0]) : [];
+    const newCerts = der(0xa0, der(0x30, ...carried, ...(options.extraCerts ?? [])));
+    const bit = der(0x03, new Uint8Array([0]), signature);
+    const newBasic = der(0x30, newTbs, algorithm, bit, newCerts);
+    return der(
+      0x30,
+      der(0x0a, new Uint8Array([0])),
+      der(0xa0, der(0x30, type, der(0x04, newBasic))),
+    );
   }
 
   #sign(request: Uint8Array, signer: KeyPair): Promise<Uint8Array<ArrayBuffer>> {
