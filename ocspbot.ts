@@ -2715,6 +2715,18 @@ export function revocationText(
   return `${time ? ` since ${formatTime(time)}` : ""}${reason ? ` (${reason})` : ""}`;
 }
 
+/**
+ * Whether a revocation stands for a certificate: the last answer said
+ * revoked, or a revoked answer was seen that is newer than the stored
+ * response (`storedSince`, its thisUpdate). The run, --check, the JSON report
+ * and the metrics all ask this.
+ */
+export function revocationStands(attempt: Attempt | undefined, storedSince?: Date): boolean {
+  if (attempt?.outcome === "revoked") return true;
+  const seen = attempt?.revokedSeen;
+  return seen !== undefined && storedSince !== undefined && epochSeconds(storedSince) < seen;
+}
+
 /** Whether a verified response is one to staple: good, or revoked under `on_revoked: staple`. */
 export function isStaple(report: ResponseReport, policy: RenewalPolicy): boolean {
   return report.status === "good" || (policy.stapleRevoked === true && report.status === "revoked");
@@ -2982,6 +2994,59 @@ export function anchoredIn(
     frontier = next;
   }
   return unsure ? undefined : false;
+}
+
+/**
+ * --check's verdict on what a server staples for a certificate (`serve`),
+ * against what is stored: see Served. `stapled` undefined with `problem`:
+ * the server could not be reached or spoke no TLS.
+ */
+export function servedVerdict(
+  address: string,
+  stapled: Stapled | "none" | undefined,
+  problem: string | undefined,
+  cert: { serial: string; mustStaple: boolean },
+  stored: ResponseReport | undefined,
+  now: Date,
+): Served {
+  const say = (verdict: Served["verdict"], message: string): Served => ({
+    address,
+    verdict,
+    message,
+    ...(stapled && stapled !== "none"
+      ? { thisUpdate: stapled.thisUpdate, nextUpdate: stapled.nextUpdate }
+      : {}),
+  });
+  if (stapled === undefined) return say("warning", `cannot ask ${address}: ${problem}`);
+  if (stapled === "none") {
+    return cert.mustStaple
+      ? say("critical", `${address} staples nothing, and Must-Staple clients refuse the handshake`)
+      : say("warning", `${address} staples nothing`);
+  }
+  const serial = (text: string) => text.toUpperCase().replace(/^(-?)(0X)?0*/, "$1");
+  if (serial(stapled.serial ?? "") !== serial(cert.serial)) {
+    return say(
+      "critical",
+      `${address} staples a response for another certificate (serial ${stapled.serial}, not ${cert.serial}): a certificate replaced without its response; renew it (--renewed) and reload the server`,
+    );
+  }
+  const judged = judgeTimes(stapled, now);
+  if (judged.problem) {
+    return say("critical", `${address} staples a response that ${judged.problem}`);
+  }
+  if (stapled.status !== "good") {
+    return say("critical", `${address} staples a response that says "${stapled.status}"`);
+  }
+  const storedSince = stored?.verified ? stored.thisUpdate : undefined;
+  if (storedSince && stapled.thisUpdate && stapled.thisUpdate.getTime() < storedSince.getTime()) {
+    return say(
+      "warning",
+      `${address} staples an older response than the stored one (thisUpdate ${
+        formatTime(stapled.thisUpdate)
+      }, stored ${formatTime(storedSince)}): not reloaded since ${formatTime(stapled.thisUpdate)}`,
+    );
+  }
+  return say("ok", `${address} staples the stored response, or a newer one`);
 }
 
 // -------------------------------------------------------------- openssl --
@@ -4574,15 +4639,11 @@ export function assess(
     return verdict("critical", `certificate expired on ${formatTime(cert.notAfter)}; renew it`);
   }
   // A revocation seen is not undone by an older good answer stored before it.
-  const seen = attempt?.revokedSeen;
-  if (
-    attempt?.outcome !== "revoked" && seen !== undefined && stored?.thisUpdate &&
-    epochSeconds(stored.thisUpdate) < seen
-  ) {
+  if (attempt?.outcome !== "revoked" && revocationStands(attempt, stored?.thisUpdate)) {
     return verdict(
       "critical",
       `a revoked answer signed at ${
-        formatTime(new Date(seen * 1000))
+        formatTime(new Date(attempt!.revokedSeen! * 1000))
       } was seen, after the stored good one; replace the certificate`,
     );
   }
@@ -4630,59 +4691,6 @@ export function assess(
   }
   if (plan.kind === "renew") return verdict(cert.mustStaple ? "critical" : "due", good + renewal);
   return verdict("fresh", good + renewal);
-}
-
-/**
- * --check's verdict on what a server staples for a certificate (`serve`),
- * against what is stored: see Served. `stapled` undefined with `problem`:
- * the server could not be reached or spoke no TLS.
- */
-export function servedVerdict(
-  address: string,
-  stapled: Stapled | "none" | undefined,
-  problem: string | undefined,
-  cert: { serial: string; mustStaple: boolean },
-  stored: ResponseReport | undefined,
-  now: Date,
-): Served {
-  const say = (verdict: Served["verdict"], message: string): Served => ({
-    address,
-    verdict,
-    message,
-    ...(stapled && stapled !== "none"
-      ? { thisUpdate: stapled.thisUpdate, nextUpdate: stapled.nextUpdate }
-      : {}),
-  });
-  if (stapled === undefined) return say("warning", `cannot ask ${address}: ${problem}`);
-  if (stapled === "none") {
-    return cert.mustStaple
-      ? say("critical", `${address} staples nothing, and Must-Staple clients refuse the handshake`)
-      : say("warning", `${address} staples nothing`);
-  }
-  const serial = (text: string) => text.toUpperCase().replace(/^(-?)(0X)?0*/, "$1");
-  if (serial(stapled.serial ?? "") !== serial(cert.serial)) {
-    return say(
-      "critical",
-      `${address} staples a response for another certificate (serial ${stapled.serial}, not ${cert.serial}): a certificate replaced without its response; renew it (--renewed) and reload the server`,
-    );
-  }
-  const judged = judgeTimes(stapled, now);
-  if (judged.problem) {
-    return say("critical", `${address} staples a response that ${judged.problem}`);
-  }
-  if (stapled.status !== "good") {
-    return say("critical", `${address} staples a response that says "${stapled.status}"`);
-  }
-  const storedSince = stored?.verified ? stored.thisUpdate : undefined;
-  if (storedSince && stapled.thisUpdate && stapled.thisUpdate.getTime() < storedSince.getTime()) {
-    return say(
-      "warning",
-      `${address} staples an older response than the stored one (thisUpdate ${
-        formatTime(stapled.thisUpdate)
-      }, stored ${formatTime(storedSince)}): not reloaded since ${formatTime(stapled.thisUpdate)}`,
-    );
-  }
-  return say("ok", `${address} staples the stored response, or a newer one`);
 }
 
 /**
@@ -4823,8 +4831,8 @@ export function jsonReport(
         }
         : null,
       failingSince: isoSeconds(attempt?.failingSince),
-      revoked: attempt?.outcome === "revoked"
-        ? { time: isoSeconds(attempt.revocationTime), reason: attempt.revocationReason ?? null }
+      revoked: revocationStands(attempt, outcome.thisUpdate)
+        ? { time: isoSeconds(attempt!.revocationTime), reason: attempt!.revocationReason ?? null }
         : null,
       served: outcome.served
         ? {
@@ -4900,7 +4908,7 @@ export function metricsText(
     [
       "certificate_revoked",
       "1 if the responder said the certificate is revoked.",
-      (o) => o.attempt ? (o.attempt.outcome === "revoked" ? 1 : 0) : undefined,
+      (o) => o.attempt ? (revocationStands(o.attempt, o.thisUpdate) ? 1 : 0) : undefined,
     ],
     [
       "certificate_must_staple",

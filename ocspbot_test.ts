@@ -3681,6 +3681,8 @@ Deno.test("one verdict per response: what the run refuses to staple, --check jud
       replaced: boolean;
       check: number;
       checkLine?: RegExp;
+      /** The JSON report still names the revocation. */
+      revokedInJson?: boolean;
     };
     const good4d = (at: (ms: number) => Date): ForgedAnswer[] => [
       { status: "good", thisUpdate: at(-HOUR), nextUpdate: at(4 * DAY) },
@@ -3723,6 +3725,7 @@ Deno.test("one verdict per response: what the run refuses to staple, --check jud
         replaced: false,
         check: 2,
         checkLine: /revoked/,
+        revokedInJson: true,
       },
       {
         name: "a stored revoked answer is not replaced by an older good one",
@@ -3906,6 +3909,10 @@ Deno.test("one verdict per response: what the run refuses to staple, --check jud
         const check = await runMain(site, ["--check"], env);
         assertEquals(check.code, c.check, check.stdout);
         if (c.checkLine) assertMatch(check.stdout, c.checkLine);
+        if (c.revokedInJson) {
+          const json = JSON.parse((await runMain(site, ["--check", "--json"], env)).stdout);
+          assert(json.certificates["a.test"].revoked !== null, JSON.stringify(json));
+        }
         ca.mode = "good";
       });
     }
