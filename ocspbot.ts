@@ -157,6 +157,8 @@ export interface ResponseReport {
    * for others: HAProxy loads a response with exactly one.
    */
   answers?: { ours: number; others: number };
+  /** The times of its other answers for this certificate: each must pass as the first. */
+  alsoAnswered?: Pick<ResponseReport, "thisUpdate" | "nextUpdate">[];
   verified: boolean;
   /** Why it did not verify or could not be read. */
   problem?: string;
@@ -1684,10 +1686,13 @@ export function discoverTargets(
   warnings: string[] = [],
 ): Target[] {
   // An include's entry that cannot be used fails its own certificates, not the run.
+  const included = new Set<Target>();
   const contained = (entry: EntryOrigin, find: () => Target[]) => {
     if (!entry.fromInclude) return find();
     try {
-      return find();
+      const found = find();
+      for (const target of found) included.add(target);
+      return found;
     } catch (error) {
       config.problems.push(
         `"${entry.key}" of include "${entry.file}" is left out, its certificates are not renewed: ${
@@ -1708,26 +1713,38 @@ export function discoverTargets(
   // One scan entry alone cannot write one response twice without one id twice:
   // its responses are its unique file names, in its folders' mirrors.
   const oneScan = config.scanKeys.length + config.domains.length === 1;
+  const leftOut = new Set<Target>();
+  // Of two that clash, an include's is left out alone: another team's mistake, or
+  // another user's copy, must not stop the main config's certificates.
+  const clash = (earlier: Target, later: Target, problem: string) => {
+    const culprit = included.has(later) ? later : included.has(earlier) ? earlier : undefined;
+    if (!culprit) throw new ExitError(problem, EXIT.configInvalid);
+    config.problems.push(`${problem}; the one of ${culprit.source} is left out`);
+    leftOut.add(culprit);
+    return culprit;
+  };
   for (const target of targets) {
     const sameId = byId.get(target.id);
-    if (sameId) {
-      throw new ExitError(
-        `Certificate id "${target.id}" appears twice: "${sameId.certPath}" (${sameId.source}) and "${target.certPath}" (${target.source})`,
-        EXIT.configInvalid,
-      );
-    }
+    if (
+      sameId && !leftOut.has(sameId) && clash(
+          sameId,
+          target,
+          `Certificate id "${target.id}" appears twice: "${sameId.certPath}" (${sameId.source}) and "${target.certPath}" (${target.source})`,
+        ) === target
+    ) continue;
     byId.set(target.id, target);
     if (oneScan) continue;
     const sameResponse = byResponse.get(target.responsePath);
-    if (sameResponse) {
-      throw new ExitError(
-        `Certificates "${sameResponse.id}" and "${target.id}" would both write the response "${target.responsePath}"`,
-        EXIT.configInvalid,
-      );
-    }
+    if (
+      sameResponse && !leftOut.has(sameResponse) && clash(
+          sameResponse,
+          target,
+          `Certificates "${sameResponse.id}" and "${target.id}" would both write the response "${target.responsePath}"`,
+        ) === target
+    ) continue;
     byResponse.set(target.responsePath, target);
   }
-  return targets;
+  return leftOut.size > 0 ? targets.filter((target) => !leftOut.has(target)) : targets;
 }
 
 /**
@@ -1758,13 +1775,24 @@ function reservedName(responsePath: string, config: Config): string | undefined 
  * root-only folder's names must not reach a log through somebody's include.
  */
 function ownerMayRead(file: string, entry: EntryOrigin): void {
-  if (entry.owner === undefined) return;
-  const info = Deno.statSync(file);
-  const need = info.isDirectory ? 0o5 : 0o4;
-  const bits = info.uid === entry.owner ? (info.mode ?? 0) >> 6 : info.mode ?? 0;
-  if ((bits & need) !== need) {
+  const owner = entry.owner;
+  if (owner === undefined) return;
+  const may = (at: string, need: number) => {
+    const info = Deno.statSync(at);
+    const bits = info.uid === owner ? (info.mode ?? 0) >> 6 : info.mode ?? 0;
+    return (bits & need) === need;
+  };
+  // Every folder on the way must let the owner through (search), then the thing itself be readable.
+  const resolved = Deno.realPathSync(file);
+  const parts = resolved.split("/").filter(Boolean);
+  const folders = parts.slice(0, -1).map((_, i) => "/" + parts.slice(0, i + 1).join("/"));
+  const blocked = ["/", ...folders].find((folder) => !may(folder, 0o1));
+  const target = Deno.statSync(resolved);
+  if (blocked || !may(resolved, target.isDirectory ? 0o5 : 0o4)) {
     throw new Error(
-      `"${file}" is not readable by uid ${entry.owner}, whose include names it; an include may name only what its owner could read`,
+      `"${file}" is not readable by uid ${owner}, whose include names it${
+        blocked ? ` (it may not pass "${blocked}")` : ""
+      }; an include may name only what its owner could read`,
     );
   }
 }
@@ -2397,6 +2425,12 @@ class State {
   /** A missing state is empty; a broken one only costs a verification of every response. */
   static load(file: string, log: Logger, files: Files): State {
     const empty = new State(file, new Map());
+    const folder = files.folderOthersMayWrite(path.dirname(path.resolve(file)));
+    if (folder) {
+      log.warn(
+        `State file "${file}" lies in folder "${folder.path}", which ${folder.who} may write: whoever can may delete what ocspbot remembers, a revocation seen included; set "state_file" to a folder only root writes`,
+      );
+    }
     let text: string;
     try {
       // Another user's link here could point at any file, which a warning would then describe.
@@ -2605,10 +2639,15 @@ export function responseExpiry(
  * machine's clock by more than CLOCK_SKEW_MS, or an end already past.
  */
 export function judgeTimes(
-  report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter">,
+  report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter" | "alsoAnswered">,
   now: Date,
   cert?: Pick<Validity, "notAfter">,
 ): { end?: Date; problem?: string; outlives?: boolean } {
+  // Every answer for the certificate must pass (mozilla::pkix checks each).
+  for (const other of report.alsoAnswered ?? []) {
+    const { problem } = judgeTimes({ ...other, signerNotAfter: report.signerNotAfter }, now);
+    if (problem) return { problem: `holds a second answer for this certificate that ${problem}` };
+  }
   const { thisUpdate, nextUpdate } = report;
   if (!thisUpdate) return { problem: "has no thisUpdate" };
   if (nextUpdate && nextUpdate.getTime() < thisUpdate.getTime()) {
@@ -2949,15 +2988,28 @@ function withContents(
 ): ResponseReport {
   if (!report.verified) return report;
   const contents = responseContents(response, serial);
-  if (!contents) return report;
+  if (!contents || contents.ours.length === 0) {
+    // What cannot be read here cannot be judged here: refused, not waved through.
+    return {
+      verified: false,
+      problem: contents
+        ? "it holds no answer for this certificate's serial"
+        : "it is not strict DER (BER, or damaged), which clients that parse DER refuse",
+    };
+  }
   report.answers = { ours: contents.ours.length, others: contents.others };
   if (contents.signerNotAfter) report.signerNotAfter = contents.signerNotAfter;
   const revoked = contents.ours.find((answer) => answer.status === "revoked");
+  const counted = revoked ?? contents.ours[0];
   if (revoked && report.status !== "revoked") {
     report.status = "revoked";
     report.thisUpdate = revoked.thisUpdate;
     report.nextUpdate = revoked.nextUpdate;
     report.revocationTime = revoked.revocationTime;
+  }
+  const others = contents.ours.filter((answer) => answer !== counted);
+  if (others.length > 0) {
+    report.alsoAnswered = others.map(({ thisUpdate, nextUpdate }) => ({ thisUpdate, nextUpdate }));
   }
   return report;
 }
@@ -3471,7 +3523,7 @@ async function checkStoredResponse(
     readInput(
       target.responsePath,
       "stored response",
-      (name) => context.files.read(name, "response", "any").bytes,
+      (name) => context.files.read(name, "response", "trusted").bytes,
     );
   const copy = Deno.makeTempFileSync({ prefix: "ocspbot-stored-", suffix: ".der" });
   context.files.temporary.add(copy);
@@ -3743,7 +3795,11 @@ function untrustedLinkText(link: string, info: { uid: number | null }): string {
  * The target of a link judged trusted, read so that a link swapped in
  * between (a new inode) is not followed instead.
  */
-function readTrustedLink(link: string, info: Deno.FileInfo, shown: string): string {
+function readTrustedLink(
+  link: string,
+  info: { ino: number | null; dev: number },
+  shown: string,
+): string {
   const target = Deno.readLinkSync(link);
   const again = Deno.lstatSync(link);
   if (!again.isSymlink || again.ino !== info.ino || again.dev !== info.dev) {
@@ -3930,6 +3986,25 @@ class Files {
    */
   trusts(owner: { uid: number | null }): boolean {
     return owner.uid === 0 || (owner.uid !== null && owner.uid === this.#runningUid());
+  }
+
+  /**
+   * Whether a user other than root and ocspbot's may change what is in
+   * `folder` (it is theirs, or group- or world-writable without the sticky
+   * bit), and who; undefined when only trusted users may, or it is missing.
+   */
+  folderOthersMayWrite(folder: string): { path: string; who: string } | undefined {
+    try {
+      const info = Deno.statSync(folder);
+      const mode = info.mode ?? 0;
+      if (!this.trusts(info)) return { path: folder, who: `uid ${info.uid}` };
+      if (mode & 0o1000) return undefined;
+      if (mode & 0o002) return { path: folder, who: "everybody" };
+      if (mode & 0o020 && info.gid !== 0) return { path: folder, who: `group ${info.gid}` };
+      return undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Owned by root or ocspbot's user, and writable by nobody else. */
@@ -4196,22 +4271,23 @@ class Files {
           let existing: OpenedInfo | undefined;
           let replaced: string | undefined;
           try {
-            const info = Deno.lstatSync(name);
-            if (info.isDirectory) throw new Error(`"${shown}" is a folder, not a file`);
-            if (info.isSymlink && this.trusts(info)) {
+            // One lstat decides and gives the attributes: a second could see a swapped name.
+            const info = fs.lstatSync(name);
+            if (info.isDirectory()) throw new Error(`"${shown}" is a folder, not a file`);
+            if (info.isSymbolicLink() && this.trusts(info)) {
               if (hops >= 40) throw new Error(`"${file}" is a loop of symbolic links`);
               return path.resolve(walked, readTrustedLink(name, info, shown));
             }
-            if (info.isSymlink) replaced = untrustedLinkText(shown, info);
-            else if (!info.isFile) {
+            if (info.isSymbolicLink()) replaced = untrustedLinkText(shown, info);
+            else if (!info.isFile()) {
               replaced =
                 `"${shown}" is not a regular file (a FIFO, socket or device), owned by uid ${info.uid}`;
-            } else if ((info.nlink ?? 1) > 1) {
+            } else if (info.nlink > 1) {
               // A hard link: its attributes are another file's (a setuid program's, say).
               replaced = `"${shown}" has ${info.nlink} hard links, so it is also another file`;
-            } else existing = fs.lstatSync(name);
+            } else existing = info;
           } catch (error) {
-            if (!(error instanceof Deno.errors.NotFound)) throw error;
+            if (errorCode(error) !== "ENOENT") throw error;
           }
           const mode = privateMode ? MODES.private : existing ? undefined : MODES.file;
           this.#replace(name, bytes, mode, existing, file, warnings);
@@ -4323,7 +4399,18 @@ class Files {
           }
         }
         if ("special" in opened) {
-          if (opened.special.isDirectory) throw new Error(`"${shown}" is a folder, not a file`);
+          if (opened.special.isDirectory) {
+            if (!exclusive) throw new Error(`"${shown}" is a folder, not a file`);
+            // Another user's folder at the lock would stop every run: it is moved aside.
+            const aside = `.${name}.${randomSuffix()}.planted`;
+            fs.renameSync(name, aside);
+            warnings.push(
+              `${what} "${shown}" is a folder (uid ${opened.special.uid}): moved aside as "${
+                path.join(walked, aside)
+              }", and a file made in its place`,
+            );
+            return "again";
+          }
           replace("is not a regular file (a FIFO, socket or device)");
           return "again";
         }
@@ -5292,8 +5379,11 @@ function identify(
   const stamp = fileStamp(info, Date.now());
   const unchanged = unchangedEntry(recorded, stamp);
   if (unchanged) return { entry: unchanged };
-  const kind = what === "stored response" ? "response" : "certificate";
-  const bytes = readInput(file, what, (name) => files.read(name, kind, "any").bytes);
+  // The stored response lies where others may write: no link of theirs is read.
+  const [kind, links] = what === "stored response"
+    ? ["response", "trusted"] as const
+    : ["certificate", "any"] as const;
+  const bytes = readInput(file, what, (name) => files.read(name, kind, links).bytes);
   return { entry: fileEntry(stamp, sha256(bytes)), bytes };
 }
 

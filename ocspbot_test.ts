@@ -1927,9 +1927,12 @@ Deno.test("includes are read from their folder wherever the bot starts", async (
       `minimum_validity: 6h\nocsp_folder: ${site}/responses\nincludes:\n  - ${includeDir}\n`;
     await Deno.writeTextFile(config, mainConfig);
     const run = await runMain(elsewhere, ["main.yaml"]);
-    // scan_keys finds both a.test and b.test; a.test is also in domains.
-    assertEquals(run.code, 253, run.stdout + run.stderr);
-    assertMatch(run.stderr, /Certificate id "a\.test" appears twice/);
+    // scan_keys finds both a.test and b.test; a.test is also in domains: that include's is left out.
+    assertEquals(run.code, 255, run.stdout + run.stderr);
+    assertMatch(
+      run.stderr,
+      /Certificate id "a\.test" appears twice: .*; the one of domains of config ".*10-a\.yaml" is left out/,
+    );
 
     await Deno.writeTextFile(
       path.join(includeDir, "20-b.yml"),
@@ -1946,7 +1949,8 @@ Deno.test("includes are read from their folder wherever the bot starts", async (
 
     await Deno.writeTextFile(config, mainConfig);
     const fixed = await runMain(elsewhere, ["main.yaml"]);
-    assertEquals(fixed.code, 2, fixed.stdout + fixed.stderr);
+    // b.test.der was renewed by the first run already, beside the include left out.
+    assertEquals(fixed.code, 1, fixed.stdout + fixed.stderr);
     assert(await exists(path.join(site, "responses", "a.der")));
     assert(await exists(path.join(site, "responses", "b.test.der")));
   });
@@ -3670,6 +3674,8 @@ Deno.test("one verdict per response: what the run refuses to staple, --check jud
       /** What the responder answers (relative to the run's clock). */
       fetched?: (at: (ms: number) => Date) => ForgedAnswer[];
       fetchedSigner?: "brief";
+      /** The fetched response in BER's indefinite length. */
+      ber?: boolean;
       extraCerts?: () => Promise<Uint8Array[]>;
       config?: string;
       /** A run before the one judged, answered with this. */
@@ -3726,6 +3732,33 @@ Deno.test("one verdict per response: what the run refuses to staple, --check jud
         check: 2,
         checkLine: /revoked/,
         revokedInJson: true,
+      },
+      {
+        name: "a second answer for our serial that expired: refused, as mozilla::pkix does",
+        stored: good4d,
+        fetched: (at) => [
+          { status: "good", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY) },
+          { status: "good", thisUpdate: at(-5 * DAY), nextUpdate: at(-3 * DAY) },
+        ],
+        run: 255,
+        error: /new response holds a second answer for this certificate that expired at/,
+        replaced: false,
+        check: 1,
+        checkLine: /renewals failing/,
+      },
+      {
+        name: "good then revoked in BER, which openssl keeps as it is: refused, not judged blind",
+        stored: good4d,
+        fetched: (at) => [
+          { status: "good", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY) },
+          { status: "revoked", thisUpdate: at(-MINUTE), nextUpdate: at(5 * DAY) },
+        ],
+        ber: true,
+        run: 255,
+        error: /new response does not verify: it is not strict DER/,
+        replaced: false,
+        check: 1,
+        checkLine: /renewals failing/,
       },
       {
         name: "a stored revoked answer is not replaced by an older good one",
@@ -3889,6 +3922,7 @@ Deno.test("one verdict per response: what the run refuses to staple, --check jud
             fixed: await ca.forge(cert, c.fetched(at), {
               signer: signerOf(c.fetchedSigner),
               extraCerts,
+              ber: c.ber,
             }),
           };
         }
@@ -3922,3 +3956,38 @@ Deno.test("one verdict per response: what the run refuses to staple, --check jud
 function equalBytes(a: Uint8Array, b: Uint8Array | undefined): boolean {
   return b !== undefined && a.length === b.length && a.every((byte, i) => byte === b[i]);
 }
+
+Deno.test("a state file in a folder others may write is named in a warning: they could erase what it remembers", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"]);
+    await Deno.mkdir(path.join(site, "responses"));
+    await Deno.chmod(path.join(site, "responses"), 0o777);
+    const run = await runMain(site);
+    assertEquals(run.code, 1, run.stdout + run.stderr);
+    assertMatch(
+      run.stderr,
+      /^WARNING: State file ".*\.ocspbot-state\.json" lies in folder ".*\/responses", which everybody may write: .*set "state_file" to a folder only root writes$/m,
+    );
+    await Deno.chmod(path.join(site, "responses"), 0o755);
+    const quiet = await runMain(site);
+    assert(!/State file .* lies in folder/.test(quiet.stderr), quiet.stderr);
+  });
+});
+
+Deno.test("an include that repeats the main config's id is left out alone; the main config's certificate renews", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "includes: [conf.d]\n");
+    await writeWithFolders(
+      path.join(site, "conf.d", "team.yaml"),
+      `domains:\n${domainEntry("a.test").replace("ocsp: a.test.der", "ocsp: team/a.test.der")}`,
+    );
+    const run = await runMain(site);
+    assertEquals(run.code, 255, run.stdout + run.stderr);
+    assertMatch(
+      run.stderr,
+      /^ERROR: Certificate id "a\.test" appears twice: .*; the one of domains of config "conf\.d\/team\.yaml" is left out$/m,
+    );
+    assert(await exists(response(site, "a.test")), "the main config's certificate was not renewed");
+    assert(!(await exists(path.join(site, "responses", "team", "a.test.der"))));
+  });
+});

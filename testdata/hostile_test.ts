@@ -515,6 +515,41 @@ Deno.test("an include's scan_keys naming a root-only folder: no name in it is pr
   });
 });
 
+Deno.test("an include's scan_keys naming an open folder inside a root-only one: not listed either", async () => {
+  await withCa(async (ca) => {
+    const { site } = await newSite(ca, "site", ["a.test"], CONFIG + "includes: [inc]\n");
+    // The folder itself is open (0755), but nobody may not pass the root-only folder above it.
+    const secret = path.join(ca.dir, "rootonly", "sub");
+    await ca.issueLeaf(secret, "topsecret-name");
+    await rootOnlyFolder(path.join(ca.dir, "rootonly"));
+    await Deno.chmod(secret, 0o755);
+    const inc = path.join(site, "inc");
+    await nobodyFolder(inc);
+    await nobodyFile(path.join(inc, "y.yaml"), `scan_keys:\n  - folder: ${secret}\n`);
+    const bot = await bounded(site);
+    assertFinished(bot);
+    assert(!printed(bot).includes("topsecret-name"), `a root-only name was printed:\n${show(bot)}`);
+    assert(!exists(response(site, "topsecret-name")), "a response was written for it");
+    assertStatus(bot, 255);
+    await assertResponse(response(site, "a.test"), bot);
+  });
+});
+
+Deno.test("a folder at the lock file: moved aside, the run goes on", async () => {
+  await withCa(async (ca) => {
+    const { site, responses } = await newSite(ca, "site", ["a.test"], CONFIG);
+    await asNobody(["mkdir", "-p", path.join(responses, LOCK, "inside")]);
+    await renewsThenRests(site, (first) => {
+      assertMatch(
+        printed(first),
+        /lock file ".*" is a folder \(uid 65534\): moved aside/i,
+        show(first),
+      );
+      assertRegular(path.join(responses, LOCK), first);
+    });
+  });
+});
+
 // -------------------------------------- writes where the config did not mean --
 
 /**

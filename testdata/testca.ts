@@ -646,12 +646,14 @@ export class TestCa {
    * own answer taken apart, its answers replaced by `answers` (times and
    * statuses as given; `other` ones about another serial), `extraCerts`
    * added to the certificates it carries, and signed again by `signer`
-   * (the delegated signer unless given), so that it verifies.
+   * (the delegated signer unless given), so that it verifies. `ber`: the
+   * BasicOCSPResponse in BER's indefinite length, which openssl accepts
+   * and keeps as it is.
    */
   async forge(
     cert: string,
     answers: ForgedAnswer[],
-    options: { signer?: KeyPair; extraCerts?: Uint8Array[] } = {},
+    options: { signer?: KeyPair; extraCerts?: Uint8Array[]; ber?: boolean } = {},
   ): Promise<Uint8Array<ArrayBuffer>> {
     const signer = options.signer ?? this.keyPair("signer");
     const request = await openssl(
@@ -688,7 +690,9 @@ export class TestCa {
     const carried = certs ? derChildren(derChildren(certs)[0]) : [];
     const newCerts = der(0xa0, der(0x30, ...carried, ...(options.extraCerts ?? [])));
     const bit = der(0x03, new Uint8Array([0]), signature);
-    const newBasic = der(0x30, newTbs, algorithm, bit, newCerts);
+    const newBasic = options.ber
+      ? new Uint8Array([0x30, 0x80, ...newTbs, ...algorithm, ...bit, ...newCerts, 0, 0])
+      : der(0x30, newTbs, algorithm, bit, newCerts);
     return der(
       0x30,
       der(0x0a, new Uint8Array([0])),
