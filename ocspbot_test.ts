@@ -3,6 +3,7 @@
 import nodeAssert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import * as path from "node:path";
+import { assert, assertEquals, assertMatch, assertNotEquals } from "./testdata/asserts.ts";
 import {
   assess,
   type Attempt,
@@ -81,13 +82,6 @@ const decoder = new TextDecoder();
 // ------------------------------------------------------------- helpers --
 
 // JSR's @std/assert cannot be reached here; node:assert says the same things.
-const assert: (condition: unknown, message?: string) => asserts condition = nodeAssert.ok;
-const assertEquals = (actual: unknown, expected: unknown, message?: string) =>
-  nodeAssert.deepStrictEqual(actual, expected, message);
-const assertNotEquals = (actual: unknown, expected: unknown, message?: string) =>
-  nodeAssert.notDeepStrictEqual(actual, expected, message);
-const assertMatch = (actual: string, expected: RegExp, message?: string) =>
-  nodeAssert.match(actual, expected, message);
 
 /** Runs `fn`, expecting it to throw an `ErrorClass`, and returns the error. */
 function assertThrows<E extends Error>(

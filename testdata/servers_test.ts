@@ -17,8 +17,8 @@
  * @module
  */
 
-import nodeAssert from "node:assert/strict";
 import * as path from "node:path";
+import { assert, assertEquals, assertMatch, assertNotEquals } from "./asserts.ts";
 import {
   BASE_CONFIG,
   BOT_PERMISSIONS,
@@ -42,13 +42,6 @@ import { servedStaple, startExim } from "./exim.ts";
 /** HAProxy's runtime API is a Unix socket, which Deno counts as network. */
 const HAPROXY_PERMISSIONS = [...BOT_PERMISSIONS, "--allow-net"];
 
-const assert: (condition: unknown, message?: string) => asserts condition = nodeAssert.ok;
-const assertNotEquals = (actual: unknown, expected: unknown, message?: string) =>
-  nodeAssert.notDeepStrictEqual(actual, expected, message);
-const assertEquals = (actual: unknown, expected: unknown, message?: string) =>
-  nodeAssert.deepStrictEqual(actual, expected, message);
-const assertMatch = (actual: string, expected: RegExp, message?: string) =>
-  nodeAssert.match(actual, expected, message);
 const decoder = new TextDecoder();
 const RULE = "======================================\n";
 
