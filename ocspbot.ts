@@ -526,7 +526,10 @@ export function parseCommandLine(args: string[]): Invocation {
       if (id === undefined || id.startsWith("-")) problems.push(`--only needs a certificate id`);
       else invocation.only.push(args[++i]);
     } else if (arg.startsWith("--renewed=")) {
-      invocation.renewed.push(arg.slice("--renewed=".length));
+      // `--renewed="$RENEWED_LINEAGE"` with the variable empty would cover the working directory.
+      const file = arg.slice("--renewed=".length);
+      if (file === "") problems.push(`--renewed needs a file or folder`);
+      else invocation.renewed.push(file);
     } else if (arg === "--renewed") {
       const file = args[i + 1];
       if (file === undefined || file === "") problems.push(`--renewed needs a file or folder`);
@@ -635,6 +638,7 @@ function invalid(at: Reading, problem: string): never {
 }
 
 function describeType(value: unknown): string {
+  if (value === undefined) return "missing";
   if (value === null) return "empty";
   if (Array.isArray(value)) return "a list";
   if (value instanceof Date) return "a date";
@@ -815,6 +819,7 @@ const ENTRY_KEYS = {
       const { address, name } = typeof value === "string"
         ? { address: value, name: undefined }
         : asMapping(value, at);
+      if (address === undefined) missing({ ...at, key: `${at.key}.address` });
       try {
         const parsed = serveAddress(asString(address, { ...at, key: `${at.key}.address` }));
         if (name === undefined) return parsed;
@@ -2835,7 +2840,7 @@ export function planTarget(
   facts: Pick<Facts, "cert" | "stored" | "urls">,
   policy: RenewalPolicy,
   now: Date,
-  options: { forced?: boolean; lastAttempt?: Attempt } = {},
+  options: { forced?: boolean; forcedBy?: string; lastAttempt?: Attempt } = {},
 ): Plan {
   const { cert, stored, urls } = facts;
   if (now.getTime() >= cert.notAfter.getTime()) {
@@ -2861,7 +2866,9 @@ export function planTarget(
       reason: "names no OCSP responder (no OCSP URL); skipped",
     };
   }
-  if (options.forced) return { kind: "renew", urls, reason: "renewal forced (--force)" };
+  if (options.forced) {
+    return { kind: "renew", urls, reason: `renewal forced (${options.forcedBy ?? "--force"})` };
+  }
   const decision = planRenewal(policy, cert, stored, now);
   const { lastAttempt } = options;
   if (!decision.due && lastAttempt?.outcome === "failed") {
@@ -5354,6 +5361,8 @@ interface RunContext {
   parsed: Map<Target, ParsedFiles>;
   /** --force: renew every certificate the run covers now. */
   forced: boolean;
+  /** What forced it, for the log: "--force", or --renewed's new certificate. */
+  forcedBy: string;
   /** A report of every certificate is asked for (--json, metrics_file): keep each outcome. */
   keepOutcomes: boolean;
   /**
@@ -5571,6 +5580,7 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
     const facts = await inspect(target, context);
     const plan = planTarget(facts, context.config.policy, context.now, {
       forced: context.forced,
+      forcedBy: context.forcedBy,
       lastAttempt: attempt,
     });
     outcome = describe(target, attempt, facts, facts.stored, plan.renewAt);
@@ -6312,6 +6322,10 @@ async function run(args: string[], output: Output): Promise<number> {
   let lock: Deno.FsFile | undefined;
   try {
     for (const warning of warnings.splice(0)) log.warn(warning);
+    if (invocation.renewed.length > 0) {
+      // A hook naming what no certificate is in hears so at once, not after the hourly run's lock.
+      renewedTargets(discoverTargets({ ...config, problems: [] }), invocation.renewed);
+    }
     // --check changes nothing, so it needs no lock and never waits for one.
     if (mode === "run") {
       lock = await acquireLock(
@@ -6339,6 +6353,7 @@ async function run(args: string[], output: Output): Promise<number> {
       parsed: new Map(),
       // --check reports what is; forcing a renewal it will not make would skew that.
       forced: (invocation.force || invocation.renewed.length > 0) && mode === "run",
+      forcedBy: invocation.force ? "--force" : "--renewed: a new certificate",
       keepOutcomes: format === "json" || config.metricsFile !== undefined,
       silentResponders: new Map(),
     };

@@ -3985,3 +3985,48 @@ Deno.test("an include that repeats the main config's id is left out alone; the m
     assert(!(await exists(path.join(site, "responses", "team", "a.test.der"))));
   });
 });
+
+// -------------------------------------------- the deploy hook's edges --
+
+Deno.test('--renewed= with an empty value is 252, as --renewed "" is', async () => {
+  await withTempDir("ocspbot-renewed-", async (dir) => {
+    for (const args of [["--renewed="], ["--renewed", ""]]) {
+      const run = await runMain(dir, args);
+      assertEquals(run.code, 252, run.stdout + run.stderr);
+      assertMatch(run.stderr, /--renewed needs a file or folder/);
+    }
+  });
+});
+
+Deno.test("--renewed naming what no certificate is in is 252 at once, without waiting for the hourly run's lock", async () => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, ["a.test"], BASE_CONFIG + "lock_timeout: 20\n");
+    const lock = path.join(site, "responses", ".ocspbot-state.json.lock");
+    await Deno.mkdir(path.dirname(lock), { recursive: true });
+    await Deno.writeTextFile(lock, "");
+    await Deno.chmod(lock, 0o600);
+    // Another run holds the lock, as the hourly run may while certbot's hook starts.
+    const holder = await Deno.open(lock, { read: true });
+    try {
+      await holder.lock(true);
+      const started = Date.now();
+      const run = await runBot(site, ["--renewed", path.join(ca.dir, "elsewhere")]);
+      assertEquals(run.code, 252, run.stdout + run.stderr);
+      assert(Date.now() - started < 10_000, "it waited for the lock");
+      assertMatch(run.stderr, /--renewed names what no certificate of the config is in/);
+    } finally {
+      holder.close();
+    }
+    const renewed = await runMain(site, ["--renewed", path.join(site, "certs")]);
+    assertEquals(renewed.code, 1, renewed.stdout + renewed.stderr);
+    assertMatch(renewed.stdout, /renewal forced \(--renewed: a new certificate\)/);
+  });
+});
+
+Deno.test("serve without an address names the missing key", () => {
+  const thrown = assertThrows(
+    () => interpretConfig({ minimum_validity: "1d", serve: { name: "www.example.com" } }, "c.yaml"),
+    ExitError,
+  );
+  assertEquals(thrown.message, 'Config "c.yaml": "serve.address" is missing');
+});
