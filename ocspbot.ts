@@ -4002,16 +4002,29 @@ class Files {
    */
   folderOthersMayWrite(folder: string): { path: string; who: string } | undefined {
     try {
-      const info = Deno.statSync(folder);
-      const mode = info.mode ?? 0;
-      if (!this.trusts(info)) return { path: folder, who: `uid ${info.uid}` };
-      if (mode & 0o1000) return undefined;
-      if (mode & 0o002) return { path: folder, who: "everybody" };
-      if (mode & 0o020 && info.gid !== 0) return { path: folder, who: `group ${info.gid}` };
-      return undefined;
+      const who = this.#othersMayChange(Deno.statSync(folder));
+      return who ? { path: folder, who } : undefined;
     } catch {
       return undefined;
     }
+  }
+
+  /**
+   * Who other than root and ocspbot's user may rename or replace entries of
+   * the folder `info` describes: its owner, or the group or everybody it
+   * lets write. With the sticky bit (/tmp), only an entry's owner may, so an
+   * `entry` of a trusted user's is safe there.
+   */
+  #othersMayChange(
+    info: Deno.FileInfo,
+    entry?: { uid: number | null },
+  ): string | undefined {
+    const mode = info.mode ?? 0;
+    if (!this.trusts(info)) return `uid ${info.uid}, its owner`;
+    if (mode & 0o1000 && (!entry || this.trusts(entry))) return undefined;
+    if (mode & 0o002) return "everybody";
+    if (mode & 0o020 && info.gid !== 0) return `group ${info.gid}`;
+    return undefined;
   }
 
   /** Owned by root or ocspbot's user, and writable by nobody else. */
@@ -4114,6 +4127,16 @@ class Files {
       }
       if (!info.isDirectory) {
         throw new Error(`"${next}" is ${info.isFile ? "a file, " : ""}not a folder`);
+      }
+      // Deno opens by path, never by the folder it stands in: a folder whose
+      // parent another user may change could be swapped for a link between
+      // any check and the open. Such a parent is refused, as logrotate does.
+      const parent = trail.at(-1)!;
+      const who = this.#othersMayChange(parent, info);
+      if (who) {
+        throw new Error(
+          `"${walked}" may be changed by ${who}, who could swap "${next}" for a link while ocspbot works in it; make "${walked}" writable by root alone, or use a folder elsewhere`,
+        );
       }
       Deno.chdir(part);
       const entered = Deno.statSync(".");

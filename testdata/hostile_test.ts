@@ -552,6 +552,27 @@ Deno.test("an include's scan_keys naming an open folder inside a root-only one: 
   });
 });
 
+Deno.test("a folder below one another user may change is refused, naming that parent", async () => {
+  await withCa(async (ca) => {
+    const { site, responses } = await newSite(
+      ca,
+      "site",
+      ["a.test"],
+      domainsConfig(["a.test"], () => "sub/a.der"),
+    );
+    await asNobody(["mkdir", path.join(responses, "sub")]);
+    const bot = await bounded(site);
+    assertFinished(bot);
+    assertStatus(bot, 255);
+    assertMatch(
+      bot.stderr,
+      /"[^"]*\/responses" may be changed by uid 65534, its owner, who could swap "[^"]*\/responses\/sub" for a link/,
+      show(bot),
+    );
+    assert(!exists(path.join(responses, "sub", "a.der")), "written below a folder nobody may swap");
+  });
+});
+
 Deno.test("a folder at the lock file: moved aside, the run goes on", async () => {
   await withCa(async (ca) => {
     const { site, responses } = await newSite(ca, "site", ["a.test"], CONFIG);
