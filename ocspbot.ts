@@ -3879,13 +3879,16 @@ function keepAttributes(fd: number, old: OpenedInfo, file: string): string | und
 /**
  * The one door to every file and folder a run writes, and to every file it
  * reads whole. Deno has no openat(2), and opening /proc/self/fd/N/… needs
- * --allow-all, so the door stands in the folder instead: it moves the
- * process's working directory there by a walk from `/`, one name at a time,
- * each checked by lstat before and by stat of "." after (same device and
- * inode), so a folder on the way that another user swaps for a link cannot
- * move a read or a write elsewhere; names are then used relative to it, and
- * the working directory moved back before anything else runs (every step in
- * the folder is synchronous). Files are opened without following a last
+ * --allow-all, so the door walks to the folder instead: it moves the
+ * process's working directory there from `/`, one name at a time, each
+ * checked by lstat before and by stat of "." after (same device and inode);
+ * names are then used relative to it, and the working directory moved back
+ * before anything else runs (every step in the folder is synchronous). Deno
+ * still opens a relative name by the working directory's path, so no check
+ * closes the moment before an open: a folder whose parent another user may
+ * change is refused outright (#enter), and the folder a file lies in may be
+ * theirs only because each name in it is judged on its own. Files are
+ * opened without following a last
  * link that another user owns, without blocking (a FIFO or a device cannot
  * hang the run), checked by fstat to be what is meant, and read up to their
  * kind's SIZE_CAPS. Links of root or of the user ocspbot runs as are
