@@ -240,7 +240,7 @@ export interface ScanRecord {
  * old responses, so every run runs it again, with these ids, until it
  * succeeds, and --check warns meanwhile.
  */
-export interface PendingChange {
+interface PendingChange {
   ids: string[];
   /** Seconds since 1970: when it first failed. */
   since: number;
@@ -2643,7 +2643,7 @@ export function responseExpiry(
  * thisupdate"; HAProxy ignores such a file), a thisUpdate ahead of this
  * machine's clock by more than CLOCK_SKEW_MS, or an end already past.
  */
-export function judgeTimes(
+function judgeTimes(
   report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter" | "alsoAnswered">,
   now: Date,
   cert?: Pick<Validity, "notAfter">,
@@ -2689,7 +2689,7 @@ export function judgeTimes(
  * (responseExpiry()) or the certificate's notAfter, whichever comes first;
  * undefined without a thisUpdate.
  */
-export function usableUntil(
+function usableUntil(
   report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter">,
   cert?: Pick<Validity, "notAfter">,
 ): Date | undefined {
@@ -2765,7 +2765,7 @@ export function revocationText(
  * response (`storedSince`, its thisUpdate). The run, --check, the JSON report
  * and the metrics all ask this.
  */
-export function revocationStands(attempt: Attempt | undefined, storedSince?: Date): boolean {
+function revocationStands(attempt: Attempt | undefined, storedSince?: Date): boolean {
   if (attempt?.outcome === "revoked") return true;
   const seen = attempt?.revokedSeen;
   return seen !== undefined && storedSince !== undefined && epochSeconds(storedSince) < seen;
@@ -2974,7 +2974,7 @@ export function rejectFetched(
  * without nextUpdate ("missing nextupdate") and one holding several answers
  * ("multiple single responses").
  */
-export function haproxyRefuses(
+function haproxyRefuses(
   report: Pick<ResponseReport, "nextUpdate" | "answers">,
 ): string | undefined {
   if (!report.nextUpdate) return "it has no nextUpdate";
@@ -3028,7 +3028,7 @@ function withContents(
  * when node:crypto cannot check a signature on the way (RSASSA-PSS), and
  * openssl alone judges.
  */
-export function anchoredIn(
+function anchoredIn(
   issuer: X509Certificate,
   pool: FileCertificate[],
   anchors: FileCertificate[],
@@ -3255,28 +3255,6 @@ function derElements(
     at += length;
   }
   return elements;
-}
-
-/**
- * The certificates an OCSP response carries (RFC 6960 4.2.1: the `certs` of
- * its BasicOCSPResponse), as DER; none when it carries none or cannot be read.
- */
-export function responseCertificates(response: Uint8Array): Uint8Array[] {
-  try {
-    const inside = (element: { content: number; end: number }) =>
-      derElements(response, element.content, element.end);
-    const [ocspResponse] = derElements(response);
-    const responseBytes = inside(ocspResponse).find((element) => element.tag === 0xa0);
-    if (!responseBytes) return [];
-    const [typeAndResponse] = inside(responseBytes);
-    const [, octets] = inside(typeAndResponse);
-    const [basic] = inside(octets);
-    const certs = inside(basic).find((element) => element.tag === 0xa0);
-    if (!certs) return [];
-    return inside(inside(certs)[0]).map((cert) => response.slice(cert.start, cert.end));
-  } catch {
-    return [];
-  }
 }
 
 export interface OpensslResult {
@@ -3765,7 +3743,7 @@ async function redirectTarget(
  * certificates about 20 MiB. Another user's sparse 2 GiB "certificate" or a
  * link to /dev/zero then costs an error, not the machine's memory.
  */
-export const SIZE_CAPS = {
+const SIZE_CAPS = {
   certificate: 1 << 20,
   response: 1 << 20,
   state: 256 << 20,
@@ -3774,7 +3752,7 @@ export const SIZE_CAPS = {
   metrics: 16 << 20,
   "HAProxy answer": 1 << 20,
 } as const;
-export type FileKind = keyof typeof SIZE_CAPS;
+type FileKind = keyof typeof SIZE_CAPS;
 
 /** The modes ocspbot gives what it makes, whatever the umask. */
 const MODES = { folder: 0o755, file: 0o644, private: 0o600 } as const;
@@ -3834,7 +3812,7 @@ type Opened =
   | { special: Deno.FileInfo };
 
 /** A file read through the door: its bytes, and what fstat said of what was read. */
-export interface ReadFile {
+interface ReadFile {
   bytes: Uint8Array;
   info: OpenedInfo;
   /**
@@ -4390,7 +4368,7 @@ class Files {
    * `flags` are O_WRONLY|O_APPEND for a log, O_RDONLY for a lock. Returns
    * the descriptor, its stat, and the warnings to say.
    */
-  openOwn(
+  #openOwn(
     file: string,
     what: string,
     flags: number,
@@ -4485,7 +4463,7 @@ class Files {
   openLog(file: string, key: string, warnings: string[]): Destination {
     const fs = nodeFs();
     const { O_WRONLY, O_APPEND } = fs.constants;
-    const opened = this.openOwn(file, key, O_WRONLY | O_APPEND, MODES.file, false);
+    const opened = this.#openOwn(file, key, O_WRONLY | O_APPEND, MODES.file, false);
     warnings.push(...opened.warnings);
     return new Destination(
       `${key} "${file}"`,
@@ -4505,7 +4483,7 @@ class Files {
   async openLock(file: string, warnings: string[]): Promise<Deno.FsFile> {
     const fs = nodeFs();
     for (let tries = 0;; tries++) {
-      const opened = this.openOwn(
+      const opened = this.#openOwn(
         file,
         "The lock file",
         fs.constants.O_RDONLY,

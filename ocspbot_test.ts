@@ -41,7 +41,7 @@ import {
   recordOf,
   rejectedPath,
   rejectFetched,
-  responseCertificates,
+  responseContents,
   type ResponseReport,
   runPool,
   type ServeAddress,
@@ -1657,14 +1657,23 @@ Deno.test("a responder certificate that ends before nextUpdate: renewed before i
   });
 });
 
-Deno.test("responseCertificates() finds the certificates a response carries", async () => {
+Deno.test("responseContents() reads the answers and the signer of a response", async () => {
   await withCa(async (ca) => {
     const leaf = await ca.issueLeaf(path.join(ca.dir, "l"), "a.test");
-    const carried = responseCertificates(await ca.respond(leaf.cert));
-    const signer = await openssl(["x509", "-in", ca.keyPair("signer").cert, "-outform", "DER"]);
-    assertEquals(carried, [signer]);
-    assertEquals(responseCertificates(new Uint8Array([0x30, 0x03, 0x0a, 0x01, 0x03])), []);
-    assertEquals(responseCertificates(new TextEncoder().encode("not DER")), []);
+    const response = await ca.respond(leaf.cert);
+    const serial = new X509Certificate(await Deno.readTextFile(leaf.cert)).serialNumber;
+    const bytes = Uint8Array.from(serial.match(/../g)!.map((pair) => parseInt(pair, 16)));
+    const contents = responseContents(response, bytes);
+    const signer = new X509Certificate(await Deno.readTextFile(ca.keyPair("signer").cert));
+    assertEquals(contents?.ours.map((answer) => answer.status), ["good"]);
+    assertEquals(contents?.others, 0);
+    assertEquals(contents?.signerNotAfter, new Date(signer.validTo));
+    assertEquals(responseContents(response, new Uint8Array([0x7f]))?.ours, []);
+    assertEquals(
+      responseContents(new Uint8Array([0x30, 0x03, 0x0a, 0x01, 0x03]), bytes),
+      undefined,
+    );
+    assertEquals(responseContents(new TextEncoder().encode("not DER"), bytes), undefined);
   });
 });
 
