@@ -86,6 +86,11 @@ export interface Invocation {
    * the run covers and renews now the certificates in them.
    */
   renewed: string[];
+  /**
+   * `--renewed-wait`: how long a --renewed run keeps asking a responder
+   * that does not know the new certificate yet, in seconds.
+   */
+  renewedWaitSeconds: number;
 }
 
 /**
@@ -214,6 +219,20 @@ export interface StateRecord {
   /** The good response ocspbot verified, while it is the one stored. */
   verified?: VerifiedRecord;
   attempt?: Attempt;
+  push?: PendingPush;
+}
+
+/**
+ * HAProxies that have not taken the stored response: every run pushes it to
+ * them again until each does, and --check warns meanwhile. A fleet member
+ * down during a renewal would otherwise staple the old response for days.
+ */
+export interface PendingPush {
+  sockets: string[];
+  /** Seconds since 1970: when the first push to them failed. */
+  since: number;
+  /** Why the last push failed, socket by socket. */
+  message: string;
 }
 
 /**
@@ -346,6 +365,8 @@ export interface Served {
   address: string;
   verdict: "ok" | "warning" | "critical";
   message: string;
+  /** The server could not be asked: no connection, no handshake, or none in time. */
+  unreached?: boolean;
   thisUpdate?: Date;
   nextUpdate?: Date;
 }
@@ -401,7 +422,23 @@ export const EXIT = {
 export const NAGIOS = { ok: 0, warning: 1, critical: 2, unknown: 3 } as const;
 
 export const DEFAULT_CONFIG = "ocspbot.yaml";
+/**
+ * How long a deploy hook's run (--renewed) keeps asking a responder that
+ * does not know the new certificate yet: CAs publish a new certificate's
+ * status within minutes, and the ACME client waits for its hook.
+ */
+export const DEFAULT_RENEWED_WAIT_SECONDS = 300;
+/** It asks ten times within the wait, at most every 10 s. */
+const RENEWED_ASKS = 10;
+const RENEWED_ASK_EVERY_MAX_SECONDS = 10;
 export const DEFAULT_TIMEOUT_SECONDS = 30;
+/**
+ * How long --check's handshakes with the servers of `serve` may take, all
+ * together: under the 60 s a Nagios plugin is given by default.
+ */
+export const CHECK_DEADLINE_SECONDS = 45;
+/** How many certificates --check looks at at once when it asks servers. */
+const PROBES_AT_ONCE = 16;
 export const DEFAULT_LOCK_TIMEOUT_SECONDS = 300;
 export const DEFAULT_RETRIES = 2;
 /** The version of the state file's format this ocspbot reads and writes. */
@@ -456,7 +493,7 @@ const SECONDS_PER_UNIT: Record<string, number> = {
 export const HELP = `ocspbot ${VERSION}: keeps OCSP responses for stapling fresh.
 
 Usage: ocspbot [config] [--check] [--json] [-q] [--force] [--only id ...]
-               [--renewed path ...]
+               [--renewed path ... [--renewed-wait seconds]]
        ocspbot -h|-help|--help | -v|-version|--version
 Options and the config may come in any order.
 
@@ -469,7 +506,11 @@ Options and the config may come in any order.
   --only id       cover only this certificate id (repeat for more); with
                   --force, --check or a plain run
   --renewed path  renew now the certificates in this file or folder (repeat
-                  for more): what an ACME client's deploy hook calls
+                  for more): what an ACME client's deploy hook calls;
+                  relative paths in the config start at the config's folder
+  --renewed-wait seconds
+                  how long --renewed keeps asking a responder that does not
+                  know the new certificate yet (default: ${DEFAULT_RENEWED_WAIT_SECONDS})
   -h, --help      print this help and exit
   -v, --version   print the version and exit
 
@@ -494,6 +535,16 @@ const decoder = new TextDecoder();
 // --------------------------------------------------------- command line --
 
 /**
+ * A command line that does not parse: 252, with what it said so far, so
+ * that the error is reported as the mode and format asked for.
+ */
+export class BadCommandLine extends ExitError {
+  constructor(message: string, readonly invocation: Invocation) {
+    super(message, EXIT.badArguments);
+  }
+}
+
+/**
  * Reads argv: `[config] [--check] [--json] [-q] [--force] [--only id ...]` in
  * any order, and the Python bot's help and version flags, which win
  * wherever they stand. Throws ExitError(252) on anything else.
@@ -509,6 +560,7 @@ export function parseCommandLine(args: string[]): Invocation {
     force: false,
     only: [],
     renewed: [],
+    renewedWaitSeconds: DEFAULT_RENEWED_WAIT_SECONDS,
   };
   const positional: string[] = [];
   const problems: string[] = [];
@@ -532,19 +584,26 @@ export function parseCommandLine(args: string[]): Invocation {
       else invocation.renewed.push(file);
     } else if (arg === "--renewed") {
       const file = args[i + 1];
-      if (file === undefined || file === "") problems.push(`--renewed needs a file or folder`);
-      else invocation.renewed.push(args[++i]);
+      if (file === undefined || file === "" || file.startsWith("-")) {
+        problems.push(`--renewed needs a file or folder`);
+      } else invocation.renewed.push(args[++i]);
+    } else if (arg === "--renewed-wait" || arg.startsWith("--renewed-wait=")) {
+      const value = arg === "--renewed-wait" ? args[++i] : arg.slice("--renewed-wait=".length);
+      const seconds = Number(value);
+      if (value === undefined || value.trim() === "" || !(seconds >= 0) || seconds > 3600) {
+        problems.push(`--renewed-wait needs a number of seconds from 0 to 3600`);
+      } else invocation.renewedWaitSeconds = seconds;
     } else if (arg.startsWith("-") && arg !== "-") problems.push(`Unknown option "${arg}"`);
     else positional.push(arg);
   }
   if (invocation.help || invocation.version) return invocation;
-  if (problems.length > 0) throw new ExitError(problems[0], EXIT.badArguments);
+  if (problems.length > 0) throw new BadCommandLine(problems[0], invocation);
   if (positional.length > 1) {
-    throw new ExitError(
+    throw new BadCommandLine(
       `Expected at most one config file, got ${positional.length}: ${
         positional.map((arg) => `"${arg}"`).join(", ")
       } (ids go after --only)`,
-      EXIT.badArguments,
+      invocation,
     );
   }
   if (positional.length === 1) invocation.configPath = positional[0];
@@ -1368,6 +1427,29 @@ export function loadConfig(
   return config;
 }
 
+/**
+ * The keys whose value is a path relative to the working directory (the
+ * Python bot's meaning): a run from another folder than the hourly one's
+ * keeps other files.
+ */
+function relativeKeys(config: Config): string[] {
+  const relative = (value: string | undefined) => value !== undefined && !path.isAbsolute(value);
+  const keys = [
+    ["ocsp_folder", config.ocspFolder],
+    ["state_file", config.stateFile],
+    ["output_log", config.outputLog],
+    ["error_log", config.errorLog],
+    ["metrics_file", config.metricsFile],
+    ["backup_folder", config.backupFolder],
+  ].filter(([, value]) => relative(value)).map(([key]) => key!);
+  if (config.includes.some(relative)) keys.push("includes");
+  if (config.domains.some((d) => [d.cert, d.chain, d.rootchain].some(relative))) {
+    keys.push("domains");
+  }
+  if (config.scanKeys.some((scan) => relative(scan.folder))) keys.push("scan_keys");
+  return keys;
+}
+
 // -------------------------------------------------------------- targets --
 
 /** The settings a certificate of `entry` carries: the entry's own, else the top level's. */
@@ -1995,6 +2077,8 @@ export function certificateInfo(cert: X509Certificate): CertificateInfo {
 
 /** A target's files as parsed in a run: its cert file, and what openssl is told. */
 interface ParsedFiles {
+  /** The cert file's bytes, as read once. */
+  bytes: Uint8Array;
   bundle: ReturnType<typeof parseBundle>;
   request?: RequestInput;
 }
@@ -2003,10 +2087,15 @@ interface ParsedFiles {
  * A target's cert file, read and parsed once a run: deciding and asking
  * openssl both need it, but only when the state cannot answer.
  */
-function parsedFiles(target: Target, context: RunContext): ParsedFiles {
+function parsedFiles(target: Target, context: RunContext, read?: Uint8Array): ParsedFiles {
   let parsed = context.parsed.get(target);
   if (!parsed) {
-    parsed = { bundle: readBundle(target.certPath, "certificate", context.files) };
+    const bytes = read ?? readInput(
+      target.certPath,
+      "certificate",
+      (name) => context.files.read(name, "certificate", "any").bytes,
+    );
+    parsed = { bytes, bundle: parseBundle(bytes, target.certPath) };
     context.parsed.set(target, parsed);
   }
   return parsed;
@@ -2062,54 +2151,125 @@ function certificateFields(
 }
 
 /**
- * Asks the server where a certificate is served what it staples (`openssl
- * s_client -status`, bounded by `timeout`), with the certificate's first
- * name as SNI unless `serve` gives one, and judges it against what is stored.
+ * Asks the server where a certificate is served what it staples, through
+ * the run's Prober, with the certificate's first name as SNI unless `serve`
+ * gives one, and judges it against what is stored.
  */
 async function askServer(
   target: Target,
   address: ServeAddress,
   facts: Facts,
   context: RunContext,
+  prober: Prober,
 ): Promise<Served> {
   const { leaf } = parsedFiles(target, context).bundle;
-  const where = serveText(address);
   const servername = address.servername ?? certificateName(leaf.x509);
-  const args = [
-    "s_client",
-    "-connect",
-    `${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`,
-    "-status",
-    ...(servername ? ["-servername", servername] : []),
-    ...(address.starttls ? ["-starttls", address.starttls] : []),
-  ];
-  let stdout = "";
-  let problem: string | undefined;
-  try {
-    const { output, timedOut } = await runProcess(
-      context.config.opensslExecutable,
-      args,
-      context.config.timeoutSeconds,
-      context.stop,
-    );
-    stdout = decoder.decode(output.stdout);
-    problem = timedOut
-      ? `no handshake within ${context.config.timeoutSeconds} s (config key "timeout")`
-      : summarizeOpensslErrors(decoder.decode(output.stderr)) ||
-        `openssl s_client exited with ${output.code}`;
-  } catch (error) {
-    if (error instanceof Interrupted) throw error;
-    problem = errorText(error);
-  }
+  const heard = await prober.ask(address, servername, context);
   const serial = serialArgument(leaf.x509.raw).replace("0x", "");
   return servedVerdict(
-    where,
-    parseStapled(stdout),
-    problem,
-    { serial, mustStaple: facts.cert.mustStaple },
+    serveText(address),
+    heard.stapled,
+    heard.problem,
+    { serial, mustStaple: facts.cert.mustStaple, presented: heard.presented },
     facts.stored,
     context.now,
   );
+}
+
+/** What a server said in one handshake: see servedVerdict(). */
+interface Heard {
+  stapled?: Stapled | "none";
+  problem?: string;
+  /** The serial of the certificate it presented, as servedVerdict compares them. */
+  presented?: string;
+}
+
+/**
+ * --check's handshakes with the servers of `serve`: many at once, each
+ * address (host and port) asked by one handshake at a time and never again
+ * in the run once it did not answer, the same question asked once, and
+ * none started or left running past the deadline: a hung server costs one
+ * `timeout`, not one per certificate, and --check ends within
+ * CHECK_DEADLINE_SECONDS whatever the servers do.
+ */
+class Prober {
+  #asked = new Map<string, Promise<Heard>>();
+  #queues = new Map<string, Promise<unknown>>();
+  #silent = new Map<string, string>();
+
+  constructor(readonly deadline: number) {}
+
+  ask(address: ServeAddress, servername: string | undefined, context: RunContext): Promise<Heard> {
+    const where = serveText(address);
+    const question = `${where} ${servername ?? ""}`;
+    let heard = this.#asked.get(question);
+    if (!heard) {
+      // One handshake at a time per address: the second waits for the first's verdict.
+      const before = this.#queues.get(where) ?? Promise.resolve();
+      heard = before.then(() => this.#handshake(address, where, servername, context));
+      this.#queues.set(where, heard.catch(() => {}));
+      this.#asked.set(question, heard);
+    }
+    return heard;
+  }
+
+  async #handshake(
+    address: ServeAddress,
+    where: string,
+    servername: string | undefined,
+    context: RunContext,
+  ): Promise<Heard> {
+    const silent = this.#silent.get(where);
+    if (silent) return { problem: `${silent}, earlier in this --check; not asked again` };
+    const left = (this.deadline - performance.now()) / 1000;
+    if (left <= 0.5) {
+      return { problem: `not asked: --check's deadline of ${CHECK_DEADLINE_SECONDS} s had passed` };
+    }
+    const seconds = Math.min(context.config.timeoutSeconds, left);
+    const args = [
+      "s_client",
+      "-connect",
+      `${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`,
+      "-status",
+      ...(servername ? ["-servername", servername] : []),
+      ...(address.starttls ? ["-starttls", address.starttls] : []),
+    ];
+    try {
+      const { output, timedOut } = await runProcess(
+        context.config.opensslExecutable,
+        args,
+        seconds,
+        context.stop,
+      );
+      const stdout = decoder.decode(output.stdout);
+      const stapled = parseStapled(stdout);
+      if (stapled) return { stapled, presented: presentedSerial(stdout) };
+      const problem = timedOut
+        ? seconds < context.config.timeoutSeconds
+          ? `no handshake before --check's deadline of ${CHECK_DEADLINE_SECONDS} s`
+          : `no handshake within ${seconds} s (config key "timeout")`
+        : summarizeOpensslErrors(decoder.decode(output.stderr)) ||
+          `openssl s_client exited with ${output.code}`;
+      // No connection, or one that never finished a handshake: the next asks would wait as long.
+      if (timedOut || !stdout.includes("CONNECTED(")) this.#silent.set(where, problem);
+      return { problem };
+    } catch (error) {
+      if (error instanceof Interrupted) throw error;
+      return { problem: errorText(error) };
+    }
+  }
+}
+
+/** The serial of the certificate `openssl s_client` printed, in servedVerdict's form. */
+function presentedSerial(stdout: string): string | undefined {
+  const pem = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/.exec(stdout)?.[0];
+  if (!pem) return undefined;
+  try {
+    const der = Uint8Array.fromBase64(pem.replace(/-----[A-Z ]+-----|\s/g, ""));
+    return serialArgument(der).replace("0x", "");
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -2338,8 +2498,8 @@ export function recallReport(
  * nothing worth keeping.
  */
 export function stateLine(key: string, record: StateRecord): string | undefined {
-  const { verified: v, attempt } = record;
-  if (!v && !attempt) return undefined;
+  const { verified: v, attempt, push } = record;
+  if (!v && !attempt && !push) return undefined;
   const time = (seconds: number | undefined) => seconds === undefined ? "-" : seconds.toString(36);
   const verified = v
     ? [
@@ -2356,12 +2516,14 @@ export function stateLine(key: string, record: StateRecord): string | undefined 
         : "-",
     ].join(" ")
     : "";
-  return `${key}\t${verified}\t${attempt ? JSON.stringify(attempt) : ""}`;
+  return `${key}\t${verified}\t${attempt ? JSON.stringify(attempt) : ""}${
+    push ? `\t${JSON.stringify(push)}` : ""
+  }`;
 }
 
 /** The record a stateLine() holds; undefined parts for what cannot be read. */
 export function parseStateLine(line: string): StateRecord {
-  const [, verified = "", attempt = ""] = line.split("\t");
+  const [, verified = "", attempt = "", push = ""] = line.split("\t");
   const record: StateRecord = {};
   const fields = verified.split(" ");
   if (fields.length === 12) {
@@ -2391,6 +2553,17 @@ export function parseStateLine(line: string): StateRecord {
       record.attempt = JSON.parse(attempt);
     } catch {
       // A mangled attempt is only history lost.
+    }
+  }
+  if (push !== "") {
+    try {
+      const parsed = JSON.parse(push);
+      if (
+        Array.isArray(parsed.sockets) && typeof parsed.since === "number" &&
+        typeof parsed.message === "string"
+      ) record.push = parsed;
+    } catch {
+      // Lost, it is pushed again only with the next renewal.
     }
   }
   return record;
@@ -2569,6 +2742,18 @@ class State {
   set pendingChange(pending: PendingChange | undefined) {
     if (pending === undefined && this.#pendingChange === undefined) return;
     this.#pendingChange = pending;
+    this.#changed = true;
+  }
+
+  pendingPush(responsePath: string): PendingPush | undefined {
+    return this.#record(this.#key(responsePath))?.push;
+  }
+
+  setPendingPush(responsePath: string, push: PendingPush | undefined): void {
+    const key = this.#key(responsePath);
+    const record = this.#record(key);
+    if (push === undefined && record?.push === undefined) return;
+    this.records.set(key, { ...record, push });
     this.#changed = true;
   }
 
@@ -3064,7 +3249,7 @@ export function servedVerdict(
   address: string,
   stapled: Stapled | "none" | undefined,
   problem: string | undefined,
-  cert: { serial: string; mustStaple: boolean },
+  cert: { serial: string; mustStaple: boolean; presented?: string },
   stored: ResponseReport | undefined,
   now: Date,
 ): Served {
@@ -3076,13 +3261,29 @@ export function servedVerdict(
       ? { thisUpdate: stapled.thisUpdate, nextUpdate: stapled.nextUpdate }
       : {}),
   });
-  if (stapled === undefined) return say("warning", `cannot ask ${address}: ${problem}`);
+  if (stapled === undefined) {
+    return { ...say("warning", `cannot ask ${address}: ${problem}`), unreached: true };
+  }
+  const serial = (text: string) => text.toUpperCase().replace(/^(-?)(0X)?0*/, "$1");
+  if (cert.presented !== undefined && serial(cert.presented) !== serial(cert.serial)) {
+    // The stored response is right; the server was not reloaded since the certificate changed.
+    const staple = stapled === "none"
+      ? "staples nothing"
+      : stapled.serial !== undefined && serial(stapled.serial) === serial(cert.presented) &&
+          stapled.status === "good" && !judgeTimes(stapled, now).problem
+      ? "staples a good response for it"
+      : "staples no good response for it";
+    const critical = staple !== "staples a good response for it" && cert.mustStaple;
+    return say(
+      critical ? "critical" : "warning",
+      `${address} presents another certificate (serial ${cert.presented}, not the configured ${cert.serial}) and ${staple}: it was not reloaded since the certificate was replaced; reload the server`,
+    );
+  }
   if (stapled === "none") {
     return cert.mustStaple
       ? say("critical", `${address} staples nothing, and Must-Staple clients refuse the handshake`)
       : say("warning", `${address} staples nothing`);
   }
-  const serial = (text: string) => text.toUpperCase().replace(/^(-?)(0X)?0*/, "$1");
   if (serial(stapled.serial ?? "") !== serial(cert.serial)) {
     return say(
       "critical",
@@ -4717,21 +4918,42 @@ export function formatDuration(ms: number): string {
  * is missing, expired, not good or not verifying; failing renewals once less
  * than half the renewal window is left; any problem of a must-staple
  * certificate, as its handshakes would fail. WARNING: due and not tried yet
- * (due), or tried and failing (failing).
+ * (due), or tried and failing (failing), or an HAProxy of the list has not
+ * taken the stored response (failing).
  */
 export function assess(
   plan: Plan,
   facts: Pick<Facts, "cert" | "stored">,
   attempt: Attempt | undefined,
   now: Date,
+  pendingPush?: PendingPush,
 ): { health: Health; line: string } {
-  const { cert, stored } = facts;
-  const verdict = (health: Health, text: string) => ({
+  let { health, text } = assessStored(plan, facts, attempt, now);
+  if (pendingPush && health !== "critical") {
+    health = "failing";
+    text += `; HAProxy (socket ${
+      pendingPush.sockets.map((socket) => `"${socket}"`).join(", ")
+    }) has not taken it since ${
+      formatTime(new Date(pendingPush.since * 1000))
+    }: ${pendingPush.message}`;
+  }
+  return {
     health,
     line: `${text}: ${health === "critical" ? "CRITICAL" : health}${
-      cert.mustStaple ? ", must-staple" : ""
+      facts.cert.mustStaple ? ", must-staple" : ""
     }`,
-  });
+  };
+}
+
+/** assess() of the stored response and the last attempt alone. */
+function assessStored(
+  plan: Plan,
+  facts: Pick<Facts, "cert" | "stored">,
+  attempt: Attempt | undefined,
+  now: Date,
+): { health: Health; text: string } {
+  const { cert, stored } = facts;
+  const verdict = (health: Health, text: string) => ({ health, text });
   if (plan.kind === "fail") return verdict("critical", `certificate ${plan.reason}`);
   if (plan.kind === "skip" && plan.why === "expired") {
     return verdict("critical", `certificate expired on ${formatTime(cert.notAfter)}; renew it`);
@@ -4845,15 +5067,21 @@ export function checkSummary(
   const servedAs = (verdict: Served["verdict"]) =>
     served.filter((o) => o.served!.verdict === verdict).map((o) => o.id);
   const [servedCritical, servedWarning] = [servedAs("critical"), servedAs("warning")];
+  const unreached = served.filter((o) => o.served!.unreached).map((o) => o.id);
+  const stale = served.filter((o) => o.served!.verdict === "warning" && !o.served!.unreached)
+    .map((o) => o.id);
   if (servedCritical.length > 0) {
     parts.push(`${servedCritical.length} of ${served.length} served wrong${named(servedCritical)}`);
   }
-  if (servedWarning.length > 0) {
+  if (stale.length > 0) {
     parts.push(
-      `${servedWarning.length} of ${served.length} served stale, or not at all${
-        named(servedWarning)
+      `${stale.length} of ${served.length} served stale, by a server not reloaded, or not at all${
+        named(stale)
       }`,
     );
+  }
+  if (unreached.length > 0) {
+    parts.push(`${unreached.length} of ${served.length} servers not reached${named(unreached)}`);
   }
   if (parts.length === 0) parts.push(`${checked.length} responses fresh`);
   if (expiries.length > 0) {
@@ -5354,6 +5582,8 @@ export class Logger {
 interface RunContext {
   config: Config;
   now: Date;
+  /** When the run started, on performance.now()'s clock: deadlines count from it. */
+  started: number;
   log: Logger;
   /** Verified responses by path, shared by the workers, saved after the run. */
   state: State;
@@ -5376,6 +5606,11 @@ interface RunContext {
    * connection only when the timeout ends).
    */
   silentResponders: Map<string, string>;
+  /**
+   * --renewed: how long to keep asking a responder that does not know the
+   * new certificate, before the hook fails; undefined in other runs.
+   */
+  renewedWaitSeconds?: number;
 }
 
 /**
@@ -5388,16 +5623,16 @@ function identify(
   recorded: string | undefined,
   what: string,
   files: Files,
-): { entry: string; bytes?: Uint8Array } {
+): { entry: string; stamp: string; bytes?: Uint8Array } {
   const stamp = fileStamp(info, Date.now());
   const unchanged = unchangedEntry(recorded, stamp);
-  if (unchanged) return { entry: unchanged };
+  if (unchanged) return { entry: unchanged, stamp };
   // The stored response lies where others may write: no link of theirs is read.
   const [kind, links] = what === "stored response"
     ? ["response", "trusted"] as const
     : ["certificate", "any"] as const;
   const bytes = readInput(file, what, (name) => files.read(name, kind, links).bytes);
-  return { entry: fileEntry(stamp, sha256(bytes)), bytes };
+  return { entry: fileEntry(stamp, sha256(bytes)), stamp, bytes };
 }
 
 /**
@@ -5436,17 +5671,18 @@ function storedResponseInfo(
 async function inspect(target: Target, context: RunContext): Promise<Facts> {
   const { config, now, state } = context;
   const record = state.verified(target.responsePath);
-  const inputs = ([
+  const identified = ([
     [target.certPath, "certificate"],
     [target.chainPath, "chain"],
     [target.rootchainPath, "rootchain"],
   ] as const).map(([file, what], i) =>
-    // A chain or rootchain left out is "" in the record: nothing to compare.
     file === undefined
-      ? ""
+      ? undefined
       : identify(file, context.files.stat(file, what), record?.files?.[i + 1], what, context.files)
-        .entry
   );
+  // A chain or rootchain left out is "" in the record: nothing to compare.
+  const inputs = identified.map((found) => found?.entry ?? "");
+  const certificate = identified[0]!;
   let found = storedResponseInfo(target.responsePath, record !== undefined, context.files);
   let storedInfo = typeof found === "string" ? undefined : found;
   let storedEntry: string | undefined;
@@ -5472,7 +5708,14 @@ async function inspect(target: Target, context: RunContext): Promise<Facts> {
   if (recalled && files.some((entry, i) => entry !== record!.files[i])) {
     state.setVerified(target.responsePath, { ...record!, files });
   }
-  const cert = recalled?.cert ?? certificateInfo(parsedFiles(target, context).bundle.leaf.x509);
+  let cert = recalled?.cert;
+  if (!cert) {
+    // Judged by the very bytes its entry hashes: a live/ link re-pointed meanwhile
+    // must not record one certificate's response under the other's hash.
+    const parsed = parsedFiles(target, context, certificate.bytes);
+    if (!certificate.bytes) inputs[0] = fileEntry(certificate.stamp, sha256(parsed.bytes));
+    cert = certificateInfo(parsed.bundle.leaf.x509);
+  }
   let stored: ResponseReport | undefined = recalled?.report;
   if (typeof found === "string") {
     stored = { verified: false, problem: found };
@@ -5597,9 +5840,12 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
         throw new Error(`Certificate "${target.certPath}" ${plan.reason}`);
       case "fresh":
         log.info(`OCSP response is fine: ${plan.reason}`);
-        return { ...outcome, action: "unchanged" };
-      case "renew":
-        return await renew(target, facts, plan, context, log, outcome);
+        return await pushPending(target, facts, { ...outcome, action: "unchanged" }, context, log);
+      case "renew": {
+        const renewed = await renew(target, facts, plan, context, log, outcome);
+        if (renewed.action === "renewed") return renewed;
+        return await pushPending(target, facts, renewed, context, log);
+      }
     }
   } catch (error) {
     // The run says once that it was stopped, not once per certificate.
@@ -5640,7 +5886,25 @@ async function renew(
     log.info(`Renewing OCSP response from ${plan.urls[0]}: ${plan.reason}`);
     // ocspbot 1.0 and the Python bot left answers here; HAProxy's `crt <dir>` chokes on them.
     removeLeftover(`${target.responsePath}.new`, files, log);
-    const fetched = await fetchWithRetries(target, plan.urls, context, log);
+    let fetched = await fetchWithRetries(target, plan.urls, context, log);
+    // A deploy hook waits a while for the responder to learn of the new certificate.
+    const askUntil = performance.now() + (context.renewedWaitSeconds ?? 0) * 1000;
+    for (let left; (left = askUntil - performance.now()) > 0;) {
+      const said = rejectFetched(fetched.report, stored, now, config.policy, {});
+      if (!said || !notYetKnown(fetched.report, cert, now)) break;
+      const every = Math.min(
+        RENEWED_ASK_EVERY_MAX_SECONDS,
+        (context.renewedWaitSeconds ?? 0) / RENEWED_ASKS,
+      );
+      const seconds = Math.min(every, left / 1000);
+      log.info(
+        `Responder does not know the new certificate yet (${said}); asking again in ${
+          Math.ceil(seconds)
+        } s, for up to ${formatDuration(left)} more (--renewed-wait)`,
+      );
+      await pause(seconds * 1000, context.stop);
+      fetched = await fetchWithRetries(target, plan.urls, context, log);
+    }
     const { report } = fetched;
     const revocation = report.verified && report.status === "revoked"
       ? {
@@ -5653,6 +5917,11 @@ async function renew(
       revokedSeen: outcome.attempt?.revokedSeen,
       haproxy: (target.haproxySocket ?? []).length > 0,
     });
+    if (rejection && notYetKnown(report, cert, now) && context.renewedWaitSeconds !== undefined) {
+      throw new Error(
+        `The responder still does not know the new certificate "${target.certPath}" after ${context.renewedWaitSeconds} s (${rejection}); the server keeps the old certificate's response until a run gets one (hourly, or "ocspbot --renewed" again)`,
+      );
+    }
     if (rejection && notYetKnown(report, cert, now)) {
       remember("failed", { message: rejection });
       log.warn(
@@ -5677,13 +5946,23 @@ async function renew(
     }
     const backup = await installResponse(target, fetched.bytes, context, log);
     removeLeftover(rejectedPath(target.responsePath), files, log);
-    // Just written, so no stamp yet: the next run reads it once more.
-    const entries = [fileEntry("", fetchedHash), ...inputs];
-    state.setVerified(target.responsePath, recordOf(report, cert, entries));
+    // The certificate asked about is the one read for the request, which a live/ link
+    // re-pointed since inspect() may have changed: it is what the record names.
+    const asked = parsedFiles(target, context);
+    const askedHash = sha256(asked.bytes);
+    const same = entryHash(inputs[0]) === askedHash;
+    // Just written (or changed meanwhile), so no stamp yet: the next run reads it once more.
+    const entries = [fileEntry("", fetchedHash), same ? inputs[0] : fileEntry("", askedHash)];
+    const judged = same ? cert : certificateInfo(asked.bundle.leaf.x509);
+    state.setVerified(
+      target.responsePath,
+      recordOf(report, judged, [...entries, ...inputs.slice(1)]),
+    );
     if (revocation) remember("revoked", { message: "revoked", ...revocation });
     else remember("renewed");
     announce(report, backup, log);
-    await pushOrExplain(target, fetched.bytes, config, log);
+    // The file is the renewal: a HAProxy that missed it is pushed to again by each run.
+    if (target.haproxySocket?.length) await pushToEvery(target, fetched.bytes, context, log);
     return {
       ...describe(target, attempt, facts, report, renewalTime(config.policy, cert, report)),
       responderUrl: fetched.url,
@@ -5745,25 +6024,39 @@ function announce(
 }
 
 /**
- * Hands a new response to every HAProxy of the certificate, each whatever
- * the others did. One that loaded no response for it at start (a first run)
- * cannot take one at runtime: a warning, since on_change's reload makes it
- * load the file. Others' refusals fail the certificate, naming each socket.
+ * Hands a response to every HAProxy of the certificate, each whatever the
+ * others did, and remembers those that did not take it: every run pushes the
+ * stored response to them again until each does. One that loaded no
+ * response for the certificate when it started (a first run) takes one only
+ * by a reload, which on_change makes; the next run's push then succeeds.
  */
-async function pushOrExplain(
+async function pushToEvery(
   target: Target,
   response: Uint8Array,
-  config: Config,
+  context: RunContext,
   log: Logger,
-): Promise<void> {
-  const failures: string[] = [];
-  for (const socket of target.haproxySocket ?? []) {
+  sockets = target.haproxySocket ?? [],
+): Promise<{ pending?: PendingPush; refused: boolean }> {
+  const { config, state, now } = context;
+  const missed: string[] = [];
+  const why: string[] = [];
+  let refused = false;
+  for (const socket of sockets) {
     try {
-      await pushToHaproxy(socket, response, config.timeoutSeconds);
-      log.info(`Pushed the new response to HAProxy (socket "${socket}")`);
+      await pushToHaproxy(socket, response, config.timeoutSeconds, context.stop);
+      log.info(`Pushed the stored response to HAProxy (socket "${socket}")`);
+      continue;
     } catch (error) {
+      if (error instanceof Interrupted) throw error;
+      missed.push(socket);
+      why.push(errorText(error));
       if (!(error instanceof NotLoaded)) {
-        failures.push(errorText(error));
+        refused = true;
+        log.error(
+          `${
+            errorText(error)
+          }; it keeps its old response, and every run pushes the stored one again until it takes it`,
+        );
         continue;
       }
       log.warn(
@@ -5771,17 +6064,80 @@ async function pushOrExplain(
           errorText(error)
         }: it loaded no response for this certificate when it started (or does not serve it), and takes one only by ${
           config.onChange ? "the reload on_change makes" : "a reload; set on_change to reload it"
-        }`,
+        }; every run pushes the stored response again until it takes it (if it does not serve this certificate, give the certificate's entry a haproxy_socket without it)`,
       );
     }
   }
-  if (failures.length > 0) {
-    throw new Error(
-      `${
-        failures.join("; ")
-      }; the new response is stored in "${target.responsePath}", and HAProxy serves the old one until it reloads or "ocspbot --force --only ${target.id}" pushes again`,
-    );
+  const before = state.pendingPush(target.responsePath);
+  const pending = missed.length === 0 ? undefined : {
+    sockets: missed,
+    since: before?.since ?? epochSeconds(now),
+    message: why.join("; "),
+  };
+  state.setPendingPush(target.responsePath, pending);
+  return { pending, refused };
+}
+
+/**
+ * Pushes the stored response again to the HAProxies that missed it in an
+ * earlier run (see PendingPush); the certificate fails while one still
+ * cannot be reached or refuses it. Only the verified response stored is pushed: what is
+ * read must be the bytes the state says were verified.
+ */
+async function pushPending(
+  target: Target,
+  facts: Facts,
+  outcome: Outcome,
+  context: RunContext,
+  log: Logger,
+): Promise<Outcome> {
+  const pending = context.state.pendingPush(target.responsePath);
+  if (!pending) return outcome;
+  const configured = new Set(target.haproxySocket ?? []);
+  // A socket taken out of the config is no longer waited for.
+  const sockets = pending.sockets.filter((socket) => configured.has(socket));
+  if (sockets.length === 0 || !facts.stored?.verified || !facts.storedEntry) {
+    context.state.setPendingPush(target.responsePath, undefined);
+    return outcome;
   }
+  const { bytes } = context.files.read(target.responsePath, "response", "trusted");
+  // Changed since it was judged: the next run judges it, then pushes.
+  if (sha256(bytes) !== entryHash(facts.storedEntry)) return outcome;
+  log.info(
+    `Pushing the stored response again to HAProxy (${
+      sockets.map((socket) => `socket "${socket}"`).join(", ")
+    }), which has not taken it since ${formatTime(new Date(pending.since * 1000))}`,
+  );
+  const { pending: still, refused } = await pushToEvery(target, bytes, context, log, sockets);
+  // One that only does not know the certificate yet waits for a reload: a warning, not a failure.
+  if (!still || !refused) return outcome;
+  const error = `HAProxy has not taken the stored response since ${
+    formatTime(new Date(still.since * 1000))
+  }: ${still.message}`;
+  return { ...outcome, action: "failed", error };
+}
+
+/**
+ * `promise`, or a rejection once `signal` aborts: for what takes no signal
+ * of its own. What arrives late is handed to `discard`.
+ */
+function beforeAbort<T>(
+  promise: Promise<T>,
+  signal: AbortSignal,
+  discard: (late: T) => void,
+): Promise<T> {
+  if (signal.aborted) {
+    promise.then(discard, () => {});
+    return Promise.reject(signal.reason);
+  }
+  return new Promise((resolve, reject) => {
+    const abort = () => {
+      promise.then(discard, () => {});
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", abort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", abort));
+  });
 }
 
 /** HAProxy does not know the certificate of a response pushed to it. */
@@ -5812,25 +6168,42 @@ export function haproxyAddress(
 /**
  * Hands a new response to a running HAProxy through its runtime API, so it
  * staples it without a reload; throws with HAProxy's answer on refusal.
+ * `timeout` bounds the whole exchange, the connection included: a network
+ * that drops the SYNs would otherwise hold the run (and its lock) for the
+ * kernel's two minutes per socket.
  */
 async function pushToHaproxy(
   socket: string,
   response: Uint8Array,
   timeoutSeconds: number,
+  stop: AbortSignal,
 ): Promise<void> {
+  const timeout = AbortSignal.timeout(timeoutSeconds * 1000);
+  const signal = AbortSignal.any([timeout, stop]);
+  const late = () => {
+    if (stop.aborted) throw new Interrupted(stop);
+    return timeout.aborted;
+  };
   let connection: Deno.Conn;
   try {
     const address = haproxyAddress(socket);
     // Two calls, as Deno.connect's overloads each take one kind of address.
     connection = address.transport === "unix"
-      ? await Deno.connect(address)
-      : await Deno.connect(address);
+      ? await beforeAbort(Deno.connect(address), signal, (late) => late.close())
+      : await Deno.connect({ ...address, signal });
   } catch (error) {
+    if (late()) {
+      throw new Error(
+        `Cannot reach HAProxy's socket "${socket}": no connection within ${timeoutSeconds} s`,
+      );
+    }
     throw new Error(`Cannot reach HAProxy's socket "${socket}": ${errorText(error)}`);
   }
   // A silent HAProxy must not hang the run: closing the socket ends the read.
-  const timer = setTimeout(() => connection.close(), timeoutSeconds * 1000);
+  const close = () => connection.close();
+  signal.addEventListener("abort", close, { once: true });
   let answer = "";
+  let cut = false;
   try {
     const request = encoder.encode(`set ssl ocsp-response ${response.toBase64()}\n`);
     for (let done = 0; done < request.length;) {
@@ -5840,34 +6213,51 @@ async function pushToHaproxy(
     const buffer = new Uint8Array(4096);
     // Its real answers are one line; a socket that floods must not fill the memory.
     for (let read, received = 0; (read = await connection.read(buffer)) !== null;) {
-      answer += streaming.decode(buffer.subarray(0, read), { stream: true });
       received += read;
-      if (received > SIZE_CAPS["HAProxy answer"]) break;
+      if (received > SIZE_CAPS["HAProxy answer"]) {
+        cut = true;
+        break;
+      }
+      answer += streaming.decode(buffer.subarray(0, read), { stream: true });
     }
     answer += streaming.decode();
-    connection.close();
   } catch (error) {
+    if (late()) {
+      throw new Error(`HAProxy's socket "${socket}" did not answer within ${timeoutSeconds} s`);
+    }
     throw new Error(
-      `HAProxy's socket "${socket}" did not answer within ${timeoutSeconds} s: ${errorText(error)}`,
+      `HAProxy's socket "${socket}" broke the connection before answering: ${errorText(error)}`,
     );
   } finally {
-    clearTimeout(timer);
+    signal.removeEventListener("abort", close);
+    try {
+      connection.close();
+    } catch {
+      // Closed by the timeout already.
+    }
   }
   // HAProxy 2.6's words for a certificate it loaded no response for, or does not serve.
   if (/Certificate ID does not match any certificate/.test(answer)) {
     throw new NotLoaded(`HAProxy (socket "${socket}") does not know the certificate`);
   }
   if (!/^OCSP Response updated/m.test(answer)) {
+    const shown = answer.trim();
     throw new Error(
-      `HAProxy (socket "${socket}") refused the new response: ${
-        answer.length > 200 ? `${answer.slice(0, 200).trim()}…` : answer.trim() || "no answer"
-      }`,
+      shown === ""
+        ? `HAProxy's socket "${socket}" closed the connection without an answer`
+        : `HAProxy (socket "${socket}") refused the new response: ${
+          shown.length > 200 || cut ? `${shown.slice(0, 200).trim()}…` : shown
+        }`,
     );
   }
 }
 
 /** --check: how one certificate's staple stands; nothing changes, nobody is asked. */
-async function checkTarget(target: Target, context: RunContext): Promise<Outcome> {
+async function checkTarget(
+  target: Target,
+  context: RunContext,
+  prober: Prober,
+): Promise<Outcome> {
   const log = context.log.forDomain(target.id);
   const attempt = context.state.attempt(target.responsePath);
   try {
@@ -5879,9 +6269,10 @@ async function checkTarget(target: Target, context: RunContext): Promise<Outcome
       log.info("no OCSP URL in the certificate: skipped");
       return { ...outcome, action: "skipped", skipReason: plan.why };
     }
-    const { health, line } = assess(plan, facts, attempt, context.now);
+    const pendingPush = context.state.pendingPush(target.responsePath);
+    const { health, line } = assess(plan, facts, attempt, context.now, pendingPush);
     log.info(line);
-    const served = target.serve && await askServer(target, target.serve, facts, context);
+    const served = target.serve && await askServer(target, target.serve, facts, context, prober);
     if (served) {
       log.info(
         `served: ${served.message}: ${
@@ -5997,10 +6388,13 @@ interface RunReport {
  */
 async function runChecks(targets: Target[], context: RunContext): Promise<RunReport> {
   const { config, log, now } = context;
+  const prober = new Prober(context.started + CHECK_DEADLINE_SECONDS * 1000);
+  // Handshakes wait on the network, not on this machine: many go at once.
+  const probing = targets.some((target) => target.serve) ? PROBES_AT_ONCE : 1;
   const { results } = await runPool(
     targets,
-    config.parallelThreads,
-    (target) => checkTarget(target, context),
+    Math.max(config.parallelThreads, probing),
+    (target) => checkTarget(target, context, prober),
     () => context.stop.aborted,
   );
   if (context.stop.aborted) throw new Interrupted(context.stop);
@@ -6269,37 +6663,114 @@ function failureOf(error: unknown): { message: string; status: number } {
  * and never leaves a status that reads as renewals that did not happen.
  */
 export async function main(args: string[], output = new Output()): Promise<number> {
-  const status = await run(args, output);
+  const { status, mode } = await run(args, output);
   output.flush();
-  return args.includes("--check") ? status : output.exitStatus(status);
+  // --check's statuses are Nagios', which output problems do not change.
+  return mode === "check" ? status : output.exitStatus(status);
 }
 
-async function run(args: string[], output: Output): Promise<number> {
+async function run(args: string[], output: Output): Promise<{ status: number; mode: Mode }> {
   const started = performance.now();
-  // What the raw arguments say, for reporting a command line that does not parse.
-  const asked: Pick<Invocation, "mode" | "format"> = {
-    mode: args.includes("--check") ? "check" : "run",
-    format: args.includes("--json") ? "json" : "text",
-  };
-  if (asked.format === "json") output.reserveStdout();
-  const terminal = Logger.console(output, { quiet: false, format: asked.format });
   let invocation: Invocation;
-  let now: Date;
   try {
     invocation = parseCommandLine(args);
-    now = currentTime();
   } catch (error) {
+    // Reported as the command line asked, as far as it could be read.
+    const asked = error instanceof BadCommandLine
+      ? error.invocation
+      : { mode: "run" as const, format: "text" as const };
+    if (asked.format === "json") output.reserveStdout();
+    const terminal = Logger.console(output, { quiet: false, format: asked.format });
     const { message, status } = failureOf(error);
     const exit = cannotGoOn(output, terminal, asked, message, status, new Date());
     if (asked.mode === "run" && asked.format === "text") output.write(output.stderr, "\n" + HELP);
-    return exit;
+    return { status: exit, mode: asked.mode };
+  }
+  const { mode } = invocation;
+  return { status: await runParsed(invocation, output, started), mode };
+}
+
+/** A command line that parsed: help, version, or a run or --check from the right folder. */
+async function runParsed(
+  invocation: Invocation,
+  output: Output,
+  started: number,
+): Promise<number> {
+  if (invocation.format === "json") output.reserveStdout();
+  const terminal = Logger.console(output, { quiet: false, format: invocation.format });
+  let now: Date;
+  try {
+    now = currentTime();
+  } catch (error) {
+    const { message, status } = failureOf(error);
+    return cannotGoOn(output, terminal, invocation, message, status, new Date());
   }
   if (invocation.help || invocation.version) {
     output.write(output.stdout, invocation.help ? HELP : `ocspbot ${VERSION}\n`);
     return 0;
   }
 
+  if (invocation.renewed.length === 0) return await operate(invocation, output, now, started);
+  // A deploy hook runs in its ACME client's working directory (certbot's is /):
+  // relative paths in the config start at the config's folder instead, where
+  // the README's cron line runs the hourly run, so both keep the same files.
+  const back = Deno.cwd();
+  const configPath = path.resolve(invocation.configPath);
+  const renewed = invocation.renewed.map((given) => path.resolve(given));
+  try {
+    Deno.chdir(path.dirname(configPath));
+  } catch (error) {
+    const message = `Cannot work from the config's folder "${
+      path.dirname(configPath)
+    }", where a --renewed run resolves the config's relative paths: ${errorText(error)}`;
+    return cannotGoOn(output, terminal, invocation, message, EXIT.configUnloadable, now);
+  }
+  try {
+    return await operate({ ...invocation, configPath, renewed }, output, now, started);
+  } finally {
+    Deno.chdir(back);
+  }
+}
+
+/**
+ * Says where the config's relative paths start when a deploy hook's run
+ * (which starts them at the config's folder) could keep other files than
+ * this one: the hook then misses the hourly run's state, lock and staples.
+ */
+function sayWhereRelativePathsStart(
+  config: Config,
+  invocation: Invocation,
+  log: Logger,
+  files: Files,
+): void {
+  const keys = relativeKeys(config);
+  if (keys.length === 0) return;
+  const here = Deno.cwd();
+  const folder = path.dirname(path.resolve(config.file));
+  const named = keys.map((key) => `"${key}"`).join(", ");
+  if (invocation.renewed.length > 0) {
+    if (files.entry(path.resolve(config.stateFile))) return;
+    log.warn(
+      `No state file "${
+        path.resolve(config.stateFile)
+      }": --renewed starts the relative paths of ${named} at the config's folder "${folder}"; if the hourly run starts elsewhere, run it from "${folder}" (cd there first) or make those paths absolute, or the hook keeps other files than it`,
+    );
+  } else if (here !== folder) {
+    log.info(
+      `Relative paths (${named}) start at the working directory "${here}"; a --renewed hook starts them at the config's folder "${folder}": cd there first, or make them absolute, so that both keep the same files`,
+    );
+  }
+}
+
+/** A run or --check of a command line that parsed: config, lock, certificates, report. */
+async function operate(
+  invocation: Invocation,
+  output: Output,
+  now: Date,
+  started: number,
+): Promise<number> {
   const { mode, format } = invocation;
+  const terminal = Logger.console(output, { quiet: false, format });
   const options = { quiet: invocation.quiet, format };
   const warnings: string[] = [];
   if (fakeClock()) {
@@ -6326,6 +6797,7 @@ async function run(args: string[], output: Output): Promise<number> {
   let lock: Deno.FsFile | undefined;
   try {
     for (const warning of warnings.splice(0)) log.warn(warning);
+    sayWhereRelativePathsStart(config, invocation, log, files);
     if (invocation.renewed.length > 0) {
       // A hook naming what no certificate is in hears so at once, not after the hourly run's lock.
       renewedTargets(discoverTargets({ ...config, problems: [] }), invocation.renewed);
@@ -6350,6 +6822,7 @@ async function run(args: string[], output: Output): Promise<number> {
     const context: RunContext = {
       config,
       now,
+      started,
       log,
       state,
       files,
@@ -6360,6 +6833,7 @@ async function run(args: string[], output: Output): Promise<number> {
       forcedBy: invocation.force ? "--force" : "--renewed: a new certificate",
       keepOutcomes: format === "json" || config.metricsFile !== undefined,
       silentResponders: new Map(),
+      renewedWaitSeconds: invocation.renewed.length > 0 ? invocation.renewedWaitSeconds : undefined,
     };
     const report = mode === "check"
       ? await runChecks(targets, context)

@@ -1,6 +1,7 @@
 // Copyright 2026 the ocspbot authors. MIT license.
 
 import nodeAssert from "node:assert/strict";
+import * as nodeCrypto from "node:crypto";
 import { X509Certificate } from "node:crypto";
 import * as path from "node:path";
 import { assert, assertEquals, assertMatch, assertNotEquals } from "./testdata/asserts.ts";
@@ -894,7 +895,10 @@ Deno.test("parseStapled() and servedVerdict() judge what a server staples", asyn
     assertEquals(parseStapled("connect:errno=111\n"), undefined);
   });
   const stored: ResponseReport = { ...GOOD, thisUpdate: new Date("2026-06-01T00:00:00Z") };
-  const cert = { serial: "0x1004", mustStaple: false };
+  const cert: { serial: string; mustStaple: boolean; presented?: string } = {
+    serial: "0x1004",
+    mustStaple: false,
+  };
   const cases: [
     string,
     string | undefined,
@@ -946,6 +950,30 @@ Deno.test("parseStapled() and servedVerdict() judge what a server staples", asyn
       /Must-Staple clients refuse/,
     ],
     ["no TLS at all", "connect:errno=111\n", cert, stored, "warning", /cannot ask .*: refused/],
+    [
+      "another certificate presented, with its own staple: reload, not renew",
+      stapledText("0FFF", "good", "Jun  1 00:00:00 2026 GMT", "Jun  8 00:00:00 2026 GMT"),
+      { ...cert, presented: "0FFF" },
+      stored,
+      "warning",
+      /presents another certificate \(serial 0FFF, not the configured 0x1004\) and staples a good response for it: it was not reloaded .*; reload the server$/,
+    ],
+    [
+      "another certificate presented, nothing stapled, must-staple",
+      "OCSP response: no response sent\n",
+      { ...cert, mustStaple: true, presented: "0FFF" },
+      stored,
+      "critical",
+      /presents another certificate .* and staples nothing: .*reload the server$/,
+    ],
+    [
+      "the configured certificate with another's staple: renew",
+      stapledText("0FFF", "good", "Jun  1 00:00:00 2026 GMT", "Jun  8 00:00:00 2026 GMT"),
+      { ...cert, presented: "1004" },
+      stored,
+      "critical",
+      /another certificate \(serial 0FFF, not 0x1004\).*renew it/,
+    ],
   ];
   for (const [name, stdout, certificate, storedResponse, verdict, message] of cases) {
     await t.step(name, () => {
@@ -4038,4 +4066,190 @@ Deno.test("serve without an address names the missing key", () => {
     ExitError,
   );
   assertEquals(thrown.message, 'Config "c.yaml": "serve.address" is missing');
+});
+
+Deno.test("--renewed waits a while for a responder that does not know the new certificate, then fails", async (t) => {
+  await withCa(async (ca) => {
+    const site = await makeSite(ca, []);
+    const leaf = await ca.issueLeaf(path.join(site, "certs"), "new.test", { status: "unknown" });
+    const hook = (wait: string) => ["--renewed", leaf.cert, "--renewed-wait", wait];
+    await t.step(
+      "still unknown when the wait ends: 255, which the ACME client reports",
+      async () => {
+        const started = Date.now();
+        const run = await runMain(site, hook("0.6"));
+        assertEquals(run.code, 255, run.stdout + run.stderr);
+        assert(Date.now() - started < 10_000, "it waited past --renewed-wait");
+        assertMatch(run.stdout, /Responder does not know the new certificate yet .*asking again/);
+        assertMatch(
+          run.stderr,
+          /ERROR: The responder still does not know the new certificate ".*new\.test\.pem" after 0\.6 s \(responder says the certificate is unknown\); the server keeps the old certificate's response/,
+        );
+        assert(!(await exists(response(site, "new.test"))));
+      },
+    );
+    await t.step("known a moment later: stapled before the hook returns", async () => {
+      const learns = setTimeout(() => ca.setStatus(leaf.serial, "good", "new.test"), 500);
+      try {
+        const run = await runMain(site, hook("20"));
+        assertEquals(run.code, 1, run.stdout + run.stderr);
+        assertMatch(run.stdout, /asking again in 2 s/);
+      } finally {
+        clearTimeout(learns);
+      }
+      assertEquals(await ca.verifiedStatus(response(site, "new.test"), leaf.cert), "good");
+    });
+    await t.step("the hourly run still waits for the next run, without failing", async () => {
+      await ca.issueLeaf(path.join(site, "certs"), "newer.test", { status: "unknown" });
+      const run = await runMain(site);
+      assertEquals(run.code, 0, run.stdout + run.stderr);
+      assertMatch(run.stderr, /newer\.test.*not yet known to the responder .*; retried next run/);
+    });
+    await t.step("--renewed-wait takes seconds, and a path --renewed takes no dash", async () => {
+      for (const args of [["--renewed-wait", "soon"], ["--renewed", "--force"]]) {
+        const run = await runMain(site, args);
+        assertEquals(run.code, 252, run.stdout + run.stderr);
+      }
+    });
+  });
+});
+
+Deno.test("--renewed from the ACME client's working directory keeps the hourly run's files", async () => {
+  await withCa(async (ca) => {
+    // A name no other test uses: the old resolution wrote it under the client's cwd, /.
+    const folder = `ocspbot-staples-${crypto.randomUUID()}`;
+    const site = await makeSite(
+      ca,
+      ["a.test"],
+      BASE_CONFIG.replace("ocsp_folder: responses", `ocsp_folder: ${folder}`),
+    );
+    const staple = path.join(site, folder, "a.test.ocsp-resp");
+    try {
+      // The hourly run, as the README's cron line runs it: from the config's folder.
+      const hourly = await runMain(site, ["ocspbot.yaml"]);
+      assertEquals(hourly.code, 1, hourly.stdout + hourly.stderr);
+      const renewed = await ca.issueLeaf(path.join(site, "certs"), "a.test");
+      const hook = await runBot("/", [path.join(site, "ocspbot.yaml"), "--renewed", renewed.cert]);
+      assertEquals(hook.code, 1, hook.stdout + hook.stderr);
+      assert(!(await exists(path.join("/", folder))), "the hook kept files under its cwd, /");
+      assertEquals(await ca.verifiedStatus(staple, renewed.cert), "good");
+      assertEquals(
+        [...Deno.readDirSync(path.join(site, folder))].map((e) => e.name).sort(),
+        [".ocspbot-state.json", ".ocspbot-state.json.lock", "a.test.ocsp-resp"],
+      );
+      // The hourly run from elsewhere says where its relative paths start.
+      const elsewhere = await runMain(ca.dir, [path.join(site, "ocspbot.yaml")]);
+      assertMatch(
+        elsewhere.stdout,
+        /Relative paths \("ocsp_folder", "state_file", "scan_keys"\) start at the working directory ".*"; a --renewed hook starts them at the config's folder/,
+      );
+    } finally {
+      await Deno.remove(path.join("/", folder), { recursive: true }).catch(() => {});
+    }
+  });
+});
+
+Deno.test("a certificate link re-pointed while hooks run: the staple recorded is judged against the bytes asked about", async () => {
+  await withCa(async (ca) => {
+    const site = path.join(ca.dir, "site");
+    const first = await ca.issueLeaf(path.join(site, "archive", "1"), "a.test");
+    const second = await ca.issueLeaf(path.join(site, "archive", "2"), "a.test");
+    const live = path.join(site, "live");
+    await Deno.mkdir(live);
+    const link = path.join(live, "cert.pem");
+    await Deno.symlink(first.cert, link);
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      `minimum_validity: 6h\nocsp_folder: responses\ndomains:\n  a.test:\n    cert: live/cert.pem\n` +
+        `    chain: ${first.chain}\n    rootchain: ${first.rootchain}\n    ocsp: a.test.der\n`,
+    );
+    const staple = path.join(site, "responses", "a.test.der");
+    const hourly = await runMain(site);
+    assertEquals(hourly.code, 1, hourly.stdout + hourly.stderr);
+    // Another process re-points the link back and forth, as hooks of two renewals would.
+    const flipper = new Deno.Command("python3", {
+      args: [
+        "-c",
+        `import os, sys, time
+link, a, b = sys.argv[1:4]
+end = time.time() + 30
+while time.time() < end:
+    for target in (b, a):
+        os.symlink(target, link + ".new")
+        os.rename(link + ".new", link)
+        time.sleep(0.002)`,
+        link,
+        first.cert,
+        second.cert,
+      ],
+      stdin: "null",
+    }).spawn();
+    const digest = async (file: string) =>
+      nodeCrypto.createHash("sha256").update(await Deno.readFile(file)).digest("base64url");
+    const hashes = [[await digest(first.cert), first.cert], [
+      await digest(second.cert),
+      second.cert,
+    ]];
+    const state = path.join(site, "responses", ".ocspbot-state.json");
+    try {
+      for (let i = 0; i < 15; i++) {
+        const hook = await runMain(site, ["--renewed", link]);
+        assertEquals(hook.code, 1, hook.stdout + hook.stderr);
+        // The certificate the state says the staple was verified with is the one it is for.
+        const line = (await Deno.readTextFile(state)).split("\n")
+          .find((text) => text.startsWith("a.test.der\t"));
+        const recorded = line?.split("\t")[1].split(" ")[1]?.split("/")[1];
+        const cert = hashes.find(([hash]) => recorded && hash.startsWith(recorded))?.[1];
+        assert(cert, `the state names neither certificate: ${line}`);
+        assertEquals(await ca.verifiedStatus(staple, cert), "good", `hook ${i}: ${line}`);
+      }
+    } finally {
+      flipper.kill("SIGKILL");
+      await flipper.status;
+    }
+    await Deno.remove(link).catch(() => {});
+    await Deno.remove(`${link}.new`).catch(() => {});
+    await Deno.symlink(first.cert, link);
+    // Whatever the hooks left, the next run staples the first certificate, and --check agrees.
+    const after = await runMain(site);
+    assert(after.code === 0 || after.code === 1, after.stdout + after.stderr);
+    assertEquals(await ca.verifiedStatus(staple, first.cert), "good", after.stdout);
+    const check = await runMain(site, ["--check"]);
+    assertEquals(check.code, 0, check.stdout + check.stderr);
+  });
+});
+
+Deno.test("--check asks a hung server once, and every certificate behind it in parallel", async () => {
+  await withCa(async (ca) => {
+    const names = Array.from({ length: 8 }, (_, i) => `s${i}.test`);
+    // A server that takes connections and never speaks TLS.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    const accepting = (async () => {
+      for await (const connection of listener) held.push(connection);
+    })();
+    const { port } = listener.addr as Deno.NetAddr;
+    try {
+      const site = await makeSite(
+        ca,
+        names,
+        `minimum_validity: 6h\nocsp_folder: responses\ntimeout: 2\nserve: 127.0.0.1:${port}\n` +
+          `scan_keys:\n  - folder: certs\n`,
+      );
+      assertEquals((await runMain(site)).code, names.length);
+      const started = Date.now();
+      const check = await runMain(site, ["--check"]);
+      const seconds = (Date.now() - started) / 1000;
+      assertEquals(check.code, 1, check.stdout + check.stderr);
+      assert(seconds < 6, `--check took ${seconds} s behind one hung server`);
+      assertMatch(check.stdout, /OCSP WARNING - 8 of 8 servers not reached/);
+      // Asked once: the other seven are told of the first's silence without asking.
+      assertEquals(check.stdout.match(/no handshake within 2 s/g)?.length, 8, check.stdout);
+      assertEquals(check.stdout.match(/earlier in this --check; not asked again/g)?.length, 7);
+    } finally {
+      listener.close();
+      await accepting.catch(() => {});
+      for (const connection of held) connection.close();
+    }
+  });
 });
