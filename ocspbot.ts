@@ -2260,9 +2260,14 @@ class Prober {
   }
 }
 
-/** The serial of the certificate `openssl s_client` printed, in servedVerdict's form. */
+/**
+ * The serial of the certificate the server presented, in servedVerdict's
+ * form: the PEM after s_client's "Server certificate" line, not one of the
+ * stapled response's signer certificates printed before it.
+ */
 function presentedSerial(stdout: string): string | undefined {
-  const pem = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/.exec(stdout)?.[0];
+  const pem = /^Server certificate\n(-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----)/m
+    .exec(stdout)?.[1];
   if (!pem) return undefined;
   try {
     const der = Uint8Array.fromBase64(pem.replace(/-----[A-Z ]+-----|\s/g, ""));

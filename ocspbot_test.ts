@@ -4253,3 +4253,56 @@ Deno.test("--check asks a hung server once, and every certificate behind it in p
     }
   });
 });
+
+Deno.test("--check: a server presenting another certificate needs a reload, not a renewal", async () => {
+  await withCa(async (ca) => {
+    const port = closedPort();
+    const site = await makeSite(
+      ca,
+      ["a.test", "b.test"],
+      `minimum_validity: 6h\nocsp_folder: responses\nserve: 127.0.0.1:${port}\n` +
+        `scan_keys:\n  - folder: certs\n`,
+    );
+    assertEquals((await runMain(site)).code, 2);
+    // A server still on b.test's certificate and staple, asked about a.test too.
+    const server = new Deno.Command("openssl", {
+      args: [
+        "s_server",
+        "-accept",
+        `127.0.0.1:${port}`,
+        "-cert",
+        path.join(site, "certs", "b.test.pem"),
+        "-key",
+        path.join(ca.dir, "leaf.key"),
+        "-status_file",
+        response(site, "b.test"),
+        "-quiet",
+      ],
+      stdin: "piped",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      for (let tries = 0; tries < 100; tries++) {
+        try {
+          (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+          break;
+        } catch {
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      }
+      const check = await runMain(site, ["--check"]);
+      assertEquals(check.code, 1, check.stdout + check.stderr);
+      assertMatch(
+        check.stdout,
+        /^\[a\.test\] served: 127\.0\.0\.1:\d+ presents another certificate \(serial [0-9A-F]+, not the configured [0-9A-F]+\) and staples a good response for it: it was not reloaded since the certificate was replaced; reload the server: WARNING$/m,
+      );
+      assertMatch(check.stdout, /^\[b\.test\] served: .* staples the stored response/m);
+      assert(!/renew it/.test(check.stdout), check.stdout);
+    } finally {
+      server.stdin.close();
+      server.kill();
+      await server.status;
+    }
+  });
+});
