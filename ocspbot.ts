@@ -63,13 +63,13 @@ import * as path from "node:path";
 // ---------------------------------------------------------------- types --
 
 /** A run renews; a check (`--check`) decides and reports only: it changes nothing, asks no responder. */
-export type Mode = "run" | "check";
+type Mode = "run" | "check";
 
 /** How the run reports: lines, or one JSON document on stdout with the lines on stderr. */
-export type Format = "text" | "json";
+type Format = "text" | "json";
 
 /** What the command line asks for. */
-export interface Invocation {
+interface Invocation {
   configPath: string;
   help: boolean;
   version: boolean;
@@ -98,7 +98,7 @@ export interface Invocation {
  * settings of its entry (CONFIG_KEYS' perCertificate rows: `haproxy_socket`,
  * `ocsp_responder_uri`, …).
  */
-export type Target = CertificateSettings & {
+type Target = CertificateSettings & {
   id: string;
   certPath: string;
   chainPath?: string;
@@ -109,7 +109,7 @@ export type Target = CertificateSettings & {
 };
 
 /** A certificate's validity: all the renewal rule needs of it. */
-export interface Validity {
+interface Validity {
   notBefore: Date;
   notAfter: Date;
 }
@@ -121,23 +121,23 @@ export interface CertificateInfo extends Validity {
   mustStaple: boolean;
 }
 
-export type CertStatus = "good" | "revoked" | "unknown";
+type CertStatus = "good" | "revoked" | "unknown";
 
 /** The OCSP response statuses that carry no answer (RFC 6960 4.2.1), by code. */
-export const OCSP_ERROR_STATUSES = {
+const OCSP_ERROR_STATUSES = {
   1: "malformedRequest",
   2: "internalError",
   3: "tryLater",
   5: "sigRequired",
   6: "unauthorized",
 } as const;
-export type OcspErrorStatus = (typeof OCSP_ERROR_STATUSES)[keyof typeof OCSP_ERROR_STATUSES];
+type OcspErrorStatus = (typeof OCSP_ERROR_STATUSES)[keyof typeof OCSP_ERROR_STATUSES];
 
 /**
  * Answers that another request in the same run cannot change: the responder
  * does not serve this certificate or cannot read what openssl sends.
  */
-export const DEFINITIVE_ERROR_STATUSES: readonly OcspErrorStatus[] = [
+const DEFINITIVE_ERROR_STATUSES: readonly OcspErrorStatus[] = [
   "malformedRequest",
   "sigRequired",
   "unauthorized",
@@ -172,7 +172,7 @@ export interface ResponseReport {
 }
 
 /** What the state file remembers of a good response ocspbot verified. */
-export interface VerifiedRecord {
+interface VerifiedRecord {
   /**
    * The response, certificate, chain and rootchain it was verified with, in
    * that order, each as `<stamp> <sha256>` (FileEntry): a byte changed in any
@@ -194,7 +194,7 @@ export interface VerifiedRecord {
 }
 
 /** What came of the last request to a responder about a certificate. */
-export type AttemptOutcome = "renewed" | "same" | "failed" | "revoked";
+type AttemptOutcome = "renewed" | "same" | "failed" | "revoked";
 
 /** The state's memory of the last time ocspbot asked a responder about a certificate. */
 export interface Attempt {
@@ -215,7 +215,7 @@ export interface Attempt {
 }
 
 /** What the state file keeps for one response path. */
-export interface StateRecord {
+interface StateRecord {
   /** The good response ocspbot verified, while it is the one stored. */
   verified?: VerifiedRecord;
   attempt?: Attempt;
@@ -227,7 +227,7 @@ export interface StateRecord {
  * them again until each does, and --check warns meanwhile. A fleet member
  * down during a renewal would otherwise staple the old response for days.
  */
-export interface PendingPush {
+interface PendingPush {
   sockets: string[];
   /** Seconds since 1970: when the first push to them failed. */
   since: number;
@@ -240,7 +240,7 @@ export interface PendingPush {
  * folder's stamp stays the same: its entries cannot have changed, so the
  * next run need not list it.
  */
-export interface ScanRecord {
+interface ScanRecord {
   stamp: string;
   /** The domains whose certificate, chain and rootchain were there, in order. */
   domains: string[];
@@ -271,7 +271,7 @@ interface PendingChange {
 type ScanMemo = Pick<State, "scanned" | "setScanned">;
 
 /** What inspect() found of a certificate and its stored response: read, not judged. */
-export interface Facts {
+interface Facts {
   cert: CertificateInfo;
   stored?: ResponseReport;
   /** The stored response as a FileEntry, when there is one. */
@@ -283,7 +283,7 @@ export interface Facts {
 }
 
 /** Whether a certificate's response is renewed now, and why. */
-export interface Decision {
+interface Decision {
   due: boolean;
   reason: string;
   renewAt?: Date;
@@ -300,10 +300,10 @@ export type Plan =
   | { kind: "fresh"; renewAt: Date; reason: string }
   | { kind: "renew"; urls: string[]; reason: string; renewAt?: Date };
 
-export type SkipReason = "no OCSP URL" | "expired";
+type SkipReason = "no OCSP URL" | "expired";
 
 /** What a run did with a certificate; "interrupted" when a signal stopped it. */
-export type Action = "renewed" | "unchanged" | "skipped" | "failed" | "interrupted";
+type Action = "renewed" | "unchanged" | "skipped" | "failed" | "interrupted";
 
 /**
  * How a certificate's staple stands, for --check: fresh is OK; due (not
@@ -347,7 +347,7 @@ export interface ServeAddress {
 }
 
 /** What a server stapled in a handshake, as `openssl s_client -status` printed it. */
-export interface Stapled {
+interface Stapled {
   status?: CertStatus;
   /** The serial of the certificate it is about, as openssl prints it (hex, upper case). */
   serial?: string;
@@ -361,7 +361,7 @@ export interface Stapled {
  * without Must-Staple; the server unreachable), critical (nothing for a
  * Must-Staple certificate, expired, not good, or for another certificate).
  */
-export interface Served {
+interface Served {
   address: string;
   verdict: "ok" | "warning" | "critical";
   message: string;
@@ -372,7 +372,7 @@ export interface Served {
 }
 
 /** Counts of a run; `notProcessed` counts what stop_on_error left out. */
-export interface Summary {
+interface Summary {
   renewed: number;
   unchanged: number;
   skipped: number;
@@ -394,7 +394,7 @@ export class ExitError extends Error {
  * Deno's `No such file or directory (os error 2): readfile 'x'`, or node:fs's
  * `ENOSPC: no space left on device, write`, without the noise.
  */
-export function errorText(error: unknown): string {
+function errorText(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   const node = /^E[A-Z]+: (.+?), \w+(?: '.*')?$/s.exec(message);
   if (node) return node[1][0].toUpperCase() + node[1].slice(1);
@@ -419,56 +419,56 @@ export const EXIT = {
 } as const;
 
 /** --check's exit statuses, a Nagios plugin's. */
-export const NAGIOS = { ok: 0, warning: 1, critical: 2, unknown: 3 } as const;
+const NAGIOS = { ok: 0, warning: 1, critical: 2, unknown: 3 } as const;
 
-export const DEFAULT_CONFIG = "ocspbot.yaml";
+const DEFAULT_CONFIG = "ocspbot.yaml";
 /**
  * How long a deploy hook's run (--renewed) keeps asking a responder that
  * does not know the new certificate yet: CAs publish a new certificate's
  * status within minutes, and the ACME client waits for its hook.
  */
-export const DEFAULT_RENEWED_WAIT_SECONDS = 300;
+const DEFAULT_RENEWED_WAIT_SECONDS = 300;
 /** It asks ten times within the wait, at most every 10 s. */
 const RENEWED_ASKS = 10;
 const RENEWED_ASK_EVERY_MAX_SECONDS = 10;
-export const DEFAULT_TIMEOUT_SECONDS = 30;
+const DEFAULT_TIMEOUT_SECONDS = 30;
 /**
  * How long --check's handshakes with the servers of `serve` may take, all
  * together: under the 60 s a Nagios plugin is given by default.
  */
-export const CHECK_DEADLINE_SECONDS = 45;
+const CHECK_DEADLINE_SECONDS = 45;
 /** How many certificates --check looks at at once when it asks servers. */
 const PROBES_AT_ONCE = 16;
-export const DEFAULT_LOCK_TIMEOUT_SECONDS = 300;
-export const DEFAULT_RETRIES = 2;
+const DEFAULT_LOCK_TIMEOUT_SECONDS = 300;
+const DEFAULT_RETRIES = 2;
 /** The version of the state file's format this ocspbot reads and writes. */
 export const STATE_VERSION = 3;
 /** The state file's name inside `ocsp_folder`, unless `state_file` says otherwise. */
 export const DEFAULT_STATE_FILE = ".ocspbot-state.json";
 /** Lifespan assumed for a response without nextUpdate, as Apache mod_md. */
-export const ASSUMED_LIFESPAN_MS = 12 * 3600_000;
+const ASSUMED_LIFESPAN_MS = 12 * 3600_000;
 /**
  * How long past `timeout` an openssl process may run before it is stopped:
  * openssl's own -timeout should fire first, with the better message.
  */
-export const KILL_GRACE_SECONDS = 2;
+const KILL_GRACE_SECONDS = 2;
 /**
  * Characters of base64url SHA-256 kept to tell files apart: 132 bits, which
  * no accidental change collides with, at half the size in the state file.
  */
-export const HASH_CHARS = 22;
+const HASH_CHARS = 22;
 /** A file changed more recently than this gets no stamp: see fileStamp(). */
-export const STAMP_SETTLE_MS = 2000;
+const STAMP_SETTLE_MS = 2000;
 /** How long after its notBefore a certificate may be unknown to its responder. */
-export const NEW_CERTIFICATE_GRACE_MS = 15 * 60_000;
+const NEW_CERTIFICATE_GRACE_MS = 15 * 60_000;
 /** Clock skew tolerated in a fresh response's thisUpdate (openssl's own). */
-export const CLOCK_SKEW_MS = 5 * 60_000;
+const CLOCK_SKEW_MS = 5 * 60_000;
 /** How many HTTP redirects of a responder ocspbot follows, when it may. */
-export const MAX_REDIRECTS = 3;
+const MAX_REDIRECTS = 3;
 /** The signals that end a run early, keeping what finished. */
-export const STOP_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
+const STOP_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
 /** How long an interrupted run may take to wind down before it exits regardless. */
-export const STOP_GRACE_SECONDS = 10;
+const STOP_GRACE_SECONDS = 10;
 
 const SECONDS_PER_UNIT: Record<string, number> = {
   s: 1,
@@ -490,7 +490,7 @@ const SECONDS_PER_UNIT: Record<string, number> = {
   weeks: 604800,
 };
 
-export const HELP = `ocspbot ${VERSION}: keeps OCSP responses for stapling fresh.
+const HELP = `ocspbot ${VERSION}: keeps OCSP responses for stapling fresh.
 
 Usage: ocspbot [config] [--check] [--json] [-q] [--force] [--only id ...]
                [--renewed path ... [--renewed-wait seconds]]
@@ -538,7 +538,7 @@ const decoder = new TextDecoder();
  * A command line that does not parse: 252, with what it said so far, so
  * that the error is reported as the mode and format asked for.
  */
-export class BadCommandLine extends ExitError {
+class BadCommandLine extends ExitError {
   constructor(message: string, readonly invocation: Invocation) {
     super(message, EXIT.badArguments);
   }
@@ -655,7 +655,7 @@ export function parseInterval(text: string): number {
 export type Place = "top" | "domain" | "scan" | "include";
 
 /** Where a value is being read, for checks that fail naming file and key. */
-export interface Reading {
+interface Reading {
   file: string;
   /** The key as a person finds it: `timeout`, `domains.www.cert`, `scan_keys[0].cert_mask`. */
   key: string;
@@ -827,7 +827,7 @@ export function serveAddress(text: string): ServeAddress {
 }
 
 /** A ServeAddress as `serve` writes it, for messages. */
-export function serveText(address: ServeAddress): string {
+function serveText(address: ServeAddress): string {
   const host = address.host.includes(":") ? `[${address.host}]` : address.host;
   return `${address.starttls ? `${address.starttls}://` : ""}${host}:${address.port}`;
 }
@@ -1104,7 +1104,7 @@ type PlaceValues<P extends Place, Rows = typeof CONFIG_KEYS> = {
     : RowValue<Rows[F]>;
 };
 /** The settings each certificate carries: its entry's, else the top level's. */
-export type CertificateSettings = {
+type CertificateSettings = {
   -readonly [
     F in keyof typeof ENTRY_KEYS as (typeof ENTRY_KEYS)[F] extends { perCertificate: true } ? F
       : never
@@ -1112,12 +1112,12 @@ export type CertificateSettings = {
 };
 
 /** When a good stored response is due; either limit or both. */
-export type RenewalPolicy = Partial<
+type RenewalPolicy = Partial<
   Pick<PlaceValues<"top">, "minimumValidityMs" | "minimumValidityPercentage" | "stapleRevoked">
 >;
 
 /** The interpreted configuration, includes not yet read. */
-export type Config =
+type Config =
   & Omit<PlaceValues<"top">, keyof RenewalPolicy>
   & {
     file: string;
@@ -1131,10 +1131,10 @@ export type Config =
   };
 
 /** One entry of `domains`, as written in a config file. */
-export type DomainEntry = PlaceValues<"domain", typeof ENTRY_KEYS> & EntryOrigin;
+type DomainEntry = PlaceValues<"domain", typeof ENTRY_KEYS> & EntryOrigin;
 
 /** One entry of `scan_keys`. */
-export type ScanEntry = PlaceValues<"scan", typeof ENTRY_KEYS> & EntryOrigin;
+type ScanEntry = PlaceValues<"scan", typeof ENTRY_KEYS> & EntryOrigin;
 
 /** Every key of the table, as written, with the places it may be written in. */
 export function configKeys(): { name: string; places: readonly Place[] }[] {
@@ -1239,7 +1239,7 @@ export function interpretConfig(
 }
 
 /** Interprets an include file: only `domains` and `scan_keys` count there. */
-export function interpretInclude(
+function interpretInclude(
   document: unknown,
   file: string,
   warnings: string[] = [],
@@ -1252,7 +1252,7 @@ export function interpretInclude(
 const LOG_PLACEHOLDERS = ["year", "month", "day", "hour", "minute", "second"];
 
 /** The placeholders of a log file name that formatLogName() does not fill. */
-export function unknownPlaceholders(template: string): string[] {
+function unknownPlaceholders(template: string): string[] {
   return [...template.matchAll(/\{([^{}]*)\}/g)]
     .map((match) => match[1])
     .filter((name) => !LOG_PLACEHOLDERS.includes(name));
@@ -1275,7 +1275,7 @@ export function formatLogName(template: string, now: Date): string {
 }
 
 /** Parses YAML as the Python bot's PyYAML did; `json` lets a repeated key overwrite. */
-export interface YamlReader {
+interface YamlReader {
   load(text: string, json: boolean): unknown;
 }
 
@@ -1288,7 +1288,7 @@ export interface YamlReader {
  * 1.2, where they are strings. Configs written for the Python bot must keep
  * their meaning, so the 1.1 booleans replace the 1.2 ones.
  */
-export async function loadYamlReader(): Promise<YamlReader> {
+async function loadYamlReader(): Promise<YamlReader> {
   let yaml: typeof JsYaml;
   try {
     yaml = (await import("npm:js-yaml@4.1.0")).default as typeof JsYaml;
@@ -1359,7 +1359,7 @@ function parseYaml(
  * from other teams. An include is read only if it is a file of its own, not
  * another user's link nor a second name of another file.
  */
-export function loadConfig(
+function loadConfig(
   file: string,
   warnings: string[],
   yaml: YamlReader,
@@ -1464,7 +1464,7 @@ function certificateSettings(entry: DomainEntry | ScanEntry, config: Config): Ce
 }
 
 /** Whether `file` lies inside `folder`, both resolved, by their names. */
-export function isInside(file: string, folder: string): boolean {
+function isInside(file: string, folder: string): boolean {
   const relative = path.relative(path.resolve(folder), path.resolve(file));
   return relative !== "" && relative !== ".." && !relative.startsWith("../") &&
     !path.isAbsolute(relative);
@@ -1475,7 +1475,7 @@ export function isInside(file: string, folder: string): boolean {
  * includes often come from another team, who may choose the responder and
  * the rootchain, and so the bytes written; the folder must stay ocspbot's.
  */
-export function outsideOcspFolder(
+function outsideOcspFolder(
   responsePath: string,
   ocspFolder: string,
 ): string | undefined {
@@ -1500,7 +1500,7 @@ export function maskPattern(mask: string): RegExp {
  * plain string operations handle: a scan of 30,000 names is the hot path of
  * an hourly run, and a regular expression costs a match array per name.
  */
-export class Mask {
+class Mask {
   readonly #parts: string[];
   readonly #pattern: RegExp;
 
@@ -1767,7 +1767,7 @@ function domainTarget(entry: DomainEntry, config: Config): Target {
  * Every certificate of the config: scanned ones first, then `domains`.
  * Two targets with one id, or one response file, are a config error.
  */
-export function discoverTargets(
+function discoverTargets(
   config: Config,
   memo?: ScanMemo,
   warnings: string[] = [],
@@ -1984,12 +1984,12 @@ function containsBytes(haystack: Uint8Array, needle: Uint8Array): boolean {
   return false;
 }
 
-export function sha256(bytes: Uint8Array | string): string {
+function sha256(bytes: Uint8Array | string): string {
   return nodeCrypto().createHash("sha256").update(bytes).digest("base64url").slice(0, HASH_CHARS);
 }
 
 /** The PEM certificate blocks of a file, in order; keys and other blocks are left out. */
-export function pemCertificates(text: string): string[] {
+function pemCertificates(text: string): string[] {
   return text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
 }
 
@@ -2000,7 +2000,7 @@ export function pemCertificates(text: string): string[] {
  * check the signature: it verifies no RSASSA-PSS signature (AD CS's
  * AlternateSignatureAlgorithm) and reads no RSASSA-PSS key; openssl must.
  */
-export function issuedBy(cert: X509Certificate, candidate: X509Certificate): boolean | undefined {
+function issuedBy(cert: X509Certificate, candidate: X509Certificate): boolean | undefined {
   if (!cert.checkIssued(candidate)) return false;
   try {
     if (cert.verify(candidate.publicKey)) return true;
@@ -2031,7 +2031,7 @@ interface FileCertificate {
  * that are not certificates, a private key among them, are skipped and not
  * kept. A DER file is one certificate.
  */
-export function parseBundle(bytes: Uint8Array, file: string): {
+function parseBundle(bytes: Uint8Array, file: string): {
   certificates: FileCertificate[];
   leaf: FileCertificate;
 } {
@@ -2119,7 +2119,7 @@ interface RequestInput {
  * two's complement bytes, and asking for those is asking for another
  * certificate (answered `unknown`).
  */
-export function serialArgument(certificate: Uint8Array): string {
+function serialArgument(certificate: Uint8Array): string {
   const bytes = certificateFields(certificate).serial;
   let value = bytes.reduce((sum, byte) => sum * 256n + BigInt(byte), 0n);
   if (bytes[0] & 0x80) value -= 1n << BigInt(8 * bytes.length);
@@ -2374,7 +2374,7 @@ export function fileStamp(info: Deno.FileInfo, realNowMs: number): string {
 }
 
 /** Seconds since 1970: how the state keeps times. */
-export function epochSeconds(time: Date): number {
+function epochSeconds(time: Date): number {
   return Math.floor(time.getTime() / 1000);
 }
 
@@ -2384,7 +2384,7 @@ export function fileEntry(stamp: string, sha256: string): string {
 }
 
 /** The hash part of a FileEntry. */
-export function entryHash(entry: string | undefined): string | undefined {
+function entryHash(entry: string | undefined): string | undefined {
   return entry?.slice(entry.indexOf(" ") + 1);
 }
 
@@ -2502,7 +2502,7 @@ export function recallReport(
  * a revocation (`-` for what is missing). The attempt is JSON. undefined:
  * nothing worth keeping.
  */
-export function stateLine(key: string, record: StateRecord): string | undefined {
+function stateLine(key: string, record: StateRecord): string | undefined {
   const { verified: v, attempt, push } = record;
   if (!v && !attempt && !push) return undefined;
   const time = (seconds: number | undefined) => seconds === undefined ? "-" : seconds.toString(36);
@@ -2805,7 +2805,7 @@ class State {
 // and the probe read these; none computes a response's window itself.
 
 /** A time as a person reads it in a log: `2026-11-24 01:55:18 UTC`. */
-export function formatTime(time: Date): string {
+function formatTime(time: Date): string {
   const iso = time.toISOString();
   return `${iso.slice(0, 10)} ${iso.slice(11, 19)} UTC`;
 }
@@ -2816,7 +2816,7 @@ export function formatTime(time: Date): string {
  * assumed 12 hours; earlier when the responder certificate it carries ends
  * first. Only for a response with a thisUpdate.
  */
-export function responseExpiry(
+function responseExpiry(
   report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter">,
 ): number {
   const expiry = report.nextUpdate?.getTime() ??
@@ -2893,7 +2893,7 @@ function lifespanRule(): string {
 }
 
 /** The stretch a response is good for: its dates clipped to the certificate's. */
-export function responseLifespan(
+function responseLifespan(
   cert: Validity,
   report: ResponseReport,
 ): { start: Date; end: Date } {
@@ -2913,7 +2913,7 @@ export function responseLifespan(
  * When a good response is due: the earlier of `end - minimum_validity` and
  * the point where only `minimum_validity_percentage` of its lifespan is left.
  */
-export function renewalTime(
+function renewalTime(
   policy: RenewalPolicy,
   cert: Validity,
   report: ResponseReport,
@@ -2933,7 +2933,7 @@ export function renewalTime(
 }
 
 /** `, but its responder's certificate ends at <time>`, when that comes first. */
-export function signerEndsFirst(
+function signerEndsFirst(
   report: Pick<ResponseReport, "thisUpdate" | "nextUpdate" | "signerNotAfter">,
 ): string {
   const { signerNotAfter } = report;
@@ -2942,7 +2942,7 @@ export function signerEndsFirst(
 }
 
 /** ` since <time> (<reason>)`, as far as a revoked answer says them. */
-export function revocationText(
+function revocationText(
   revocation: { revocationTime?: Date; revocationReason?: string },
 ): string {
   const { revocationTime: time, revocationReason: reason } = revocation;
@@ -2962,7 +2962,7 @@ function revocationStands(attempt: Attempt | undefined, storedSince?: Date): boo
 }
 
 /** Whether a verified response is one to staple: good, or revoked under `on_revoked: staple`. */
-export function isStaple(report: ResponseReport, policy: RenewalPolicy): boolean {
+function isStaple(report: ResponseReport, policy: RenewalPolicy): boolean {
   return report.status === "good" || (policy.stapleRevoked === true && report.status === "revoked");
 }
 
@@ -3084,7 +3084,7 @@ export function planTarget(
  * is issued (the CA/Browser Forum's Baseline Requirements give CAs 15) and
  * answer `unauthorized` or `unknown` meanwhile. Not a failure worth a page.
  */
-export function notYetKnown(report: ResponseReport, cert: Validity, now: Date): boolean {
+function notYetKnown(report: ResponseReport, cert: Validity, now: Date): boolean {
   const young = now.getTime() - cert.notBefore.getTime() < NEW_CERTIFICATE_GRACE_MS;
   const unknown = report.responderError === "unauthorized" ||
     (report.verified && report.status === "unknown");
@@ -3097,7 +3097,7 @@ export function notYetKnown(report: ResponseReport, cert: Validity, now: Date): 
  * the responder's to produce something newer. Past that, a responder that
  * keeps failing, or keeps sending the same response, needs a person.
  */
-export function runsShort(stored: ResponseReport, renewAt: Date | undefined, now: Date): boolean {
+function runsShort(stored: ResponseReport, renewAt: Date | undefined, now: Date): boolean {
   if (!stored.thisUpdate || !renewAt) return false;
   const expiry = responseExpiry(stored);
   return expiry - now.getTime() < (expiry - renewAt.getTime()) / 2;
@@ -3342,7 +3342,7 @@ const OPENSSL_REASONS: Record<string, string> = {
  * Makes openssl's error queue readable: `…:error:…:lib:func:reason:file:line:
  * detail` becomes `reason (detail)`.
  */
-export function summarizeOpensslErrors(stderr: string): string {
+function summarizeOpensslErrors(stderr: string): string {
   const lines: string[] = [];
   for (const raw of stderr.split("\n")) {
     const line = raw.trim();
@@ -3463,7 +3463,7 @@ function derElements(
   return elements;
 }
 
-export interface OpensslResult {
+interface OpensslResult {
   code: number;
   /** stdout's bytes: with `-respout -` the DER response comes first. */
   output: Uint8Array;
@@ -3878,7 +3878,7 @@ function unanchored(report: ResponseReport): boolean {
  * which URLs allow) lower-cased. A URL that cannot be used is a failed
  * attempt (NoResponse), so that the next URL is tried.
  */
-export function normalizedUrl(url: string): string {
+function normalizedUrl(url: string): string {
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -4755,12 +4755,12 @@ function formatBytes(bytes: number): string {
 }
 
 /** `R-YYYYMMDD-HHMMSS` in local time, the Python bot's backup name. */
-export function backupName(responsePath: string, now: Date): string {
+function backupName(responsePath: string, now: Date): string {
   return responsePath + formatLogName("-{year}{month}{day}-{hour}{minute}{second}", now);
 }
 
 /** Where a response's backups go: beside it, or mirrored under `backup_folder`. */
-export function backupStem(config: Config, responsePath: string): string {
+function backupStem(config: Config, responsePath: string): string {
   if (!config.backupFolder) return responsePath;
   const inside = isInside(responsePath, config.ocspFolder);
   return path.resolve(
@@ -4860,7 +4860,7 @@ async function acquireLock(
 
 // -------------------------------------------------------------- reports --
 
-export function summarize(
+function summarize(
   outcomes: Outcome[],
   notProcessed: number,
   onChangeFailed = false,
@@ -4879,7 +4879,7 @@ export function summarize(
 }
 
 /** Counts one outcome into `summary`: a run of 100,000 need keep no outcome to count it. */
-export function count(summary: Summary, outcome: Outcome): void {
+function count(summary: Summary, outcome: Outcome): void {
   if (outcome.action === "interrupted") return;
   summary[outcome.action]++;
   if (outcome.skipReason === "expired") summary.expired++;
@@ -4908,7 +4908,7 @@ export function summaryLine(summary: Summary): string {
 }
 
 /** `2d 4h`, `5h 3m`, `12m`: how long is left, as a person at 3 a.m. reads it. */
-export function formatDuration(ms: number): string {
+function formatDuration(ms: number): string {
   if (ms <= 0) return "expired";
   const minutes = Math.floor(ms / 60_000);
   const [days, hours] = [Math.floor(minutes / 1440), Math.floor(minutes / 60) % 24];
@@ -5326,7 +5326,7 @@ class Destination {
 }
 
 /** sd-daemon(3)'s priorities of the lines ocspbot logs. */
-export const PRIORITY = { error: 3, warning: 4, info: 6 } as const;
+const PRIORITY = { error: 3, warning: 4, info: 6 } as const;
 type Priority = (typeof PRIORITY)[keyof typeof PRIORITY];
 
 /**
@@ -5483,7 +5483,7 @@ export function printable(line: string): string {
  * error destination, and to the output log too when that is a separate
  * file, so it tells the whole story of a run.
  */
-export class Logger {
+class Logger {
   constructor(
     private readonly output: Output,
     private readonly out: Destination,

@@ -528,6 +528,8 @@ export interface CertbotOptions {
   env?: Record<string, string>;
   /** Return a failed run instead of throwing. */
   allowFailure?: boolean;
+  /** certbot's working directory, which its hooks inherit (default: `dir`). */
+  cwd?: string;
 }
 
 /** Paths of a lineage certbot keeps under `<dir>/config/live/<name>`. */
@@ -589,7 +591,7 @@ export async function certbot(
       "--register-unsafely-without-email",
       "--no-random-sleep-on-renew",
     ],
-    cwd: dir,
+    cwd: options.cwd ?? dir,
     clearEnv: true,
     env: {
       PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",

@@ -21,7 +21,9 @@ import * as path from "node:path";
 import { assert, assertEquals, assertMatch, assertNotEquals } from "./asserts.ts";
 import {
   BASE_CONFIG,
+  BOT,
   BOT_PERMISSIONS,
+  type BotRun,
   exists,
   installBot,
   type KeyPair,
@@ -37,6 +39,7 @@ import {
   writeWithFolders,
 } from "./testca.ts";
 import { certbotConfigDir, certbotObtain, certbotRenew, startPebble } from "./acme.ts";
+import { DEFAULT_STATE_FILE } from "../ocspbot.ts";
 import { servedStaple, startExim } from "./exim.ts";
 
 /** HAProxy's runtime API is a Unix socket, which Deno counts as network. */
@@ -196,6 +199,161 @@ async function issueWithFullchain(ca: TestCa, site: string) {
   );
   return { leaf, fullchain };
 }
+
+interface TimedRun extends BotRun {
+  /** Wall time of the run, in seconds. */
+  seconds: number;
+  /** Whether the run was killed at the deadline. */
+  killed: boolean;
+}
+
+/**
+ * runBot() with HAProxy's permissions, killed after `deadline` seconds: a
+ * run that would hang fails the test instead of holding it; with its wall time.
+ */
+async function runBotWithin(
+  deadline: number,
+  cwd: string,
+  args: string[],
+): Promise<TimedRun> {
+  const stop = new AbortController();
+  const timer = setTimeout(() => stop.abort(), deadline * 1000);
+  const started = performance.now();
+  try {
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--quiet", ...HAPROXY_PERMISSIONS, BOT, ...args],
+      cwd,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal: stop.signal,
+    }).output();
+    return {
+      code: output.code,
+      stdout: decoder.decode(output.stdout),
+      stderr: decoder.decode(output.stderr),
+      seconds: (performance.now() - started) / 1000,
+      killed: stop.signal.aborted,
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A python3 script standing in for a socket, and what it printed first. */
+interface FakeSocket {
+  /** The words of its first line: what it found, and its port if any. */
+  said: string[];
+  close(): Promise<void>;
+}
+
+/**
+ * Runs a python3 `script` (its arguments after it) until close(), once it
+ * printed its first line (within 10 s, or it is killed and this throws).
+ * Python, not Deno: the tests' permissions do not let them listen on a Unix
+ * socket. Each script ends itself after 120 s should the test die first.
+ */
+async function startFakeSocket(script: string, args: string[] = []): Promise<FakeSocket> {
+  const child = new Deno.Command("python3", {
+    args: ["-c", `import signal\nsignal.alarm(120)\n${script}`, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const close = async () => {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // Ended already.
+    }
+    await reader.cancel().catch(() => {});
+    await child.status;
+  };
+  const timer = setTimeout(() => close(), 10_000);
+  let text = "";
+  try {
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!text.includes("\n")) {
+    await close();
+    throw new Error(`python3 said nothing of its socket: ${JSON.stringify(text)}`);
+  }
+  return { said: text.split("\n")[0].split(" "), close };
+}
+
+/** A Unix socket at argv[1] that takes connections and never answers. */
+const HUNG_UNIX_SOCKET = `import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(8)
+print("ready", flush=True)
+held = [s.accept() for _ in range(8)]
+time.sleep(120)
+`;
+
+/**
+ * A TCP port on 127.0.0.1 whose SYNs go unanswered, as behind a firewall
+ * that drops them: a listener that never accepts, with backlog 0, its
+ * queue filled by connections of its own. It says "ready <port>" only once
+ * a connection to it really hangs, else what happened.
+ */
+const SYN_DROPPING_PORT = `import socket, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(0)
+port = s.getsockname()[1]
+held = []
+for _ in range(4):
+    c = socket.socket()
+    c.settimeout(0.5)
+    try:
+        c.connect(("127.0.0.1", port))
+        held.append(c)
+    except OSError:
+        c.close()
+        break
+probe = socket.socket()
+probe.settimeout(1.5)
+try:
+    probe.connect(("127.0.0.1", port))
+    print("answered", port, flush=True)
+except socket.timeout:
+    print("ready", port, flush=True)
+except OSError as error:
+    print("refused", port, str(error).replace(" ", "_"), flush=True)
+probe.close()
+time.sleep(120)
+`;
+
+/**
+ * A TCP port on 127.0.0.1 that resets each connection (SO_LINGER 0) as soon
+ * as the request's first byte arrives. Reset before that, on loopback the
+ * RST can beat the client's own check of its connect, which then fails
+ * ("Cannot reach …: Connection reset by peer"), as it did in the old code.
+ */
+const RESETTING_PORT = `import socket, struct
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+print("ready", s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(3)
+    try:
+        c.recv(1)
+    except OSError:
+        pass
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+`;
 
 Deno.test("nginx staples the response ocspbot wrote, and the renewed one after on_change", async () => {
   await withCa(async (ca) => {
@@ -367,7 +525,7 @@ domains:
         await nextSecond();
         const run = await runBot(site, ["--force", "--only", "a.test"], {}, HAPROXY_PERMISSIONS);
         assertEquals(run.code, 1, run.stdout + run.stderr);
-        assertMatch(run.stdout, /\[a\.test\] Pushed the new response to HAProxy/);
+        assertMatch(run.stdout, /\[a\.test\] Pushed the stored response to HAProxy/);
         const renewed = await responseText(response);
         assertEquals(thisUpdate(renewed) !== thisUpdate(before), true);
         assertEquals(await stapled(port, ca), renewed, "HAProxy still staples the old response");
@@ -382,48 +540,70 @@ domains:
           assertEquals(run.code, 1, run.stdout + run.stderr);
           assertMatch(
             run.stderr,
-            /\[b\.test\] WARNING: HAProxy \(socket ".*haproxy\.sock"\) does not know the certificate: it loaded no response for this certificate when it started .*set on_change to reload it$/m,
+            /\[b\.test\] WARNING: HAProxy \(socket ".*haproxy\.sock"\) does not know the certificate: it loaded no response for this certificate when it started .*set on_change to reload it; every run pushes the stored response again until it takes it /m,
           );
           const stored = await responseText(path.join(certs, "b.test.pem.ocsp"));
           assertMatch(stored, /Cert Status: good/);
         },
       );
-      await t.step("a push refused is an error; the file keeps the new response", async () => {
-        // Something else listens at the second socket, as after a typo in its port.
-        const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-        const refusing = `ipv4@127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
-        const answering = (async () => {
-          for await (const connection of listener) {
-            await connection.read(new Uint8Array(65536));
-            await connection.write(new TextEncoder().encode("Unknown command.\n"));
-            connection.close();
+      await t.step(
+        "a push refused is an error, but the renewal counts; later runs push again",
+        async () => {
+          // Something else listens at the second socket, as after a typo in its port.
+          const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+          const refusing = `ipv4@127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
+          const answering = (async () => {
+            for await (const connection of listener) {
+              await connection.read(new Uint8Array(65536));
+              await connection.write(new TextEncoder().encode("Unknown command.\n"));
+              connection.close();
+            }
+          })();
+          await Deno.writeTextFile(
+            path.join(site, "ocspbot.yaml"),
+            config({ scan: `[${socket}, ${refusing}]` }),
+          );
+          let run, again;
+          try {
+            run = await runBot(site, ["--force", "--only", "a.test"], {}, HAPROXY_PERMISSIONS);
+            // Nothing due: the stored response goes to the one that refused it, which still does.
+            again = await runBot(site, ["--only", "a.test"], {}, HAPROXY_PERMISSIONS);
+          } finally {
+            listener.close();
+            await answering.catch(() => {});
           }
-        })();
-        await Deno.writeTextFile(
-          path.join(site, "ocspbot.yaml"),
-          config({ scan: `[${socket}, ${refusing}]` }),
-        );
-        const run = await runBot(site, ["--force", "--only", "a.test"], {}, HAPROXY_PERMISSIONS);
-        listener.close();
-        await answering.catch(() => {});
-        assertEquals(run.code, 255, run.stdout + run.stderr);
-        assertMatch(
-          run.stdout,
-          /\[a\.test\] Pushed the new response to HAProxy \(socket ".*haproxy\.sock"\)/,
-        );
-        assertMatch(
-          run.stderr,
-          /\[a\.test\] ERROR: HAProxy \(socket "ipv4@127\.0\.0\.1:\d+"\) refused the new response: Unknown command\.; the new response is stored in ".*a\.test\.pem\.ocsp"/,
-        );
-      });
+          // The file is the renewal: it counts, whatever one HAProxy said.
+          assertEquals(run.code, 1, run.stdout + run.stderr);
+          assertMatch(
+            run.stdout,
+            /\[a\.test\] Pushed the stored response to HAProxy \(socket ".*haproxy\.sock"\)/,
+          );
+          assertMatch(
+            run.stderr,
+            /\[a\.test\] ERROR: HAProxy \(socket "ipv4@127\.0\.0\.1:\d+"\) refused the new response: Unknown command\.; it keeps its old response, and every run pushes the stored one again until it takes it/,
+          );
+          // A refusal that lasts fails the certificate in the runs after it.
+          assertEquals(again.code, 255, again.stdout + again.stderr);
+          assertMatch(
+            again.stdout,
+            /\[a\.test\] Pushing the stored response again to HAProxy \(socket "ipv4@127\.0\.0\.1:\d+"\), which has not taken it since /,
+          );
+          assertEquals(
+            again.stdout.includes("haproxy.sock"),
+            false,
+            "the HAProxy that took it was pushed to again",
+          );
+          assertMatch(again.stderr, /refused the new response: Unknown command\./);
+        },
+      );
       await t.step("an entry without a socket of its own uses the top level's", async () => {
         await Deno.writeTextFile(
           path.join(site, "ocspbot.yaml"),
           config({ top: nowhere, b: socket }),
         );
         const run = await runBot(site, ["--force", "--only", "a.test"], {}, HAPROXY_PERMISSIONS);
-        assertEquals(run.code, 255);
-        assertMatch(run.stderr, /Cannot reach HAProxy's socket ".*nowhere\.sock"/);
+        assertEquals(run.code, 1, run.stdout + run.stderr);
+        assertMatch(run.stderr, /ERROR: Cannot reach HAProxy's socket ".*nowhere\.sock"/);
       });
     });
   });
@@ -458,13 +638,16 @@ Deno.test("a fleet of HAProxies: each socket gets the renewal, over Unix or TCP;
         );
         await nextSecond();
         const run = await runBot(site, ["--force"], {}, HAPROXY_PERMISSIONS);
-        assertEquals(run.code, 255, run.stdout + run.stderr);
+        assertEquals(run.code, 1, run.stdout + run.stderr);
         assertMatch(run.stderr, /ERROR: Cannot reach HAProxy's socket ".*nowhere\.sock"/);
-        assertMatch(run.stdout, /Pushed the new response to HAProxy \(socket ".*haproxy\.sock"\)/);
+        assertMatch(
+          run.stdout,
+          /Pushed the stored response to HAProxy \(socket ".*haproxy\.sock"\)/,
+        );
         assertMatch(
           run.stdout,
           new RegExp(
-            `Pushed the new response to HAProxy \\(socket "ipv4@127\\.0\\.0\\.1:${apiPort}"\\)`,
+            `Pushed the stored response to HAProxy \\(socket "ipv4@127\\.0\\.0\\.1:${apiPort}"\\)`,
           ),
         );
         const renewed = await responseText(response);
@@ -499,14 +682,233 @@ Deno.test("a first run against an HAProxy started without a response: a warning,
       assertEquals(run.code, 1, run.stdout + run.stderr);
       assertMatch(
         run.stderr,
-        /WARNING: HAProxy \(socket ".*"\) does not know the certificate: it loaded no response for this certificate when it started .* the reload on_change makes$/m,
+        /WARNING: HAProxy \(socket ".*"\) does not know the certificate: it loaded no response for this certificate when it started .* the reload on_change makes; every run pushes the stored response again until it takes it /m,
       );
       assert(await exists(reloaded), "on_change did not run");
     });
     // What on_change stands for here: HAProxy loads the file when it starts again.
     await withServer("haproxy", haproxy, port, async () => {
       assertEquals(await stapled(port, ca), await responseText(`${leaf.cert}.ocsp`));
+      // The next run pushes it once more, and this time it is taken: nothing is left pending.
+      const next = await runBot(site, [], {}, HAPROXY_PERMISSIONS);
+      assertEquals(next.code, 0, next.stdout + next.stderr);
+      assertMatch(next.stdout, /Pushing the stored response again to HAProxy \(socket ".*"\)/);
+      assertMatch(next.stdout, /Pushed the stored response to HAProxy \(socket ".*"\)/);
+      const check = await runBot(site, ["--check"]);
+      assertEquals(check.code, 0, check.stdout + check.stderr);
     });
+  });
+});
+
+Deno.test("a fleet where one HAProxy is down at the renewal: counted, on_change runs, and the next run pushes again", async () => {
+  await withCa(async (ca) => {
+    const site = path.join(ca.dir, "site");
+    const certs = path.join(site, "certs");
+    const leaf = await issueBundle(ca, certs, "a.test");
+    const response = `${leaf.cert}.ocsp`;
+    const [unixPort, tcpPort, apiPort] = [freePort(), freePort(), freePort()];
+    const socket = path.join(site, "haproxy.sock");
+    const tcpSocket = `ipv4@127.0.0.1:${apiPort}`;
+    const reloaded = path.join(site, "reloaded");
+    const config = (sockets: string[]) =>
+      `minimum_validity: 6h\nocsp_folder: certs\non_change: [touch, ${reloaded}]\n` +
+      (sockets.length > 0 ? `haproxy_socket: [${sockets.join(", ")}]\n` : "") +
+      `scan_keys:\n  - folder: certs\n    ocsp_mask: "{domain}.pem.ocsp"\n`;
+    // R1, for both HAProxies to load at start: set ssl ocsp-response needs one loaded.
+    await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config([]));
+    const first = await runBot(site);
+    assertEquals(first.code, 1, first.stdout + first.stderr);
+    await Deno.remove(reloaded);
+    // The TCP HAProxy's own copy of the bundle and of R1: started later, it must not load R2.
+    const tcpCerts = path.join(site, "tcp-certs");
+    await Deno.mkdir(tcpCerts);
+    const tcpBundle = path.join(tcpCerts, "a.test.pem");
+    await Deno.copyFile(leaf.cert, tcpBundle);
+    await Deno.copyFile(response, `${tcpBundle}.ocsp`);
+    const r1 = await responseText(response);
+    assertMatch(r1, /Cert Status: good/);
+    await writeHaproxyConfig(path.join(site, "unix.cfg"), unixPort, leaf.cert, [
+      `stats socket ${socket} level admin`,
+    ]);
+    await writeHaproxyConfig(path.join(site, "tcp.cfg"), tcpPort, tcpBundle, [
+      `stats socket ${tcpSocket} level admin`,
+    ]);
+    await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config([socket, tcpSocket]));
+    const haproxy = (name: string) => ["-f", path.join(site, name), "-db"];
+    const tcpNamed = tcpSocket.replaceAll(".", "\\.");
+
+    await withServer("haproxy", haproxy("unix.cfg"), unixPort, async () => {
+      assertEquals(await stapled(unixPort, ca), r1);
+      await nextSecond();
+      // The TCP HAProxy is down: nothing listens on its API port.
+      const renewal = await runBot(site, ["--force"], {}, HAPROXY_PERMISSIONS);
+      assertEquals(renewal.code, 1, renewal.stdout + renewal.stderr);
+      assert(await exists(reloaded), "on_change did not run");
+      assertMatch(
+        renewal.stderr,
+        new RegExp(
+          `\\[a\\.test\\] ERROR: Cannot reach HAProxy's socket "${tcpNamed}": .*; it keeps its old response, and every run pushes the stored one again until it takes it`,
+        ),
+      );
+      assertMatch(
+        renewal.stdout,
+        /\[a\.test\] Pushed the stored response to HAProxy \(socket ".*haproxy\.sock"\)/,
+      );
+      const r2 = await responseText(response);
+      assertNotEquals(thisUpdate(r2), thisUpdate(r1), "the renewal made no new response");
+      assertEquals(await stapled(unixPort, ca), r2, "the HAProxy up does not staple the renewal");
+
+      const pending = await runBot(site, ["--check"]);
+      assertEquals(pending.code, 1, pending.stdout + pending.stderr);
+      assertMatch(
+        pending.stdout + pending.stderr,
+        new RegExp(
+          `^\\[a\\.test\\] .*HAProxy \\(socket "${tcpNamed}"\\) has not taken it since .*`,
+          "m",
+        ),
+      );
+
+      await withServer("haproxy", haproxy("tcp.cfg"), tcpPort, async () => {
+        // Back, with the response it loaded at start: only a push gives it R2.
+        assertEquals(await stapled(tcpPort, ca), r1, "the TCP HAProxy started with R2 already");
+        await Deno.remove(reloaded);
+        const next = await runBot(site, [], {}, HAPROXY_PERMISSIONS);
+        assertEquals(next.code, 0, next.stdout + next.stderr);
+        assertMatch(
+          next.stdout,
+          new RegExp(
+            `\\[a\\.test\\] Pushing the stored response again to HAProxy \\(socket "${tcpNamed}"\\), which has not taken it since `,
+          ),
+        );
+        assertMatch(
+          next.stdout,
+          new RegExp(
+            `\\[a\\.test\\] Pushed the stored response to HAProxy \\(socket "${tcpNamed}"\\)`,
+          ),
+        );
+        assertEquals(
+          next.stdout.includes("haproxy.sock"),
+          false,
+          "the Unix HAProxy was pushed to again",
+        );
+        assertEquals(await responseText(response), r2, "the run renewed the response");
+        assertEquals(await stapled(tcpPort, ca), r2, "the TCP HAProxy still staples R1");
+        assertEquals(await stapled(unixPort, ca), r2);
+        const check = await runBot(site, ["--check"]);
+        assertEquals(check.code, 0, check.stdout + check.stderr);
+        // Taken: the run after pushes nothing.
+        const quiet = await runBot(site, [], {}, HAPROXY_PERMISSIONS);
+        assertEquals(quiet.code, 0, quiet.stdout + quiet.stderr);
+        assertEquals(quiet.stdout.includes("Push"), false, quiet.stdout);
+      });
+    });
+  });
+});
+
+Deno.test("a hung socket in the list: the live HAProxy gets the renewal, the run counts it and runs on_change", async () => {
+  await withCa(async (ca) => {
+    const site = path.join(ca.dir, "site");
+    const certs = path.join(site, "certs");
+    const leaf = await issueBundle(ca, certs, "a.test");
+    const response = `${leaf.cert}.ocsp`;
+    const port = freePort();
+    const socket = path.join(site, "haproxy.sock");
+    const hung = path.join(site, "hung.sock");
+    const reloaded = path.join(site, "reloaded");
+    await writeHaproxyConfig(path.join(site, "haproxy.cfg"), port, leaf.cert, [
+      `stats socket ${socket} level admin`,
+    ]);
+    const config = (sockets: string) =>
+      `minimum_validity: 6h\nocsp_folder: certs\ntimeout: 2\n${sockets}` +
+      `scan_keys:\n  - folder: certs\n    ocsp_mask: "{domain}.pem.ocsp"\n`;
+    await Deno.writeTextFile(path.join(site, "ocspbot.yaml"), config(""));
+    assertEquals((await runBot(site)).code, 1);
+    // The hung one first: the live one after it gets the renewal all the same.
+    await Deno.writeTextFile(
+      path.join(site, "ocspbot.yaml"),
+      config(`haproxy_socket: [${hung}, ${socket}]\non_change: [touch, ${reloaded}]\n`),
+    );
+    const silent = await startFakeSocket(HUNG_UNIX_SOCKET, [hung]);
+    try {
+      await withServer("haproxy", ["-f", path.join(site, "haproxy.cfg"), "-db"], port, async () => {
+        const before = await stapled(port, ca);
+        assertMatch(before, /Cert Status: good/);
+        await nextSecond();
+        const run = await runBotWithin(60, site, ["--force", "--json"]);
+        console.log(`the run with a hung socket took ${run.seconds.toFixed(2)} s`);
+        assertEquals(run.killed, false, "the run hung");
+        assertEquals(run.code, 1, run.stdout + run.stderr);
+        assertEquals(JSON.parse(run.stdout).certificates["a.test"].action, "renewed");
+        assert(await exists(reloaded), "on_change did not run");
+        assertMatch(
+          run.stderr,
+          /\[a\.test\] ERROR: HAProxy's socket ".*hung\.sock" did not answer within 2 s; it keeps its old response/,
+        );
+        const renewed = await responseText(response);
+        assertNotEquals(thisUpdate(renewed), thisUpdate(before));
+        assertEquals(await stapled(port, ca), renewed, "the live HAProxy staples the old response");
+        assert(run.seconds < 15, `the run took ${run.seconds} s`);
+      });
+    } finally {
+      await silent.close();
+    }
+  });
+});
+
+Deno.test("a TCP socket whose SYNs are dropped costs timeout, not the kernel's two minutes", async () => {
+  await withCa(async (ca) => {
+    const dropping = await startFakeSocket(SYN_DROPPING_PORT);
+    try {
+      const [found, port] = dropping.said;
+      assertEquals(found, "ready", `no port that drops SYNs here: ${dropping.said.join(" ")}`);
+      const site = await makeSite(
+        ca,
+        ["a.test"],
+        BASE_CONFIG + `timeout: 3\nhaproxy_socket: ipv4@127.0.0.1:${port}\n`,
+      );
+      const run = await runBotWithin(40, site, ["--force"]);
+      console.log(`the run with SYNs dropped took ${run.seconds.toFixed(2)} s`);
+      assertEquals(run.killed, false, "the run hung, as the connection did");
+      assertEquals(run.code, 1, run.stdout + run.stderr);
+      assertMatch(
+        run.stderr,
+        new RegExp(
+          `\\[a\\.test\\] ERROR: Cannot reach HAProxy's socket "ipv4@127\\.0\\.0\\.1:${port}": no connection within 3 s; `,
+        ),
+      );
+      assert(run.seconds < 12, `the run took ${run.seconds} s`);
+    } finally {
+      await dropping.close();
+    }
+  });
+});
+
+Deno.test("a socket that resets at once is named as such, not as a timeout", async () => {
+  await withCa(async (ca) => {
+    const resetting = await startFakeSocket(RESETTING_PORT);
+    try {
+      const [, port] = resetting.said;
+      const site = await makeSite(
+        ca,
+        ["a.test"],
+        BASE_CONFIG + `timeout: 5\nhaproxy_socket: ipv4@127.0.0.1:${port}\n`,
+      );
+      const run = await runBotWithin(40, site, ["--force"]);
+      console.log(`the run with a resetting socket took ${run.seconds.toFixed(2)} s`);
+      assertEquals(run.killed, false, "the run hung");
+      assertEquals(run.code, 1, run.stdout + run.stderr);
+      const named = `HAProxy's socket "ipv4@127\\.0\\.0\\.1:${port}"`;
+      assertMatch(
+        run.stderr,
+        new RegExp(
+          `\\[a\\.test\\] ERROR: ${named} (broke the connection before answering: .*|closed the connection without an answer); it keeps its old response`,
+        ),
+      );
+      assertEquals(run.stderr.includes("did not answer within"), false, run.stderr);
+      assert(run.seconds < 4, `the run took ${run.seconds} s`);
+    } finally {
+      await resetting.close();
+    }
   });
 });
 
@@ -799,6 +1201,102 @@ Deno.test("certbot renews against pebble, and the README's deploy hook staples t
     } finally {
       await pebble.close();
     }
+  });
+});
+
+Deno.test("certbot's deploy hook from / keeps the hourly run's files with a relative ocsp_folder", async () => {
+  // What the old code did with the hook's cwd, /, is removed afterwards, if it was not there before.
+  const strayFolder = "/staples";
+  const strayBefore = await exists(strayFolder);
+  await withTempDir("ocspbot-acme-", async (dir) => {
+    await Deno.mkdir(path.join(dir, "pebble"));
+    const pebble = await startPebble(path.join(dir, "pebble"));
+    try {
+      const root = path.join(dir, "machine");
+      const acme = path.join(dir, "certbot");
+      await Deno.mkdir(path.join(root, "etc"), { recursive: true });
+      await Deno.mkdir(certbotConfigDir(acme), { recursive: true });
+      await Deno.symlink(certbotConfigDir(acme), path.join(root, "etc/letsencrypt"));
+      // The README's recipe, with its staples in a folder relative to the config's.
+      const etc = path.join(root, "etc/ocspbot");
+      const recipe = await readmeRecipe("certbot", root);
+      const absolute = `ocsp_folder: ${root}/var/lib/ocspbot\n`;
+      assert(recipe.includes(absolute), `the recipe has no "${absolute.trim()}" line`);
+      await writeWithFolders(
+        path.join(etc, "ocspbot.yaml"),
+        recipe.replace(absolute, "ocsp_folder: staples\n"),
+      );
+      await installBot(root);
+      const hook = path.join(root, "etc/letsencrypt/renewal-hooks/deploy/ocspbot");
+      await writeWithFolders(hook, await readmeHook("certbot", root));
+      await Deno.chmod(hook, 0o755);
+      const env = { SSL_CERT_FILE: await pebble.rootFile() };
+      const staples = path.join(etc, "staples");
+      const der = path.join(staples, "a.test.der");
+      const state = path.join(staples, DEFAULT_STATE_FILE);
+
+      const { live } = await certbotObtain(pebble, acme, ["a.test"], [], { env });
+      // The hourly run, as the README's cron line makes it: cd /etc/ocspbot && ocspbot ocspbot.yaml
+      const hourly = await runBot(etc, ["ocspbot.yaml"], env);
+      assertEquals(hourly.code, 1, hourly.stdout + hourly.stderr);
+      const verify = async () => {
+        const { code, stdout } = await new Deno.Command("openssl", {
+          args: [
+            "ocsp",
+            "-respin",
+            der,
+            "-issuer",
+            live.chain,
+            "-cert",
+            live.cert,
+            "-CAfile",
+            env.SSL_CERT_FILE,
+            "-no_nonce",
+          ],
+          stderr: "null",
+        }).output();
+        return code === 0
+          ? /: (good|revoked|unknown)$/m.exec(decoder.decode(stdout))?.[1]
+          : undefined;
+      };
+      assertEquals(await verify(), "good");
+      assert(await exists(state), "the hourly run kept no state beside its staples");
+      const stateBefore = await Deno.readTextFile(state);
+      const before = await Deno.readTextFile(live.cert);
+
+      // certbot's working directory, which the hook inherits, is / as under its timer.
+      const renewal = await certbotRenew(pebble, acme, "a.test", [], { env, cwd: "/" });
+      assertNotEquals(await Deno.readTextFile(live.cert), before, "certbot renewed nothing");
+      assertEquals(
+        await verify(),
+        "good",
+        `no good response for the new certificate:\n${renewal.output}`,
+      );
+      assertNotEquals(
+        await Deno.readTextFile(state),
+        stateBefore,
+        "the hook did not use the state",
+      );
+      assertEquals(await exists(strayFolder), strayBefore, `the hook wrote to ${strayFolder}`);
+      // One state file on this machine: the hourly run's, which the hook used.
+      const states: string[] = [];
+      const walk = (folder: string) => {
+        for (const entry of Deno.readDirSync(folder)) {
+          const file = path.join(folder, entry.name);
+          if (entry.isDirectory) walk(file);
+          else if (entry.name === DEFAULT_STATE_FILE) states.push(file);
+        }
+      };
+      walk(dir);
+      assertEquals(states, [state]);
+      // The next hourly run finds the hook's response, for the new certificate: nothing to do.
+      const after = await runBot(etc, ["ocspbot.yaml"], env);
+      assertEquals(after.code, 0, after.stdout + after.stderr);
+    } finally {
+      await pebble.close();
+    }
+  }).finally(async () => {
+    if (!strayBefore) await Deno.remove(strayFolder, { recursive: true }).catch(() => {});
   });
 });
 
