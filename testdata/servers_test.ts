@@ -23,12 +23,8 @@ import {
   BASE_CONFIG,
   BOT_PERMISSIONS,
   exists,
-  installBot,
   type KeyPair,
   makeSite,
-  readmeBlocks,
-  readmeHook,
-  readmeRecipe,
   response,
   runBot,
   TestCa,
@@ -36,6 +32,7 @@ import {
   withTempDir,
   writeWithFolders,
 } from "./testca.ts";
+import { installBot, readmeBlocks, readmeHook, readmeRecipe } from "./readme.ts";
 import { certbotConfigDir, certbotObtain, certbotRenew, startPebble } from "./acme.ts";
 import { servedStaple, startExim } from "./exim.ts";
 
