@@ -2,15 +2,16 @@
 
 /**
  * The documentation as a reader meets it: README.md and docs/*.md link to
- * one another by file and heading, and the README stays short enough to
- * read at a desk. Run with `deno task test`.
+ * one another by file and heading, the README stays short enough to read
+ * at a desk, and its Quick start works as pasted. Run with `deno task test`.
  *
  * @module
  */
 
 import * as path from "node:path";
-import { assertEquals } from "./asserts.ts";
-import { readmeFiles } from "./readme.ts";
+import { assert, assertEquals } from "./asserts.ts";
+import { installBot, movedUnder, readmeBlocks, readmeFiles, readmeRecipe } from "./readme.ts";
+import { exists, type TestCa, withCa, writeWithFolders } from "./testca.ts";
 
 /**
  * GitHub's anchor for a heading's text: lower case, inline code's backticks
@@ -126,5 +127,96 @@ Deno.test("every link between README.md and docs/*.md reaches its file and its h
       `README.md:${lines}: #no-such-heading: no such heading`,
       `README.md:${lines}: docs/gone.md: no file docs/gone.md`,
     ]);
+  });
+});
+
+/** The README's block `name`, failing on one it lacks. */
+async function block(name: string): Promise<string> {
+  const text = (await readmeBlocks()).get(name);
+  assert(text !== undefined, `README.md and docs/*.md have no <!-- test: ${name} -->`);
+  return text;
+}
+
+/**
+ * A machine under `ca.dir` as certbot leaves it, for the Quick start: a
+ * certificate of the test CA, whose root no trust store holds, in
+ * live/www.example.com, that root in the private CA block's file, and the
+ * command the Quick start installs. `rootchainMask` replaces the certbot
+ * recipe's own line.
+ */
+async function quickStartMachine(ca: TestCa, rootchainMask?: string): Promise<string> {
+  const root = path.join(ca.dir, "machines", crypto.randomUUID());
+  const leaf = await ca.issueLeaf(path.join(ca.dir, "issued"), "www.example.com");
+  const live = path.join(root, "etc/letsencrypt/live/www.example.com");
+  await writeWithFolders(path.join(live, "cert.pem"), await Deno.readTextFile(leaf.cert));
+  await Deno.copyFile(ca.chain, path.join(live, "chain.pem"));
+  const rootFile = /^ *rootchain_mask: (\S+)/m.exec(await block("private ca"))![1];
+  await writeWithFolders(
+    movedUnder(rootFile, root),
+    await Deno.readTextFile(path.join(ca.dir, "root.pem")),
+  );
+  let config = await readmeRecipe("certbot", root);
+  if (rootchainMask !== undefined) {
+    config = config.replace(/^ *rootchain_mask: .*$/m, movedUnder(rootchainMask, root));
+  }
+  await writeWithFolders(path.join(root, "etc/ocspbot/ocspbot.yaml"), config);
+  await installBot(root);
+  return root;
+}
+
+/** Runs `command` with `sh -c` from a clear environment but `PATH`, as cron does. */
+async function asCron(command: string, PATH: string) {
+  const output = await new Deno.Command("/bin/sh", {
+    args: ["-c", command],
+    clearEnv: true,
+    env: { PATH, HOME: "/" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  return {
+    code: output.code,
+    printed: decoder.decode(output.stdout) + decoder.decode(output.stderr),
+  };
+}
+
+Deno.test("the Quick start as pasted: a private CA's root named once, and a crontab that mails nothing", async (t) => {
+  const cron = await block("cron");
+  const PATH = /^PATH=(.*)$/m.exec(cron)?.[1];
+  assert(PATH !== undefined, "the crontab sets no PATH");
+  const command = /^[\d*/,-]+ [\d*/,-]+ [\d*/,-]+ [\d*/,-]+ [\d*/,-]+ (.*)$/m.exec(cron)?.[1];
+  assert(command !== undefined, "the crontab has no entry");
+  const privateCa = (await block("private ca")).split("\n")
+    .find((line) => /^ *rootchain_mask:/.test(line));
+  assert(privateCa !== undefined, "the private CA block names no rootchain_mask");
+
+  await t.step("the PATH finds what on_change runs: systemctl, and a server in /usr/sbin", () => {
+    for (const folder of ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]) {
+      assert(PATH.split(":").includes(folder), `cron's PATH lacks ${folder}`);
+    }
+  });
+  await withCa(async (ca) => {
+    await t.step("without the root, nothing verifies", async () => {
+      const root = await quickStartMachine(ca);
+      const run = await asCron(movedUnder(command, root), PATH);
+      assertEquals(run.code, 255, run.printed);
+    });
+    await t.step("with it, cron renews and reloads, and mails nothing", async () => {
+      const root = await quickStartMachine(ca, privateCa);
+      const first = await asCron(movedUnder(command, root), PATH);
+      assertEquals([first.code, first.printed], [1, ""]);
+      assert(await exists(path.join(root, "reloaded-nginx")), "on_change did not run");
+      const response = path.join(root, "var/lib/ocspbot/www.example.com.der");
+      assertEquals(
+        await ca.verifiedStatus(
+          response,
+          path.join(root, "etc/letsencrypt/live/www.example.com/cert.pem"),
+        ),
+        "good",
+      );
+      const second = await asCron(movedUnder(command, root), PATH);
+      assertEquals([second.code, second.printed], [0, ""]);
+    });
   });
 });

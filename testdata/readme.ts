@@ -64,7 +64,7 @@ export async function readmeHook(name: string, root: string): Promise<string> {
 }
 
 /** Every absolute path in `text` moved under `root`. */
-function movedUnder(text: string, root: string): string {
+export function movedUnder(text: string, root: string): string {
   return text.replace(/(^|[\s[,:'"=])\/(?=[\w.])/gm, `$1${root}/`);
 }
 
