@@ -220,3 +220,12 @@ Deno.test("the Quick start as pasted: a private CA's root named once, and a cron
     });
   });
 });
+
+Deno.test("README.md fits on a desk: 600 lines at most, as wc -l counts them", async () => {
+  const readme = (await readmeFiles()).get("README.md")!;
+  const lines = readme.split("\n").length - 1;
+  assert(
+    lines <= 600,
+    `README.md has ${lines} lines: move reference to docs/*.md and link it, or say a fact once`,
+  );
+});
