@@ -59,12 +59,8 @@ import {
   BOT_PERMISSIONS,
   exists,
   type ForgedAnswer,
-  installBot,
   makeSite,
   openssl,
-  readmeFiles,
-  readmeHook,
-  readmeRecipe,
   response,
   runBot,
   runBotRedirected,
@@ -74,6 +70,7 @@ import {
   withTempDir,
   writeWithFolders,
 } from "./testdata/testca.ts";
+import { installBot, readmeFiles, readmeHook, readmeRecipe } from "./testdata/readme.ts";
 import { type FloorLayout, readState } from "./testdata/bench_floor.ts";
 
 const HOUR = 3600_000;

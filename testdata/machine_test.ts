@@ -21,9 +21,6 @@ import {
   type LeafFiles,
   type LeafOptions,
   makeSite,
-  readmeBlocks,
-  readmeFiles,
-  readmeRecipe,
   response,
   runBot,
   runBotRedirected,
@@ -32,6 +29,7 @@ import {
   withTempDir,
   writeWithFolders,
 } from "./testca.ts";
+import { readmeBlocks, readmeFiles, readmeRecipe } from "./readme.ts";
 
 const decoder = new TextDecoder();
 

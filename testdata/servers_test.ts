@@ -25,12 +25,8 @@ import {
   BOT_PERMISSIONS,
   type BotRun,
   exists,
-  installBot,
   type KeyPair,
   makeSite,
-  readmeBlocks,
-  readmeHook,
-  readmeRecipe,
   response,
   runBot,
   TestCa,
@@ -38,6 +34,7 @@ import {
   withTempDir,
   writeWithFolders,
 } from "./testca.ts";
+import { installBot, readmeBlocks, readmeHook, readmeRecipe } from "./readme.ts";
 import { certbotConfigDir, certbotObtain, certbotRenew, startPebble } from "./acme.ts";
 import { DEFAULT_STATE_FILE } from "../ocspbot.ts";
 import { servedStaple, startExim } from "./exim.ts";
