@@ -28,28 +28,26 @@
  * argv ─parseCommandLine─▶ Invocation {configPath, mode, format, only}  command line
  * file ─loadConfig(CONFIG_KEYS)─▶ Config          one row per key         config
  * Config ─discoverTargets─▶ Target[]              domains, scan_keys      targets
- * Target ─inspect─▶ Facts        certificate, stored response, URLs;      run, reading
- *                                certificates, state and files; decides nothing
+ * Target ─inspect─▶ Facts        certificate, stored response, URLs;      run, certificates,
+ *                                decides nothing                          state, files
  * Facts ─planTarget(policy, now, forced)─▶ Plan   skip | fresh | renew    rules
  * Plan ─renew─▶ Outcome          fetch and verify (openssl), replace      run, openssl,
- *                                the file (files), remember (state)       files, state
- * Plan ─checkTarget─▶ Outcome + Health            --check: same Plan      run, reports
+ *                                the file (files), remember (state),      files, state
+ *                                push to HAProxy
+ * Plan ─checkTarget─▶ Outcome + Health            --check: same Plan;     run, reports,
+ *                                asks `serve` servers (Prober)            certificates
  * Outcome[] ─report─▶ text | json | metrics ─▶ exit status                reports, output
  * ```
  *
- * main() builds one RunContext (log, state, files, stop signal) and passes
- * it down; nothing of a run lives in the module, so main() runs in-process.
+ * main() parses the command line once and builds one RunContext (log,
+ * state, files, stop signal) that it passes down; nothing of a run lives in
+ * the module, so main() runs in-process.
  *
- * Permissions: read (config, certificates, responses), write (responses,
- * backups, logs, the state file and its lock), run (openssl, on_change),
- * env (`JOURNAL_STREAM`, for the journal's priorities; `OCSPBOT_FAKE_NOW`,
- * tests only; `OCSPBOT_DEBUG=1` adds stack traces to unexpected errors); net
- * only with `haproxy_socket`, because Deno counts HAProxy's Unix socket as
- * network, or to follow a responder's HTTP redirects.
- *
+ * The permissions it needs, and why each, are in the README's Install
+ * section; `OCSPBOT_DEBUG=1` adds stack traces to unexpected errors.
  * `--v8-flags=--max-semi-space-size=1` is optional: it keeps V8's young
  * generation small, which with thousands of certificates saves a fifth of
- * the memory (see the README's Performance section).
+ * the memory (docs/performance.md).
  *
  * @module
  */

@@ -1095,7 +1095,7 @@ Deno.test("Exim staples the README's recipe over STARTTLS, and a renewal without
     const root = path.join(ca.dir, "root");
     const moved = (text: string) => text.replace(/(^|[\s=])\/(?=[\w.])/gm, `$1${root}/`);
     const exim = (await readmeBlocks()).get("exim config");
-    assert(exim !== undefined, "README.md has no <!-- test: exim config -->");
+    assert(exim !== undefined, "README.md and docs/*.md have no <!-- test: exim config -->");
     const tls = Object.fromEntries(
       moved(exim).split("\n").filter(Boolean).map((line) => line.split(/\s*=\s*/)),
     );
