@@ -2246,7 +2246,7 @@ class Prober {
         ? seconds < context.config.timeoutSeconds
           ? `no handshake before --check's deadline of ${CHECK_DEADLINE_SECONDS} s`
           : `no handshake within ${seconds} s (config key "timeout")`
-        : summarizeOpensslErrors(decoder.decode(output.stderr)) ||
+        : handshakeFailure(decoder.decode(output.stderr)) ||
           `openssl s_client exited with ${output.code}`;
       // No connection, or one that never finished a handshake: the next asks would wait as long.
       if (timedOut || !stdout.includes("CONNECTED(")) this.#silent.set(where, problem);
@@ -2256,6 +2256,15 @@ class Prober {
       return { problem: errorText(error) };
     }
   }
+}
+
+/** Why `openssl s_client` got no handshake, in words: it says `write:errno=104` of a reset. */
+function handshakeFailure(stderr: string): string {
+  if (/errno=104\b/.test(stderr)) {
+    return "the server reset the connection before a TLS handshake (is TLS served on that port?)";
+  }
+  if (/errno=111\b|Connection refused/.test(stderr)) return "the connection was refused";
+  return summarizeOpensslErrors(stderr);
 }
 
 /**

@@ -3303,19 +3303,25 @@ Deno.test("the README's deploy hooks, as the ACME clients run them: certbot, acm
     };
     /**
      * A machine with `files`, the recipe's config at /etc/ocspbot/ocspbot.yaml
-     * and ocspbot installed; a first run stores a response for `old`.
+     * and ocspbot installed; a first run stores a response for `old`, from
+     * the config's folder, as the Quick start's cron line runs it. The
+     * recipe's ocsp_folder is made relative (the same folder, from there):
+     * the hooks, run from /, must keep the hourly run's files all the same.
      */
     const machine = async (recipe: string, files: Record<string, string>) => {
       const root = path.join(ca.dir, "machines", crypto.randomUUID());
       for (const [file, text] of Object.entries(files)) {
         await writeWithFolders(path.join(root, file), text);
       }
-      await writeWithFolders(
-        path.join(root, "etc/ocspbot/ocspbot.yaml"),
-        await readmeRecipe(recipe, root),
+      const config = (await readmeRecipe(recipe, root))
+        .replace(`ocsp_folder: ${root}/var/lib/ocspbot`, "ocsp_folder: ../../var/lib/ocspbot");
+      assert(
+        config.includes("ocsp_folder: ../../"),
+        `the ${recipe} recipe has another ocsp_folder`,
       );
+      await writeWithFolders(path.join(root, "etc/ocspbot/ocspbot.yaml"), config);
       await installBot(root);
-      const first = await runBot(root, [path.join(root, "etc/ocspbot/ocspbot.yaml")], systemStore);
+      const first = await runBot(path.join(root, "etc/ocspbot"), ["ocspbot.yaml"], systemStore);
       assertEquals(first.code, 1, first.stdout + first.stderr);
       return root;
     };
@@ -3323,6 +3329,8 @@ Deno.test("the README's deploy hooks, as the ACME clients run them: certbot, acm
     const client = async (script: string, args: string[], env: Record<string, string>) => {
       const output = await new Deno.Command("bash", {
         args: ["-c", script, "client", ...args],
+        // certbot's working directory, and most clients' under cron.
+        cwd: "/",
         env: { ...systemStore, ...env },
         stdin: "null",
       }).output();
@@ -4300,6 +4308,52 @@ Deno.test("--check: a server presenting another certificate needs a reload, not 
       server.stdin.close();
       server.kill();
       await server.status;
+    }
+  });
+});
+
+Deno.test("--check names a server that resets the connection at once in words, not an errno", async () => {
+  await withCa(async (ca) => {
+    const server = new Deno.Command("python3", {
+      args: [
+        "-c",
+        `import socket, struct, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+print(s.getsockname()[1], flush=True)
+s.settimeout(20)
+while True:
+    c, _ = s.accept()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()`,
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    try {
+      const reader = server.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      const port = Number((await reader.read()).value?.trim());
+      reader.releaseLock();
+      const site = await makeSite(
+        ca,
+        ["a.test"],
+        `minimum_validity: 6h\nocsp_folder: responses\nserve: 127.0.0.1:${port}\n` +
+          `scan_keys:\n  - folder: certs\n`,
+      );
+      assertEquals((await runMain(site)).code, 1);
+      const check = await runMain(site, ["--check"]);
+      assertEquals(check.code, 1, check.stdout + check.stderr);
+      assertMatch(
+        check.stdout,
+        /served: cannot ask 127\.0\.0\.1:\d+: the server reset the connection before a TLS handshake/,
+      );
+      assert(!/errno/.test(check.stdout), check.stdout);
+    } finally {
+      server.kill("SIGKILL");
+      await server.status;
+      await server.stdout.cancel().catch(() => {});
     }
   });
 });
