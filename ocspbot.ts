@@ -266,7 +266,7 @@ interface PendingChange {
 }
 
 /** Where scans are remembered from one run to the next: the State. */
-type ScanMemo = Pick<State, "scanned" | "setScanned">;
+type ScanMemo = Pick<State, "scanned" | "setScanned" | "realNowMs">;
 
 /** What inspect() found of a certificate and its stored response: read, not judged. */
 interface Facts {
@@ -1256,20 +1256,58 @@ function unknownPlaceholders(template: string): string[] {
     .filter((name) => !LOG_PLACEHOLDERS.includes(name));
 }
 
-/** Fills `{year}`…`{second}` of a log file name with local time. */
-export function formatLogName(template: string, now: Date): string {
-  const fields: Record<string, number> = {
-    year: now.getFullYear(),
-    month: now.getMonth() + 1,
-    day: now.getDate(),
-    hour: now.getHours(),
-    minute: now.getMinutes(),
-    second: now.getSeconds(),
-  };
+/**
+ * Fills `{year}`…`{second}` of a log file name with local time: in
+ * `timeZone` (the run's `TZ`) when Intl knows it, else the process's own.
+ */
+export function formatLogName(template: string, now: Date, timeZone?: string): string {
+  const fields = localTime(now, timeZone);
   return template.replace(
     new RegExp(`\\{(${LOG_PLACEHOLDERS.join("|")})\\}`, "g"),
     (_, field: string) => String(fields[field]).padStart(field === "year" ? 4 : 2, "0"),
   );
+}
+
+/** The fields of `now` on the wall clock of `timeZone` (an IANA name such as `TZ` holds). */
+function localTime(now: Date, timeZone?: string): Record<string, number> {
+  let format: Intl.DateTimeFormat | undefined;
+  try {
+    // TZ's POSIX forms (":/etc/localtime", "CET-1") are not Intl's: the process's zone then.
+    if (timeZone) {
+      format = new Intl.DateTimeFormat("en-US", { timeZone: timeZone.replace(/^:/, "") });
+    }
+  } catch {
+    format = undefined;
+  }
+  if (!format) {
+    return {
+      year: now.getFullYear(),
+      month: now.getMonth() + 1,
+      day: now.getDate(),
+      hour: now.getHours(),
+      minute: now.getMinutes(),
+      second: now.getSeconds(),
+    };
+  }
+  const parts = new Intl.DateTimeFormat("en-US", {
+    timeZone: format.resolvedOptions().timeZone,
+    hourCycle: "h23",
+    year: "numeric",
+    month: "numeric",
+    day: "numeric",
+    hour: "numeric",
+    minute: "numeric",
+    second: "numeric",
+  }).formatToParts(now);
+  const field = (type: string) => Number(parts.find((part) => part.type === type)?.value);
+  return {
+    year: field("year"),
+    month: field("month"),
+    day: field("day"),
+    hour: field("hour"),
+    minute: field("minute"),
+    second: field("second"),
+  };
 }
 
 /** Parses YAML as the Python bot's PyYAML did; `json` lets a repeated key overwrite. */
@@ -1361,7 +1399,7 @@ function loadConfig(
   file: string,
   warnings: string[],
   yaml: YamlReader,
-  files = new Files(),
+  files: Files,
 ): Config {
   let text: string;
   try {
@@ -1628,7 +1666,7 @@ function scanForTargets(
   ): { domains: string[]; folders: string[]; skipped?: string[] } => {
     let stamp = "";
     try {
-      stamp = folderMask || outside ? "" : fileStamp(Deno.statSync(dir), Date.now());
+      stamp = folderMask || outside || !memo ? "" : fileStamp(Deno.statSync(dir), memo.realNowMs);
     } catch {
       // Listing it says what is wrong.
     }
@@ -2237,7 +2275,7 @@ class Prober {
         context.config.opensslExecutable,
         args,
         seconds,
-        context.stop,
+        context,
       );
       const stdout = decoder.decode(output.stdout);
       const stapled = parseStapled(stdout);
@@ -2603,6 +2641,8 @@ class State {
 
   private constructor(
     readonly file: string,
+    /** The real clock when the state was read: what scans are stamped against. */
+    readonly realNowMs: number,
     private readonly records: Map<string, string | StateRecord>,
     private readonly scans: Map<string, ScanRecord> = new Map(),
     pendingChange?: PendingChange,
@@ -2613,8 +2653,8 @@ class State {
   }
 
   /** A missing state is empty; a broken one only costs a verification of every response. */
-  static load(file: string, log: Logger, files: Files): State {
-    const empty = new State(file, new Map());
+  static load(file: string, log: Logger, files: Files, realNowMs: number): State {
+    const empty = new State(file, realNowMs, new Map());
     const folder = files.folderOthersMayWrite(path.dirname(path.resolve(file)));
     if (folder) {
       log.warn(
@@ -2679,6 +2719,7 @@ class State {
       typeof pending.since === "number" && typeof pending.message === "string";
     return new State(
       file,
+      realNowMs,
       records,
       new Map(Object.entries(header.scans ?? {})),
       valid ? pending : undefined,
@@ -3512,9 +3553,10 @@ async function runProcess(
   program: string,
   args: string[],
   deadlineSeconds: number,
-  stop: AbortSignal,
+  context: Pick<RunContext, "stop" | "world">,
   options: { env?: Record<string, string>; input?: string } = {},
 ): Promise<{ output: Deno.CommandOutput; timedOut: boolean }> {
+  const { stop, world } = context;
   // One controller per process, let go of when it ends: AbortSignal.any() and
   // AbortSignal.timeout() keep every process of a run (and its output) alive.
   const kill = new AbortController();
@@ -3529,7 +3571,10 @@ async function runProcess(
   try {
     const command = new Deno.Command(program, {
       args,
-      env: options.env,
+      // The run's environment, whatever the process's: a test's own is passed on.
+      ...(world.env
+        ? { clearEnv: true, env: { ...world.env, ...options.env } }
+        : { env: options.env }),
       stdin: options.input === undefined ? "null" : "piped",
       stdout: "piped",
       stderr: "piped",
@@ -3564,14 +3609,14 @@ async function runProcess(
  */
 async function runOpenssl(
   args: string[],
-  context: Pick<RunContext, "config" | "stop">,
+  context: Pick<RunContext, "config" | "stop" | "world">,
   input?: string,
 ): Promise<OpensslResult> {
   const executable = context.config.opensslExecutable;
   const deadlineSeconds = context.config.timeoutSeconds + KILL_GRACE_SECONDS;
   let run: { output: Deno.CommandOutput; timedOut: boolean };
   try {
-    run = await runProcess(executable, args, deadlineSeconds, context.stop, { input });
+    run = await runProcess(executable, args, deadlineSeconds, context, { input });
   } catch (error) {
     if (error instanceof Interrupted) throw error;
     if (error instanceof Deno.errors.NotFound) {
@@ -4089,6 +4134,9 @@ function keepAttributes(fd: number, old: OpenedInfo, file: string): string | und
  * run.
  */
 class Files {
+  /** @param home the folder the run works in, where every walk returns. */
+  constructor(private readonly home: string) {}
+
   #folders = new Map<string, Map<string, Deno.DirEntry>>();
   /**
    * Temporary files outside the door (openssl's inputs, in a private
@@ -4252,12 +4300,11 @@ class Files {
    * `create`, a missing folder is undefined and `act` is not run.
    */
   #within<T>(folder: string, create: boolean, act: (walked: string) => T): T | undefined {
-    const before = Deno.cwd();
     try {
       const walked = this.#enter(folder, create);
       return walked === undefined ? undefined : act(walked);
     } finally {
-      Deno.chdir(before);
+      Deno.chdir(this.home);
     }
   }
 
@@ -4762,8 +4809,9 @@ function formatBytes(bytes: number): string {
 }
 
 /** `R-YYYYMMDD-HHMMSS` in local time, the Python bot's backup name. */
-function backupName(responsePath: string, now: Date): string {
-  return responsePath + formatLogName("-{year}{month}{day}-{hour}{minute}{second}", now);
+function backupName(responsePath: string, now: Date, timeZone?: string): string {
+  return responsePath +
+    formatLogName("-{year}{month}{day}-{hour}{minute}{second}", now, timeZone);
 }
 
 /** Where a response's backups go: beside it, or mirrored under `backup_folder`. */
@@ -4785,8 +4833,9 @@ async function makeBackup(
   now: Date,
   log: Logger,
   files: Files,
+  timeZone?: string,
 ): Promise<string> {
-  const base = backupName(stem, now);
+  const base = backupName(stem, now, timeZone);
   for (let n = 1;; n++) {
     const name = n === 1 ? base : `${base}.${n}`;
     if (files.entry(name)) continue;
@@ -4847,16 +4896,16 @@ async function acquireLock(
       EXIT.failure,
     );
   }
-  const deadline = Date.now() + waitSeconds * 1000;
+  const deadline = performance.now() + waitSeconds * 1000;
   try {
     while (!(await handle.tryLock(true))) {
-      if (Date.now() >= deadline) {
+      if (performance.now() >= deadline) {
         throw new ExitError(
           `Another ocspbot run holds the lock "${file}"; gave up after ${waitSeconds} s (config key "lock_timeout")`,
           EXIT.failure,
         );
       }
-      await pause(Math.min(250, Math.max(deadline - Date.now(), 0)), stop);
+      await pause(Math.min(250, Math.max(deadline - performance.now(), 0)), stop);
     }
   } catch (error) {
     handle.close();
@@ -5340,9 +5389,8 @@ type Priority = (typeof PRIORITY)[keyof typeof PRIORITY];
  * Whether the stream on file descriptor `fd` is the one systemd connected to
  * its journal: `JOURNAL_STREAM` names its device and inode (systemd.exec(5)).
  */
-function isJournal(fd: number): boolean {
+function isJournal(fd: number, stream: string | undefined): boolean {
   try {
-    const stream = Deno.env.get("JOURNAL_STREAM");
     if (!stream) return false;
     const { dev, ino } = nodeFs().fstatSync(fd);
     return stream === `${dev}:${ino}`;
@@ -5372,13 +5420,14 @@ export class Output {
   #timer?: ReturnType<typeof setTimeout>;
 
   /** The console's streams, or others (a test's, to read what main() says). */
-  constructor(console: { stdout: Writer; stderr: Writer } = Deno) {
+  /** @param journalStream `JOURNAL_STREAM`, which names the journal's stream, if any. */
+  constructor(console: { stdout: Writer; stderr: Writer } = Deno, journalStream?: string) {
     this.stdout = new Destination("stdout", console.stdout);
     this.stderr = new Destination("stderr", console.stderr);
     this.fallbacks = [this.stderr, this.stdout];
     if (console === Deno) {
-      this.stdout.journal = isJournal(1);
-      this.stderr.journal = isJournal(2);
+      this.stdout.journal = isJournal(1, journalStream);
+      this.stderr.journal = isJournal(2, journalStream);
     }
   }
 
@@ -5508,13 +5557,13 @@ class Logger {
     output: Output,
     config: Config,
     now: Date,
-    options: { quiet: boolean; format: Format },
+    options: { quiet: boolean; format: Format; timeZone?: string },
     warnings: string[],
     files: Files,
   ): Logger {
-    const outName = config.outputLog && formatLogName(config.outputLog, now);
-    const errName = config.errorLog && formatLogName(config.errorLog, now);
-    const console = options.format === "json" ? output.stderr : output.stdout;
+    const outName = config.outputLog && formatLogName(config.outputLog, now, options.timeZone);
+    const errName = config.errorLog && formatLogName(config.errorLog, now, options.timeZone);
+    const console = REPORTERS[options.format].ownsStdout ? output.stderr : output.stdout;
     // A log that cannot be opened costs its lines on the console, not the renewals.
     const open = (name: string, key: string, instead: Destination) => {
       try {
@@ -5538,7 +5587,7 @@ class Logger {
 
   /** The console only: for --check, whose verdict belongs on stdout. */
   static console(output: Output, options: { quiet: boolean; format: Format }): Logger {
-    const out = options.format === "json" ? output.stderr : output.stdout;
+    const out = REPORTERS[options.format].ownsStdout ? output.stderr : output.stdout;
     return new Logger(output, out, output.stderr, false, options.quiet);
   }
 
@@ -5585,6 +5634,49 @@ class Logger {
   }
 }
 
+// ---------------------------------------------------------- surroundings --
+
+/**
+ * What a run takes from the process around it: the real clock, the
+ * environment and the working directory. They are read here and nowhere
+ * else, and passed in, so that a test gives its own instead of sleeping or
+ * changing the process's environment.
+ */
+export interface Surroundings {
+  /** Milliseconds since 1970 on the real clock: file stamps and the run's time. */
+  clock(): number;
+  /** The environment, for ocspbot and the programs it runs; undefined without --allow-env. */
+  env?: Record<string, string>;
+  /** The folder relative paths start at. */
+  cwd: string;
+}
+
+/** The process's own surroundings. */
+export function surroundings(): Surroundings {
+  let env: Record<string, string> | undefined;
+  try {
+    env = Deno.env.toObject();
+  } catch {
+    // Without --allow-env, the children inherit it unseen, and ocspbot does without.
+  }
+  return { clock: () => Date.now(), env, cwd: Deno.cwd() };
+}
+
+/**
+ * Runs `work` with the process in `folder`, where relative paths (the
+ * config's, Deno's own resolution) start, and back where it was after.
+ */
+async function workingIn<T>(folder: string, work: () => Promise<T>): Promise<T> {
+  const before = Deno.cwd();
+  if (before === folder) return await work();
+  Deno.chdir(folder);
+  try {
+    return await work();
+  } finally {
+    Deno.chdir(before);
+  }
+}
+
 // ------------------------------------------------------------------ run --
 
 /**
@@ -5594,6 +5686,7 @@ class Logger {
 interface RunContext {
   config: Config;
   now: Date;
+  world: Surroundings;
   /** When the run started, on performance.now()'s clock: deadlines count from it. */
   started: number;
   log: Logger;
@@ -5635,8 +5728,9 @@ function identify(
   recorded: string | undefined,
   what: string,
   files: Files,
+  realNowMs: number,
 ): { entry: string; stamp: string; bytes?: Uint8Array } {
-  const stamp = fileStamp(info, Date.now());
+  const stamp = fileStamp(info, realNowMs);
   const unchanged = unchangedEntry(recorded, stamp);
   if (unchanged) return { entry: unchanged, stamp };
   // The stored response lies where others may write: no link of theirs is read.
@@ -5688,9 +5782,14 @@ async function inspect(target: Target, context: RunContext): Promise<Facts> {
     [target.chainPath, "chain"],
     [target.rootchainPath, "rootchain"],
   ] as const).map(([file, what], i) =>
-    file === undefined
-      ? undefined
-      : identify(file, context.files.stat(file, what), record?.files?.[i + 1], what, context.files)
+    file === undefined ? undefined : identify(
+      file,
+      context.files.stat(file, what),
+      record?.files?.[i + 1],
+      what,
+      context.files,
+      context.world.clock(),
+    )
   );
   // A chain or rootchain left out is "" in the record: nothing to compare.
   const inputs = identified.map((found) => found?.entry ?? "");
@@ -5708,6 +5807,7 @@ async function inspect(target: Target, context: RunContext): Promise<Facts> {
         record?.files?.[0],
         what,
         context.files,
+        context.world.clock(),
       ));
     }
   } catch (error) {
@@ -5782,7 +5882,8 @@ async function installResponse(
   try {
     if (config.makeBackups) {
       const stem = backupStem(config, target.responsePath);
-      backup = `, backup "${await makeBackup(stem, response, context.now, log, files)}"`;
+      const timeZone = context.world.env?.TZ;
+      backup = `, backup "${await makeBackup(stem, response, context.now, log, files, timeZone)}"`;
       if (config.keepBackups) {
         const removed = pruneBackups(stem, config.keepBackups, files);
         if (removed.length > 0) backup += ` (${removed.length} older removed)`;
@@ -6310,12 +6411,12 @@ async function runOnChange(
   command: string[],
   renewed: string[],
   timeoutSeconds: number,
-  stop: AbortSignal,
+  context: Pick<RunContext, "stop" | "world">,
 ): Promise<void> {
   const shown = JSON.stringify(command);
   let run: { output: Deno.CommandOutput; timedOut: boolean };
   try {
-    run = await runProcess(command[0], command.slice(1), timeoutSeconds, stop, {
+    run = await runProcess(command[0], command.slice(1), timeoutSeconds, context, {
       env: { OCSPBOT_RENEWED: renewed.join(" ") },
     });
   } catch (error) {
@@ -6362,19 +6463,14 @@ export async function runPool<T, R>(
 }
 
 /** `OCSPBOT_FAKE_NOW`, the test harnesses' clock, when it is set. */
-function fakeClock(): string | undefined {
-  try {
-    return Deno.env.get("OCSPBOT_FAKE_NOW") || undefined;
-  } catch {
-    // Without --allow-env there is no fake clock to read.
-    return undefined;
-  }
+function fakeClock(world: Surroundings): string | undefined {
+  return world.env?.OCSPBOT_FAKE_NOW || undefined;
 }
 
 /** Test seam: `OCSPBOT_FAKE_NOW` (an ISO time) replaces the clock. */
-function currentTime(): Date {
-  const fake = fakeClock();
-  if (!fake) return new Date();
+function currentTime(world: Surroundings): Date {
+  const fake = fakeClock(world);
+  if (!fake) return new Date(world.clock());
   const now = new Date(fake);
   if (Number.isNaN(now.getTime())) {
     throw new ExitError(`OCSPBOT_FAKE_NOW "${fake}" is not a time`, EXIT.badArguments);
@@ -6382,10 +6478,37 @@ function currentTime(): Date {
   return now;
 }
 
-/** Writes the --json document, the only thing on stdout then. */
-function printJson(output: Output, document: string): void {
-  output.write(output.stdout, document + "\n");
+/**
+ * What an output format does, in one row: where the log lines go, whether
+ * its report needs every outcome kept, and what it prints when a run or
+ * --check ends, or cannot go on. A new format is a row here and its flag in
+ * parseCommandLine().
+ */
+interface Reporter {
+  /** stdout is the report's alone: log lines go to stderr. */
+  ownsStdout: boolean;
+  /** The report lists every certificate, so each outcome is kept. */
+  keepsOutcomes: boolean;
+  /** A command line that does not parse is answered with the usage too. */
+  showsUsage: boolean;
+  /** Prints the report; `message` says why the run could not go on. */
+  report(output: Output, mode: Mode, run: RunReport, now: Date, message?: string): void;
 }
+
+const REPORTERS: Record<Format, Reporter> = {
+  // The log lines are the report.
+  text: { ownsStdout: false, keepsOutcomes: false, showsUsage: true, report: () => {} },
+  json: {
+    ownsStdout: true,
+    keepsOutcomes: true,
+    showsUsage: false,
+    report: (output, mode, run, now, message) =>
+      output.write(
+        output.stdout,
+        jsonReport(mode, run.outcomes, run.totals, run.status, now, message) + "\n",
+      ),
+  },
+};
 
 /** How a run or a --check ends: its exit status, and what became of each certificate. */
 interface RunReport {
@@ -6531,7 +6654,7 @@ async function announceChanges(
     );
   }
   try {
-    await runOnChange(config.onChange, ids, config.timeoutSeconds, stop);
+    await runOnChange(config.onChange, ids, config.timeoutSeconds, context);
     log.info(`Ran on_change ${JSON.stringify(config.onChange)} for ${ids.join(" ")}`);
     state.pendingChange = undefined;
   } catch (error) {
@@ -6624,17 +6747,13 @@ function listenForStopSignals(
 }
 
 /** Whether OCSPBOT_DEBUG asks for stack traces with unexpected errors. */
-function debugging(): boolean {
-  try {
-    return Boolean(Deno.env.get("OCSPBOT_DEBUG"));
-  } catch {
-    return false;
-  }
+function debugging(world: Surroundings): boolean {
+  return Boolean(world.env?.OCSPBOT_DEBUG);
 }
 
 /** One line for an error nobody planned for; the stack only when debugging. */
-function unexpected(error: unknown): string {
-  if (debugging() && error instanceof Error) return `Unexpected failure: ${error.stack}`;
+function unexpected(error: unknown, world: Surroundings): string {
+  if (debugging(world) && error instanceof Error) return `Unexpected failure: ${error.stack}`;
   return `Unexpected failure: ${errorText(error)} (OCSPBOT_DEBUG=1 shows where)`;
 }
 
@@ -6653,19 +6772,18 @@ function cannotGoOn(
   const exit = invocation.mode === "check" ? NAGIOS.unknown : status;
   if (invocation.mode === "check") log.result(`OCSP UNKNOWN - ${message}`);
   else log.error(message);
-  if (invocation.format === "json") {
-    printJson(output, jsonReport(invocation.mode, [], {}, exit, now, message));
-  }
+  const nothing = { status: exit, outcomes: [], totals: {} };
+  REPORTERS[invocation.format].report(output, invocation.mode, nothing, now, message);
   return exit;
 }
 
 /** The message and exit status of an error that ends the run. */
-function failureOf(error: unknown): { message: string; status: number } {
+function failureOf(error: unknown, world: Surroundings): { message: string; status: number } {
   if (error instanceof ExitError) return { message: error.message, status: error.status };
   if (error instanceof Interrupted) {
     return { message: `${errorText(error)}; nothing changed`, status: EXIT.failure };
   }
-  return { message: unexpected(error), status: EXIT.failure };
+  return { message: unexpected(error, world), status: EXIT.failure };
 }
 
 /**
@@ -6674,14 +6792,22 @@ function failureOf(error: unknown): { message: string; status: number } {
  * them, and report. Output that could not be written is said where it can,
  * and never leaves a status that reads as renewals that did not happen.
  */
-export async function main(args: string[], output = new Output()): Promise<number> {
-  const { status, mode } = await run(args, output);
+export async function main(
+  args: string[],
+  output = new Output(),
+  world = surroundings(),
+): Promise<number> {
+  const { status, mode } = await workingIn(world.cwd, () => run(args, output, world));
   output.flush();
   // --check's statuses are Nagios', which output problems do not change.
   return mode === "check" ? status : output.exitStatus(status);
 }
 
-async function run(args: string[], output: Output): Promise<{ status: number; mode: Mode }> {
+async function run(
+  args: string[],
+  output: Output,
+  world: Surroundings,
+): Promise<{ status: number; mode: Mode }> {
   const started = performance.now();
   let invocation: Invocation;
   try {
@@ -6691,15 +6817,17 @@ async function run(args: string[], output: Output): Promise<{ status: number; mo
     const asked = error instanceof BadCommandLine
       ? error.invocation
       : { mode: "run" as const, format: "text" as const };
-    if (asked.format === "json") output.reserveStdout();
+    if (REPORTERS[asked.format].ownsStdout) output.reserveStdout();
     const terminal = Logger.console(output, { quiet: false, format: asked.format });
-    const { message, status } = failureOf(error);
-    const exit = cannotGoOn(output, terminal, asked, message, status, new Date());
-    if (asked.mode === "run" && asked.format === "text") output.write(output.stderr, "\n" + HELP);
+    const { message, status } = failureOf(error, world);
+    const exit = cannotGoOn(output, terminal, asked, message, status, new Date(world.clock()));
+    if (asked.mode === "run" && REPORTERS[asked.format].showsUsage) {
+      output.write(output.stderr, "\n" + HELP);
+    }
     return { status: exit, mode: asked.mode };
   }
   const { mode } = invocation;
-  return { status: await runParsed(invocation, output, started), mode };
+  return { status: await runParsed(invocation, output, started, world), mode };
 }
 
 /** A command line that parsed: help, version, or a run or --check from the right folder. */
@@ -6707,40 +6835,45 @@ async function runParsed(
   invocation: Invocation,
   output: Output,
   started: number,
+  world: Surroundings,
 ): Promise<number> {
-  if (invocation.format === "json") output.reserveStdout();
+  if (REPORTERS[invocation.format].ownsStdout) output.reserveStdout();
   const terminal = Logger.console(output, { quiet: false, format: invocation.format });
   let now: Date;
   try {
-    now = currentTime();
+    now = currentTime(world);
   } catch (error) {
-    const { message, status } = failureOf(error);
-    return cannotGoOn(output, terminal, invocation, message, status, new Date());
+    const { message, status } = failureOf(error, world);
+    return cannotGoOn(output, terminal, invocation, message, status, new Date(world.clock()));
   }
   if (invocation.help || invocation.version) {
     output.write(output.stdout, invocation.help ? HELP : `ocspbot ${VERSION}\n`);
     return 0;
   }
 
-  if (invocation.renewed.length === 0) return await operate(invocation, output, now, started);
+  if (invocation.renewed.length === 0) {
+    return await operate(invocation, output, now, started, world);
+  }
   // A deploy hook runs in its ACME client's working directory (certbot's is /):
   // relative paths in the config start at the config's folder instead, where
   // the README's cron line runs the hourly run, so both keep the same files.
-  const back = Deno.cwd();
   const configPath = path.resolve(invocation.configPath);
   const renewed = invocation.renewed.map((given) => path.resolve(given));
+  const folder = path.dirname(configPath);
+  let entered = false;
   try {
-    Deno.chdir(path.dirname(configPath));
+    return await workingIn(folder, () => {
+      entered = true;
+      const hook = { ...invocation, configPath, renewed };
+      return operate(hook, output, now, started, { ...world, cwd: folder });
+    });
   } catch (error) {
-    const message = `Cannot work from the config's folder "${
-      path.dirname(configPath)
-    }", where a --renewed run resolves the config's relative paths: ${errorText(error)}`;
+    if (entered) throw error;
+    const message =
+      `Cannot work from the config's folder "${folder}", where a --renewed run resolves the config's relative paths: ${
+        errorText(error)
+      }`;
     return cannotGoOn(output, terminal, invocation, message, EXIT.configUnloadable, now);
-  }
-  try {
-    return await operate({ ...invocation, configPath, renewed }, output, now, started);
-  } finally {
-    Deno.chdir(back);
   }
 }
 
@@ -6754,10 +6887,10 @@ function sayWhereRelativePathsStart(
   invocation: Invocation,
   log: Logger,
   files: Files,
+  here: string,
 ): void {
   const keys = relativeKeys(config);
   if (keys.length === 0) return;
-  const here = Deno.cwd();
   const folder = path.dirname(path.resolve(config.file));
   const named = keys.map((key) => `"${key}"`).join(", ");
   if (invocation.renewed.length > 0) {
@@ -6780,28 +6913,29 @@ async function operate(
   output: Output,
   now: Date,
   started: number,
+  world: Surroundings,
 ): Promise<number> {
   const { mode, format } = invocation;
   const terminal = Logger.console(output, { quiet: false, format });
   const options = { quiet: invocation.quiet, format };
   const warnings: string[] = [];
-  if (fakeClock()) {
+  if (fakeClock(world)) {
     // Left in root's environment, it would move every production run's clock unseen.
     warnings.push(
       `OCSPBOT_FAKE_NOW is set: this run's clock says ${now.toISOString()}, not the real time; unset it outside tests`,
     );
   }
-  const files = new Files();
+  const files = new Files(world.cwd);
   let config: Config;
   let log: Logger;
   try {
     config = loadConfig(invocation.configPath, warnings, await loadYamlReader(), files);
     log = mode === "check"
       ? Logger.console(output, options)
-      : Logger.open(output, config, now, options, warnings, files);
+      : Logger.open(output, config, now, { ...options, timeZone: world.env?.TZ }, warnings, files);
   } catch (error) {
     for (const warning of warnings) terminal.warn(warning);
-    const { message, status } = failureOf(error);
+    const { message, status } = failureOf(error, world);
     return cannotGoOn(output, terminal, invocation, message, status, now);
   }
   const stop = new AbortController();
@@ -6809,7 +6943,7 @@ async function operate(
   let lock: Deno.FsFile | undefined;
   try {
     for (const warning of warnings.splice(0)) log.warn(warning);
-    sayWhereRelativePathsStart(config, invocation, log, files);
+    sayWhereRelativePathsStart(config, invocation, log, files, world.cwd);
     if (invocation.renewed.length > 0) {
       // A hook naming what no certificate is in hears so at once, not after the hourly run's lock.
       renewedTargets(discoverTargets({ ...config, problems: [] }), invocation.renewed);
@@ -6825,7 +6959,7 @@ async function operate(
       );
     }
     for (const warning of warnings.splice(0)) log.warn(warning);
-    const state = State.load(config.stateFile, log, files);
+    const state = State.load(config.stateFile, log, files, world.clock());
     let targets = selectTargets(discoverTargets(config, state, warnings), invocation.only);
     for (const warning of warnings.splice(0)) log.warn(warning);
     for (const problem of config.problems) log.error(problem);
@@ -6834,6 +6968,7 @@ async function operate(
     const context: RunContext = {
       config,
       now,
+      world,
       started,
       log,
       state,
@@ -6843,7 +6978,7 @@ async function operate(
       // --check reports what is; forcing a renewal it will not make would skew that.
       forced: (invocation.force || invocation.renewed.length > 0) && mode === "run",
       forcedBy: invocation.force ? "--force" : "--renewed: a new certificate",
-      keepOutcomes: format === "json" || config.metricsFile !== undefined,
+      keepOutcomes: REPORTERS[format].keepsOutcomes || config.metricsFile !== undefined,
       silentResponders: new Map(),
       renewedWaitSeconds: invocation.renewed.length > 0 ? invocation.renewedWaitSeconds : undefined,
     };
@@ -6854,13 +6989,11 @@ async function operate(
       const seconds = (performance.now() - started) / 1000;
       await writeMetrics(config.metricsFile, mode, report, seconds, context);
     }
-    if (format === "json") {
-      printJson(output, jsonReport(mode, report.outcomes, report.totals, report.status, now));
-    }
+    REPORTERS[format].report(output, mode, report, now);
     return report.status;
   } catch (error) {
     for (const warning of warnings.splice(0)) log.warn(warning);
-    const { message, status } = failureOf(error);
+    const { message, status } = failureOf(error, world);
     return cannotGoOn(output, log, invocation, message, status, now);
   } finally {
     stopListening();
@@ -6870,15 +7003,16 @@ async function operate(
 }
 
 if (import.meta.main) {
-  const output = new Output();
+  const world = surroundings();
+  const output = new Output(Deno, world.env?.JOURNAL_STREAM);
   // Deno ends an uncaught error with status 1, which would read as "1 renewed".
   const crash = (event: ErrorEvent | PromiseRejectionEvent) => {
     event.preventDefault();
     const error = "reason" in event ? event.reason : event.error;
-    output.say(output.stderr, `ERROR: ${printable(unexpected(error))}`, PRIORITY.error);
+    output.say(output.stderr, `ERROR: ${printable(unexpected(error, world))}`, PRIORITY.error);
     Deno.exit(EXIT.failure);
   };
   globalThis.addEventListener("error", crash);
   globalThis.addEventListener("unhandledrejection", crash);
-  Deno.exit(await main(Deno.args, output));
+  Deno.exit(await main(Deno.args, output, world));
 }

@@ -61,6 +61,7 @@ import {
   type ForgedAnswer,
   makeSite,
   openssl,
+  realClockAhead,
   response,
   runBot,
   runBotRedirected,
@@ -94,6 +95,19 @@ function assertThrows<E extends Error>(
   }
   throw new nodeAssert.AssertionError({ message: "expected an exception" });
 }
+
+/**
+ * Waits for the next whole second of the real clock (under a second): a
+ * file changed after it has another ctime second than one changed before,
+ * which is all a file's stamp needs to tell them apart when the bot's clock
+ * is ahead (realClockAhead()) and every file counts as settled at once.
+ */
+function nextWholeSecond(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 1005 - (Date.now() % 1000)));
+}
+
+/** The bot's real clock past the 2 s a file's stamp waits for (STAMP_SETTLE_MS). */
+const SETTLED = realClockAhead(2100);
 
 function fakeNow(offsetMs: number): Record<string, string> {
   return { OCSPBOT_FAKE_NOW: new Date(Date.now() + offsetMs).toISOString() };
@@ -1312,12 +1326,12 @@ Deno.test("a settled file is trusted by its stat; a byte changed under an old mt
     const stateFile = path.join(site, "responses", ".ocspbot-state.json");
     const runCounting = async () => {
       const before = (await calls()).length;
-      const run = await runMain(site);
+      const run = await runMain(site, [], {}, SETTLED);
       return { ...run, calls: (await calls()).length - before };
     };
     assertEquals((await runCounting()).code, 1);
     // Only a file that has not changed for 2 s is stamped (ctime has whole seconds).
-    await new Promise((resolve) => setTimeout(resolve, 2100));
+    await nextWholeSecond();
 
     await t.step("settled: stamped, then trusted without openssl and without a write", async () => {
       const stamping = await runCounting();
@@ -1362,9 +1376,10 @@ Deno.test("the bench's floor reads the state as the bot writes it, and sees a ch
     const site = await makeSite(ca, ["a.test", "b.test"]);
     assertEquals((await runMain(site)).code, 2);
     // Only a file that has not changed for 2 s is stamped (ctime has whole seconds).
-    await new Promise((resolve) => setTimeout(resolve, 2100));
-    assertEquals((await runMain(site)).code, 0);
+    await nextWholeSecond();
+    assertEquals((await runMain(site, [], {}, SETTLED)).code, 0);
     const layout: FloorLayout = {
+      clockAheadMs: 2100,
       state: path.join(site, "responses", ".ocspbot-state.json"),
       folder: path.join(site, "certs"),
       cert: "{domain}.pem",
@@ -1377,8 +1392,8 @@ Deno.test("the bench's floor reads the state as the bot writes it, and sees a ch
     state.records((responsePath, files) => {
       seen.push(responsePath);
       const info = Deno.statSync(responsePath);
-      assertEquals(state.stamp(info, Date.now()), fileStamp(info, Date.now()));
-      assert(files?.[0].startsWith(fileStamp(info, Date.now()) + state.separator), `${files}`);
+      assertEquals(state.stamp(info, SETTLED()), fileStamp(info, SETTLED()));
+      assert(files?.[0].startsWith(fileStamp(info, SETTLED()) + state.separator), `${files}`);
     });
     assertEquals(seen.sort(), [response(site, "a.test"), response(site, "b.test")]);
     const floor = async () =>
@@ -1399,7 +1414,7 @@ Deno.test("a settled scan folder is not listed again, yet every change to it is 
     const site = await makeSite(ca, ["a.test", "b.test"]);
     const certs = path.join(site, "certs");
     const stateFile = path.join(site, "responses", ".ocspbot-state.json");
-    const settle = () => new Promise((resolve) => setTimeout(resolve, 2100));
+    const settle = nextWholeSecond;
     // touch on the real clock, as in the test above.
     const touch = (from: string, to: string) =>
       new Deno.Command("touch", { args: ["-r", from, to], env: { LD_PRELOAD: "" } }).output();
@@ -1414,11 +1429,11 @@ Deno.test("a settled scan folder is not listed again, yet every change to it is 
       await settle();
     };
     const renewedIds = async () => {
-      const run = await runMain(site, ["--json"]);
+      const run = await runMain(site, ["--json"], {}, SETTLED);
       const certificates = JSON.parse(run.stdout).certificates;
       return { code: run.code, ids: Object.keys(certificates).sort() };
     };
-    assertEquals((await runMain(site)).code, 2);
+    assertEquals((await runMain(site, [], {}, SETTLED)).code, 2);
     await settle();
 
     await t.step("settled: the scan is remembered with the folder's stamp", async () => {
@@ -1458,12 +1473,12 @@ Deno.test("a settled scan folder is not listed again, yet every change to it is 
           path.join(shared, "ocspbot.yaml"),
           'minimum_validity: 6h\nscan_keys:\n  - folder: ""\n',
         );
-        assertEquals((await runMain(shared)).code, 1);
+        assertEquals((await runMain(shared, [], {}, SETTLED)).code, 1);
         await settle();
-        assertEquals((await runMain(shared)).code, 0);
+        assertEquals((await runMain(shared, [], {}, SETTLED)).code, 0);
         const written = await Deno.stat(path.join(shared, ".ocspbot-state.json"));
         await settle();
-        assertEquals((await runMain(shared)).code, 0);
+        assertEquals((await runMain(shared, [], {}, SETTLED)).code, 0);
         const after = await Deno.stat(path.join(shared, ".ocspbot-state.json"));
         assertEquals(
           [after.ino, after.mtime],
@@ -1629,7 +1644,7 @@ Deno.test("a fetched response that is stale, older or the same is not stored", a
     const cert = path.join(site, "certs", "a.test.pem");
     const older = await ca.respond(cert);
     // thisUpdate has whole seconds: let the stored response be newer.
-    await new Promise((resolve) => setTimeout(resolve, 1100));
+    await nextWholeSecond();
     assertEquals((await runMain(site)).code, 1);
     const stored = await Deno.readFile(response(site, "a.test"));
 
@@ -2893,8 +2908,15 @@ Deno.test("SIGTERM, SIGINT or SIGHUP mid-fetch: children stopped, one line, 255"
       try {
         while (ca.hostHeaders.length === asked) await new Promise((r) => setTimeout(r, 50));
         const waiting = spawnBot();
-        // Time for Deno to start and reach the lock; a signal before that would be Deno's own.
-        await new Promise((r) => setTimeout(r, 1500));
+        // Once it holds the lock file open, it waits on it: a signal before that would be Deno's own.
+        // (Deno reads /proc only with --allow-all; ls may read it.)
+        const opened = async () =>
+          (await new Deno.Command("sh", {
+            args: ["-c", `ls -l /proc/${waiting.pid}/fd 2>/dev/null | grep -q '\\.lock$'`],
+          }).output()).code === 0;
+        for (let tries = 0; !(await opened()) && tries < 400; tries++) {
+          await new Promise((r) => setTimeout(r, 25));
+        }
         waiting.kill("SIGTERM");
         const { code, stderr } = await waiting.output();
         assertEquals(code, 255);
@@ -4096,9 +4118,9 @@ Deno.test("--renewed waits a while for a responder that does not know the new ce
     await t.step("known a moment later: stapled before the hook returns", async () => {
       const learns = setTimeout(() => ca.setStatus(leaf.serial, "good", "new.test"), 500);
       try {
-        const run = await runMain(site, hook("20"));
+        const run = await runMain(site, hook("5"));
         assertEquals(run.code, 1, run.stdout + run.stderr);
-        assertMatch(run.stdout, /asking again in 2 s/);
+        assertMatch(run.stdout, /asking again in 1 s, for up to/);
       } finally {
         clearTimeout(learns);
       }

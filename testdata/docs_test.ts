@@ -164,12 +164,21 @@ async function quickStartMachine(ca: TestCa, rootchainMask?: string): Promise<st
   return root;
 }
 
-/** Runs `command` with `sh -c` from a clear environment but `PATH`, as cron does. */
+/**
+ * Runs `command` with `sh -c` from a clear environment but `PATH`, as cron
+ * does; under CI's faketime guard its clock stays the test's (libfaketime's
+ * variables are kept), as the CA that signs the responses runs on it.
+ */
 async function asCron(command: string, PATH: string) {
+  const clock = Object.fromEntries(
+    Object.entries(Deno.env.toObject()).filter(([name]) =>
+      name === "LD_PRELOAD" || name.startsWith("FAKETIME")
+    ),
+  );
   const output = await new Deno.Command("/bin/sh", {
     args: ["-c", command],
     clearEnv: true,
-    env: { PATH, HOME: "/" },
+    env: { ...clock, PATH, HOME: "/" },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

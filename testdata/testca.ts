@@ -196,15 +196,17 @@ async function spawned(
 }
 
 /**
- * Runs the bot's main() in this process, from `cwd`, with `env` set for the
- * length of the run, and returns what it printed as runBot() does: a run
- * as fast as a function call, for what needs no process of its own (not
- * permissions, signals, time zones or the status Deno exits with).
+ * Runs the bot's main() in this process, from `cwd`, with `env` added to
+ * the environment and `clock` as the real clock (file stamps), and returns
+ * what it printed as runBot() does: a run as fast as a function call, for
+ * what needs no process of its own (not permissions, signals, time zones or
+ * the status Deno exits with). The process's own environment is not changed.
  */
 export async function runMain(
   cwd: string,
   args: string[] = [],
   env: Record<string, string> = {},
+  clock: () => number = Date.now,
 ): Promise<BotRun> {
   const printed = { stdout: "", stderr: "" };
   const decoder = new TextDecoder();
@@ -214,21 +216,15 @@ export async function runMain(
       return bytes.length;
     },
   });
-  const before = Deno.cwd();
-  const saved = Object.keys(env).map((name) => [name, Deno.env.get(name)] as const);
-  for (const [name, value] of Object.entries(env)) Deno.env.set(name, value);
-  Deno.chdir(cwd);
-  try {
-    const output = new Output({ stdout: capture("stdout"), stderr: capture("stderr") });
-    const code = await main(args, output);
-    return { code, ...printed };
-  } finally {
-    Deno.chdir(before);
-    for (const [name, value] of saved) {
-      if (value === undefined) Deno.env.delete(name);
-      else Deno.env.set(name, value);
-    }
-  }
+  const output = new Output({ stdout: capture("stdout"), stderr: capture("stderr") });
+  const world = { clock, env: { ...Deno.env.toObject(), ...env }, cwd };
+  const code = await main(args, output, world);
+  return { code, ...printed };
+}
+
+/** A real clock `ms` ahead, for runMain(): files written just now count as settled. */
+export function realClockAhead(ms: number): () => number {
+  return () => Date.now() + ms;
 }
 
 /**
