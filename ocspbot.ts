@@ -22,21 +22,24 @@
  * `--json` prints a report, `-q` keeps cron quiet, `--force` renews now;
  * `ocspbot --help` lists them with the exit statuses.
  *
- * How data flows, and the section of this file where each step lives:
+ * The chapters of this file, in the order data flows through them (a test
+ * holds this map against the chapters' banners):
  *
  * ```
- * argv ─parseCommandLine─▶ Invocation {configPath, mode, format, only}  command line
- * file ─loadConfig(CONFIG_KEYS)─▶ Config          one row per key         config
- * Config ─discoverTargets─▶ Target[]              domains, scan_keys      targets
- * Target ─inspect─▶ Facts        certificate, stored response, URLs;      run, certificates,
- *                                decides nothing                          state, files
- * Facts ─planTarget(policy, now, forced)─▶ Plan   skip | fresh | renew    rules
- * Plan ─renew─▶ Outcome          fetch and verify (openssl), replace      run, openssl,
- *                                the file (files), remember (state),      files, state
- *                                push to HAProxy
- * Plan ─checkTarget─▶ Outcome + Health            --check: same Plan;     run, reports,
- *                                asks `serve` servers (Prober)            certificates
- * Outcome[] ─report─▶ text | json | metrics ─▶ exit status                reports, output
+ * contract  argv ─parseCommandLine─▶ Invocation; exit statuses, help
+ * config    file ─loadConfig(CONFIG_KEYS)─▶ Config: one row per key
+ * discover  Config ─discoverTargets─▶ Target[]: domains, scan_keys
+ * inspect   Target ─inspect─▶ Facts: certificate, state, stored response
+ * rules     Facts ─planTarget─▶ Plan; every verdict on a response (pure)
+ * fetch     Plan ─fetchWithRetries─▶ a verified answer (openssl)
+ * write     the one door for files (Files): responses, backups, lock
+ * report    Outcome[] ─REPORTERS─▶ log, Nagios line, JSON, metrics
+ * run       main ─▶ the hourly run or --check ─▶ exit status
+ * haproxy   add-on: pushes to HAProxy's runtime API, retried until taken
+ * serve     add-on: --check asks the server what it staples
+ * hooks     add-ons: --renewed (the deploy hook) and on_change
+ * journal   add-on: sd-daemon priorities for systemd's journal
+ * start     the process: surroundings, main(), Deno.exit
  * ```
  *
  * main() parses the command line once and builds one RunContext (log,
@@ -58,7 +61,27 @@ import type * as JsYaml from "npm:js-yaml@4.1.0";
 import type { X509Certificate } from "node:crypto";
 import * as path from "node:path";
 
-// ---------------------------------------------------------------- types --
+// --------------------------------------------------------------- contract --
+// What ocspbot promises on its command line: the exit statuses (the Python
+// bot's return codes), the help, and the one reading of argv into an Invocation.
+
+export const VERSION = "1.0.0";
+
+/**
+ * Exit statuses. The Python bot returned -1..-4, which a shell sees as
+ * 255..252; renewals are counted up to 251 so they never read as an error
+ * (or, at 256, as 0).
+ */
+export const EXIT = {
+  maxRenewed: 251,
+  badArguments: 252,
+  configInvalid: 253,
+  configUnloadable: 254,
+  failure: 255,
+} as const;
+
+/** --check's exit statuses, a Nagios plugin's. */
+const NAGIOS = { ok: 0, warning: 1, critical: 2, unknown: 3 } as const;
 
 /** A run renews; a check (`--check`) decides and reports only: it changes nothing, asks no responder. */
 type Mode = "run" | "check";
@@ -91,402 +114,14 @@ interface Invocation {
   renewedWaitSeconds: number;
 }
 
-/**
- * One certificate to keep a response for, every path resolved, with the
- * settings of its entry (CONFIG_KEYS' perCertificate rows: `haproxy_socket`,
- * `ocsp_responder_uri`, …).
- */
-type Target = CertificateSettings & {
-  id: string;
-  certPath: string;
-  chainPath?: string;
-  rootchainPath?: string;
-  responsePath: string;
-  /** Where it was configured, for messages. */
-  source: string;
-};
-
-/** A certificate's validity: all the renewal rule needs of it. */
-interface Validity {
-  notBefore: Date;
-  notAfter: Date;
-}
-
-/** What the bot needs to know of a certificate. */
-export interface CertificateInfo extends Validity {
-  ocspUrls: string[];
-  /** It carries the TLS Feature status_request extension (RFC 7633). */
-  mustStaple: boolean;
-}
-
-type CertStatus = "good" | "revoked" | "unknown";
-
-/** The OCSP response statuses that carry no answer (RFC 6960 4.2.1), by code. */
-const OCSP_ERROR_STATUSES = {
-  1: "malformedRequest",
-  2: "internalError",
-  3: "tryLater",
-  5: "sigRequired",
-  6: "unauthorized",
-} as const;
-type OcspErrorStatus = (typeof OCSP_ERROR_STATUSES)[keyof typeof OCSP_ERROR_STATUSES];
-
-/**
- * Answers that another request in the same run cannot change: the responder
- * does not serve this certificate or cannot read what openssl sends.
- */
-const DEFINITIVE_ERROR_STATUSES: readonly OcspErrorStatus[] = [
-  "malformedRequest",
-  "sigRequired",
-  "unauthorized",
-];
-
-/** What openssl said about a response it parsed and verified. */
-export interface ResponseReport {
-  status?: CertStatus;
-  thisUpdate?: Date;
-  nextUpdate?: Date;
-  revocationTime?: Date;
-  revocationReason?: string;
-  /**
-   * When the certificate that signed the response ends (its ResponderID
-   * names it among the certificates it carries: a delegated responder's),
-   * whose end makes TLS clients refuse the staple before its nextUpdate
-   * does. Other certificates it carries do not count.
-   */
-  signerNotAfter?: Date;
-  /**
-   * How many answers (SingleResponses) it holds for this certificate, and
-   * for others: HAProxy loads a response with exactly one.
-   */
-  answers?: { ours: number; others: number };
-  /** The times of its other answers for this certificate: each must pass as the first. */
-  alsoAnswered?: Pick<ResponseReport, "thisUpdate" | "nextUpdate">[];
-  verified: boolean;
-  /** Why it did not verify or could not be read. */
-  problem?: string;
-  /** The OCSP response status when it is not "successful" (RFC 6960 4.2.1). */
-  responderError?: OcspErrorStatus;
-}
-
-/** What the state file remembers of a good response ocspbot verified. */
-interface VerifiedRecord {
-  /**
-   * The response, certificate, chain and rootchain it was verified with, in
-   * that order, each as `<stamp> <sha256>` (FileEntry): a byte changed in any
-   * of them, and it is verified again.
-   */
-  files: string[];
-  /** Times in seconds since 1970: a state of 100,000 records stays small. */
-  thisUpdate: number;
-  nextUpdate?: number;
-  /** What the certificate says, so that it need not be parsed again. */
-  notBefore: number;
-  notAfter: number;
-  ocspUrls: string[];
-  mustStaple: boolean;
-  /** Set when the response stapled is a "revoked" answer (`on_revoked: staple`). */
-  revoked?: { time?: number; reason?: string };
-  /** ResponseReport.signerNotAfter. */
-  signerNotAfter?: number;
-}
-
-/** What came of the last request to a responder about a certificate. */
-type AttemptOutcome = "renewed" | "same" | "failed" | "revoked";
-
-/** The state's memory of the last time ocspbot asked a responder about a certificate. */
-export interface Attempt {
-  /** Seconds since 1970, as every time in the state. */
-  time: number;
-  outcome: AttemptOutcome;
-  /** What went wrong, for "failed" and "revoked". */
-  message?: string;
-  /** When the attempts that keep failing (or saying revoked) began. */
-  failingSince?: number;
-  revocationTime?: number;
-  revocationReason?: string;
-  /**
-   * The thisUpdate of the latest revoked answer seen for the certificate:
-   * no answer signed before it is stapled afterwards (a stale cache's "good").
-   */
-  revokedSeen?: number;
-}
-
-/** What the state file keeps for one response path. */
-interface StateRecord {
-  /** The good response ocspbot verified, while it is the one stored. */
-  verified?: VerifiedRecord;
-  attempt?: Attempt;
-  push?: PendingPush;
-}
-
-/**
- * HAProxies that have not taken the stored response: every run pushes it to
- * them again until each does, and --check warns meanwhile. A fleet member
- * down during a renewal would otherwise staple the old response for days.
- */
-interface PendingPush {
-  sockets: string[];
-  /** Seconds since 1970: when the first push to them failed. */
-  since: number;
-  /** Why the last push failed, socket by socket. */
-  message: string;
-}
-
-/**
- * What a scan found in one folder with one set of masks, kept while the
- * folder's stamp stays the same: its entries cannot have changed, so the
- * next run need not list it.
- */
-interface ScanRecord {
-  stamp: string;
-  /** The domains whose certificate, chain and rootchain were there, in order. */
-  domains: string[];
-  folders: string[];
-  /**
-   * Links that led to no file: their target may appear while the folder
-   * stays as it is, so they are looked at again each run.
-   */
-  dangling?: string[];
-  /** What a run says of certificates left out for a missing chain or rootchain. */
-  skipped?: string[];
-}
-
-/**
- * An `on_change` that failed after renewals: the server still staples the
- * old responses, so every run runs it again, with these ids, until it
- * succeeds, and --check warns meanwhile.
- */
-interface PendingChange {
-  ids: string[];
-  /** Seconds since 1970: when it first failed. */
-  since: number;
-  /** Why it failed last. */
-  message: string;
-}
-
-/** Where scans are remembered from one run to the next: the State. */
-type ScanMemo = Pick<State, "scanned" | "setScanned" | "realNowMs">;
-
-/** What inspect() found of a certificate and its stored response: read, not judged. */
-interface Facts {
-  cert: CertificateInfo;
-  stored?: ResponseReport;
-  /** The stored response as a FileEntry, when there is one. */
-  storedEntry?: string;
-  /** The certificate, chain and rootchain as FileEntry: what a new response is verified with. */
-  inputs: string[];
-  /** The responders to ask, in order: `ocsp_responder_uri`, else the certificate's. */
-  urls: string[];
-}
-
-/** Whether a certificate's response is renewed now, and why. */
-interface Decision {
-  due: boolean;
-  reason: string;
-  renewAt?: Date;
-}
-
-/**
- * What to do with a certificate: leave it alone (and why), report that it
- * can never be stapled as configured, keep its fresh response until
- * `renewAt`, or renew it now from `urls`.
- */
-export type Plan =
-  | { kind: "skip"; why: SkipReason; reason: string; renewAt?: undefined }
-  | { kind: "fail"; reason: string; renewAt?: undefined }
-  | { kind: "fresh"; renewAt: Date; reason: string }
-  | { kind: "renew"; urls: string[]; reason: string; renewAt?: Date };
-
-type SkipReason = "no OCSP URL" | "expired";
-
-/** What a run did with a certificate; "interrupted" when a signal stopped it. */
-type Action = "renewed" | "unchanged" | "skipped" | "failed" | "interrupted";
-
-/**
- * How a certificate's staple stands, for --check: fresh is OK; due (not
- * tried yet) and failing (tried, and the responder failed) are WARNING;
- * critical is CRITICAL.
- */
-export type Health = "fresh" | "due" | "failing" | "critical";
-
-/** What happened to one target, and the response it is left with. */
-export interface Outcome {
-  id: string;
-  action: Action;
-  certPath: string;
-  responsePath: string;
-  responderUrl?: string;
-  mustStaple?: boolean;
-  status?: CertStatus;
-  thisUpdate?: Date;
-  nextUpdate?: Date;
-  /** When the stored response stops being usable (judgeTimes(): every end counted). */
-  endsAt?: Date;
-  renewAt?: Date;
-  health?: Health;
-  /** The last request to a responder, as the state remembers it after this run. */
-  attempt?: Attempt;
-  /** Why it was skipped: it names no OCSP responder, or it has expired. */
-  skipReason?: SkipReason;
-  /** --check with `serve`: what the server staples, compared with what is stored. */
-  served?: Served;
-  error?: string;
-}
-
-/** Where a certificate is served (`serve`): a TLS port, or a STARTTLS protocol's. */
-export interface ServeAddress {
-  host: string;
-  port: number;
-  /** `smtp`, `imap`, …: openssl's `-starttls`; undefined for TLS from the start. */
-  starttls?: string;
-  /** The SNI name to ask for; undefined: the certificate's first name. */
-  servername?: string;
-}
-
-/** What a server stapled in a handshake, as `openssl s_client -status` printed it. */
-interface Stapled {
-  status?: CertStatus;
-  /** The serial of the certificate it is about, as openssl prints it (hex, upper case). */
-  serial?: string;
-  thisUpdate?: Date;
-  nextUpdate?: Date;
-}
-
-/**
- * --check's verdict on what a server staples: ok (what is stored, or newer),
- * warning (older than stored: not reloaded; nothing stapled for a certificate
- * without Must-Staple; the server unreachable), critical (nothing for a
- * Must-Staple certificate, expired, not good, or for another certificate).
- */
-interface Served {
-  address: string;
-  verdict: "ok" | "warning" | "critical";
-  message: string;
-  /** The server could not be asked: no connection, no handshake, or none in time. */
-  unreached?: boolean;
-  thisUpdate?: Date;
-  nextUpdate?: Date;
-}
-
-/** Counts of a run; `notProcessed` counts what stop_on_error left out. */
-interface Summary {
-  renewed: number;
-  unchanged: number;
-  skipped: number;
-  /** Of the skipped, how many certificates have expired. */
-  expired: number;
-  failed: number;
-  notProcessed: number;
-  onChangeFailed: boolean;
-}
-
-/** An error that ends the run with a given exit status. */
-export class ExitError extends Error {
-  constructor(message: string, readonly status: number) {
-    super(message);
-  }
-}
-
-/**
- * Deno's `No such file or directory (os error 2): readfile 'x'`, or node:fs's
- * `ENOSPC: no space left on device, write`, without the noise.
- */
-function errorText(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  const node = /^E[A-Z]+: (.+?), \w+(?: '.*')?$/s.exec(message);
-  if (node) return node[1][0].toUpperCase() + node[1].slice(1);
-  return message.replace(/ \(os error \d+\).*$/s, "");
-}
-
-// ------------------------------------------------------------ constants --
-
-export const VERSION = "1.0.0";
-
-/**
- * Exit statuses. The Python bot returned -1..-4, which a shell sees as
- * 255..252; renewals are counted up to 251 so they never read as an error
- * (or, at 256, as 0).
- */
-export const EXIT = {
-  maxRenewed: 251,
-  badArguments: 252,
-  configInvalid: 253,
-  configUnloadable: 254,
-  failure: 255,
-} as const;
-
-/** --check's exit statuses, a Nagios plugin's. */
-const NAGIOS = { ok: 0, warning: 1, critical: 2, unknown: 3 } as const;
-
 const DEFAULT_CONFIG = "ocspbot.yaml";
+
 /**
  * How long a deploy hook's run (--renewed) keeps asking a responder that
  * does not know the new certificate yet: CAs publish a new certificate's
  * status within minutes, and the ACME client waits for its hook.
  */
 const DEFAULT_RENEWED_WAIT_SECONDS = 300;
-/** It asks ten times within the wait, at most every 10 s. */
-const RENEWED_ASKS = 10;
-const RENEWED_ASK_EVERY_MAX_SECONDS = 10;
-const DEFAULT_TIMEOUT_SECONDS = 30;
-/**
- * How long --check's handshakes with the servers of `serve` may take, all
- * together: under the 60 s a Nagios plugin is given by default.
- */
-const CHECK_DEADLINE_SECONDS = 45;
-/** How many certificates --check looks at at once when it asks servers. */
-const PROBES_AT_ONCE = 16;
-const DEFAULT_LOCK_TIMEOUT_SECONDS = 300;
-const DEFAULT_RETRIES = 2;
-/** The version of the state file's format this ocspbot reads and writes. */
-export const STATE_VERSION = 3;
-/** The state file's name inside `ocsp_folder`, unless `state_file` says otherwise. */
-export const DEFAULT_STATE_FILE = ".ocspbot-state.json";
-/** Lifespan assumed for a response without nextUpdate, as Apache mod_md. */
-const ASSUMED_LIFESPAN_MS = 12 * 3600_000;
-/**
- * How long past `timeout` an openssl process may run before it is stopped:
- * openssl's own -timeout should fire first, with the better message.
- */
-const KILL_GRACE_SECONDS = 2;
-/**
- * Characters of base64url SHA-256 kept to tell files apart: 132 bits, which
- * no accidental change collides with, at half the size in the state file.
- */
-const HASH_CHARS = 22;
-/** A file changed more recently than this gets no stamp: see fileStamp(). */
-const STAMP_SETTLE_MS = 2000;
-/** How long after its notBefore a certificate may be unknown to its responder. */
-const NEW_CERTIFICATE_GRACE_MS = 15 * 60_000;
-/** Clock skew tolerated in a fresh response's thisUpdate (openssl's own). */
-const CLOCK_SKEW_MS = 5 * 60_000;
-/** How many HTTP redirects of a responder ocspbot follows, when it may. */
-const MAX_REDIRECTS = 3;
-/** The signals that end a run early, keeping what finished. */
-const STOP_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
-/** How long an interrupted run may take to wind down before it exits regardless. */
-const STOP_GRACE_SECONDS = 10;
-
-const SECONDS_PER_UNIT: Record<string, number> = {
-  s: 1,
-  sec: 1,
-  second: 1,
-  seconds: 1,
-  m: 60,
-  min: 60,
-  minute: 60,
-  minutes: 60,
-  h: 3600,
-  hour: 3600,
-  hours: 3600,
-  d: 86400,
-  day: 86400,
-  days: 86400,
-  w: 604800,
-  week: 604800,
-  weeks: 604800,
-};
 
 const HELP = `ocspbot ${VERSION}: keeps OCSP responses for stapling fresh.
 
@@ -528,9 +163,26 @@ certificate), 3 the check could not run or found no certificate.
 
 /** Whole texts only: a stream's decoding keeps state, and needs its own TextDecoder. */
 const encoder = new TextEncoder();
+
 const decoder = new TextDecoder();
 
-// --------------------------------------------------------- command line --
+/** An error that ends the run with a given exit status. */
+export class ExitError extends Error {
+  constructor(message: string, readonly status: number) {
+    super(message);
+  }
+}
+
+/**
+ * Deno's `No such file or directory (os error 2): readfile 'x'`, or node:fs's
+ * `ENOSPC: no space left on device, write`, without the noise.
+ */
+function errorText(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const node = /^E[A-Z]+: (.+?), \w+(?: '.*')?$/s.exec(message);
+  if (node) return node[1][0].toUpperCase() + node[1].slice(1);
+  return message.replace(/ \(os error \d+\).*$/s, "");
+}
 
 /**
  * A command line that does not parse: 252, with what it said so far, so
@@ -608,7 +260,38 @@ export function parseCommandLine(args: string[]): Invocation {
   return invocation;
 }
 
-// --------------------------------------------------------------- config --
+// ----------------------------------------------------------------- config --
+// The config file, as the Python bot read it: one row per key (CONFIG_KEYS)
+// says where a key may be written, how it is read and what it means absent.
+
+const SECONDS_PER_UNIT: Record<string, number> = {
+  s: 1,
+  sec: 1,
+  second: 1,
+  seconds: 1,
+  m: 60,
+  min: 60,
+  minute: 60,
+  minutes: 60,
+  h: 3600,
+  hour: 3600,
+  hours: 3600,
+  d: 86400,
+  day: 86400,
+  days: 86400,
+  w: 604800,
+  week: 604800,
+  weeks: 604800,
+};
+
+const DEFAULT_TIMEOUT_SECONDS = 30;
+
+const DEFAULT_RETRIES = 2;
+
+const DEFAULT_LOCK_TIMEOUT_SECONDS = 300;
+
+/** The state file's name inside `ocsp_folder`, unless `state_file` says otherwise. */
+export const DEFAULT_STATE_FILE = ".ocspbot-state.json";
 
 /**
  * Reads `minimum_validity`: tokens `<int><unit>` or `<int> <unit>`, as the
@@ -796,38 +479,6 @@ function asEntries<P extends "domain" | "scan">(place: P) {
         & EntryOrigin;
     });
   };
-}
-
-/** The STARTTLS protocols `openssl s_client -starttls` speaks, as `serve` names them. */
-const STARTTLS = ["smtp", "imap", "pop3", "ftp", "xmpp", "ldap", "postgres", "mysql", "nntp"];
-
-/**
- * Reads `serve`: `host:port` (TLS from the start, as `tls://host:port`), or
- * `<protocol>://host:port` for a STARTTLS protocol (`smtp://127.0.0.1:25`).
- */
-export function serveAddress(text: string): ServeAddress {
-  const match = /^(?:([a-z0-9]+):\/\/)?(\[[^\]]+\]|[^:/[\]]+):(\d+)\/?$/i.exec(text);
-  if (!match) {
-    throw new Error(
-      `must be "host:port" or "<protocol>://host:port" (e.g. "127.0.0.1:443", "smtp://127.0.0.1:25"), not "${text}"`,
-    );
-  }
-  const protocol = match[1]?.toLowerCase();
-  if (protocol && protocol !== "tls" && protocol !== "https" && !STARTTLS.includes(protocol)) {
-    throw new Error(
-      `names "${protocol}://", which is neither tls:// nor one of ${STARTTLS.join(", ")}`,
-    );
-  }
-  const port = Number(match[3]);
-  if (port < 1 || port > 65535) throw new Error(`names port ${port}, which no server has`);
-  const starttls = protocol && STARTTLS.includes(protocol) ? protocol : undefined;
-  return { host: match[2].replace(/^\[|\]$/g, ""), port, ...(starttls ? { starttls } : {}) };
-}
-
-/** A ServeAddress as `serve` writes it, for messages. */
-function serveText(address: ServeAddress): string {
-  const host = address.host.includes(":") ? `[${address.host}]` : address.host;
-  return `${address.starttls ? `${address.starttls}://` : ""}${host}:${address.port}`;
 }
 
 /** Where an entry of `domains` or `scan_keys` was written. */
@@ -1086,6 +737,7 @@ type RowValue<R> =
   | (R extends { read(value: unknown, at: Reading): infer T } ? T : never)
   | (R extends { fallback: unknown } ? never : undefined)
   | (R extends { empty: infer E } ? E : never);
+
 /**
  * The values a place holds, by field, from the rows of `Rows`. In an entry,
  * a key the top level also sets may be absent: the top level's applies.
@@ -1101,6 +753,7 @@ type PlaceValues<P extends Place, Rows = typeof CONFIG_KEYS> = {
     : never
     : RowValue<Rows[F]>;
 };
+
 /** The settings each certificate carries: its entry's, else the top level's. */
 type CertificateSettings = {
   -readonly [
@@ -1463,30 +1116,62 @@ function loadConfig(
   return config;
 }
 
+// --------------------------------------------------------------- discover --
+// From a Config to the certificates it covers: `domains` entries as written,
+// `scan_keys` folders listed (and remembered while they stay the same).
+
 /**
- * The keys whose value is a path relative to the working directory (the
- * Python bot's meaning): a run from another folder than the hourly one's
- * keeps other files.
+ * One certificate to keep a response for, every path resolved, with the
+ * settings of its entry (CONFIG_KEYS' perCertificate rows: `haproxy_socket`,
+ * `ocsp_responder_uri`, …).
  */
-function relativeKeys(config: Config): string[] {
-  const relative = (value: string | undefined) => value !== undefined && !path.isAbsolute(value);
-  const keys = [
-    ["ocsp_folder", config.ocspFolder],
-    ["state_file", config.stateFile],
-    ["output_log", config.outputLog],
-    ["error_log", config.errorLog],
-    ["metrics_file", config.metricsFile],
-    ["backup_folder", config.backupFolder],
-  ].filter(([, value]) => relative(value)).map(([key]) => key!);
-  if (config.includes.some(relative)) keys.push("includes");
-  if (config.domains.some((d) => [d.cert, d.chain, d.rootchain].some(relative))) {
-    keys.push("domains");
+type Target = CertificateSettings & {
+  id: string;
+  certPath: string;
+  chainPath?: string;
+  rootchainPath?: string;
+  responsePath: string;
+  /** Where it was configured, for messages. */
+  source: string;
+};
+
+/**
+ * A scan mask, matched and filled. The usual mask has one `{domain}`, which
+ * plain string operations handle: a scan of 30,000 names is the hot path of
+ * an hourly run, and a regular expression costs a match array per name.
+ */
+class Mask {
+  readonly #parts: string[];
+  readonly #pattern: RegExp;
+
+  constructor(text: string) {
+    this.#parts = text.split("{domain}");
+    this.#pattern = maskPattern(text);
   }
-  if (config.scanKeys.some((scan) => relative(scan.folder))) keys.push("scan_keys");
-  return keys;
+
+  /** The domain a whole file name gives this mask, or undefined. */
+  match(name: string): string | undefined {
+    if (this.#parts.length !== 2) return this.#pattern.exec(name)?.[1];
+    const [prefix, suffix] = this.#parts;
+    if (name.length <= prefix.length + suffix.length) return undefined;
+    if (!name.startsWith(prefix) || !name.endsWith(suffix)) return undefined;
+    return name.slice(prefix.length, name.length - suffix.length);
+  }
+
+  /** Whether it names `{domain}` at all. */
+  get hasDomain(): boolean {
+    return this.#parts.length > 1;
+  }
+
+  fill(domain: string): string {
+    return this.#parts.length === 2
+      ? this.#parts[0] + domain + this.#parts[1]
+      : this.#parts.join(domain);
+  }
 }
 
-// -------------------------------------------------------------- targets --
+/** Where scans are remembered from one run to the next: the State. */
+type ScanMemo = Pick<State, "scanned" | "setScanned" | "realNowMs">;
 
 /** The settings a certificate of `entry` carries: the entry's own, else the top level's. */
 function certificateSettings(entry: DomainEntry | ScanEntry, config: Config): CertificateSettings {
@@ -1529,41 +1214,6 @@ function escapeRegExp(text: string): string {
 export function maskPattern(mask: string): RegExp {
   const [before, ...after] = mask.split("{domain}").map(escapeRegExp);
   return new RegExp(`^${before}(.+)${after.join("\\1")}$`);
-}
-
-/**
- * A scan mask, matched and filled. The usual mask has one `{domain}`, which
- * plain string operations handle: a scan of 30,000 names is the hot path of
- * an hourly run, and a regular expression costs a match array per name.
- */
-class Mask {
-  readonly #parts: string[];
-  readonly #pattern: RegExp;
-
-  constructor(text: string) {
-    this.#parts = text.split("{domain}");
-    this.#pattern = maskPattern(text);
-  }
-
-  /** The domain a whole file name gives this mask, or undefined. */
-  match(name: string): string | undefined {
-    if (this.#parts.length !== 2) return this.#pattern.exec(name)?.[1];
-    const [prefix, suffix] = this.#parts;
-    if (name.length <= prefix.length + suffix.length) return undefined;
-    if (!name.startsWith(prefix) || !name.endsWith(suffix)) return undefined;
-    return name.slice(prefix.length, name.length - suffix.length);
-  }
-
-  /** Whether it names `{domain}` at all. */
-  get hasDomain(): boolean {
-    return this.#parts.length > 1;
-  }
-
-  fill(domain: string): string {
-    return this.#parts.length === 2
-      ? this.#parts[0] + domain + this.#parts[1]
-      : this.#parts.join(domain);
-  }
 }
 
 function isFile(file: string): boolean {
@@ -1935,45 +1585,9 @@ function selectTargets(targets: Target[], only: string[]): Target[] {
   return targets.filter((target) => only.includes(target.id));
 }
 
-/**
- * The certificates an ACME client just renewed: those whose file is one of
- * `renewed` or lies in one of those folders, by the path as given or with
- * every link resolved (certbot's live/ links into archive/). A path that
- * covers none is 252: a hook that renews nothing would pass unseen.
- */
-function renewedTargets(targets: Target[], renewed: string[]): Target[] {
-  const real = (file: string) => {
-    try {
-      return Deno.realPathSync(file);
-    } catch {
-      return path.resolve(file);
-    }
-  };
-  // The certificate's folder resolved but not the file: certbot's cert.pem links into archive/.
-  const names = (certPath: string) => [
-    path.resolve(certPath),
-    path.join(real(path.dirname(certPath)), path.basename(certPath)),
-    real(certPath),
-  ];
-  const covers = (given: string, certPath: string) =>
-    names(certPath).some((cert) =>
-      [path.resolve(given), real(given)].some((place) => cert === place || isInside(cert, place))
-    );
-  const uncovered = renewed.filter((given) =>
-    !targets.some((target) => covers(given, target.certPath))
-  );
-  if (uncovered.length > 0) {
-    throw new ExitError(
-      `--renewed names what no certificate of the config is in: ${
-        uncovered.map((given) => `"${given}"`).join(", ")
-      }; check the config's domains and scan_keys`,
-      EXIT.badArguments,
-    );
-  }
-  return targets.filter((target) => renewed.some((given) => covers(given, target.certPath)));
-}
-
-// --------------------------------------------------------- certificates --
+// ---------------------------------------------------------------- inspect --
+// What a certificate and its stored response are, read and not judged: the
+// certificate's fields, the state's memory of what was verified, and Facts.
 
 /**
  * node:crypto, loaded on first use: the hourly run that finds nothing changed
@@ -2058,6 +1672,19 @@ function readX509(certificate: Uint8Array | string, file: string): X509Certifica
 interface FileCertificate {
   x509: X509Certificate;
   pem: string;
+}
+
+/** A certificate's validity: all the renewal rule needs of it. */
+interface Validity {
+  notBefore: Date;
+  notAfter: Date;
+}
+
+/** What the bot needs to know of a certificate. */
+export interface CertificateInfo extends Validity {
+  ocspUrls: string[];
+  /** It carries the TLS Feature status_request extension (RFC 7633). */
+  mustStaple: boolean;
 }
 
 /**
@@ -2187,142 +1814,6 @@ function certificateFields(
 }
 
 /**
- * Asks the server where a certificate is served what it staples, through
- * the run's Prober, with the certificate's first name as SNI unless `serve`
- * gives one, and judges it against what is stored.
- */
-async function askServer(
-  target: Target,
-  address: ServeAddress,
-  facts: Facts,
-  context: RunContext,
-  prober: Prober,
-): Promise<Served> {
-  const { leaf } = parsedFiles(target, context).bundle;
-  const servername = address.servername ?? certificateName(leaf.x509);
-  const heard = await prober.ask(address, servername, context);
-  const serial = serialArgument(leaf.x509.raw).replace("0x", "");
-  return servedVerdict(
-    serveText(address),
-    heard.stapled,
-    heard.problem,
-    { serial, mustStaple: facts.cert.mustStaple, presented: heard.presented },
-    facts.stored,
-    context.now,
-  );
-}
-
-/** What a server said in one handshake: see servedVerdict(). */
-interface Heard {
-  stapled?: Stapled | "none";
-  problem?: string;
-  /** The serial of the certificate it presented, as servedVerdict compares them. */
-  presented?: string;
-}
-
-/**
- * --check's handshakes with the servers of `serve`: many at once, each
- * address (host and port) asked by one handshake at a time and never again
- * in the run once it did not answer, the same question asked once, and
- * none started or left running past the deadline: a hung server costs one
- * `timeout`, not one per certificate, and --check ends within
- * CHECK_DEADLINE_SECONDS whatever the servers do.
- */
-class Prober {
-  #asked = new Map<string, Promise<Heard>>();
-  #queues = new Map<string, Promise<unknown>>();
-  #silent = new Map<string, string>();
-
-  constructor(readonly deadline: number) {}
-
-  ask(address: ServeAddress, servername: string | undefined, context: RunContext): Promise<Heard> {
-    const where = serveText(address);
-    const question = `${where} ${servername ?? ""}`;
-    let heard = this.#asked.get(question);
-    if (!heard) {
-      // One handshake at a time per address: the second waits for the first's verdict.
-      const before = this.#queues.get(where) ?? Promise.resolve();
-      heard = before.then(() => this.#handshake(address, where, servername, context));
-      this.#queues.set(where, heard.catch(() => {}));
-      this.#asked.set(question, heard);
-    }
-    return heard;
-  }
-
-  async #handshake(
-    address: ServeAddress,
-    where: string,
-    servername: string | undefined,
-    context: RunContext,
-  ): Promise<Heard> {
-    const silent = this.#silent.get(where);
-    if (silent) return { problem: `${silent}, earlier in this --check; not asked again` };
-    const left = (this.deadline - performance.now()) / 1000;
-    if (left <= 0.5) {
-      return { problem: `not asked: --check's deadline of ${CHECK_DEADLINE_SECONDS} s had passed` };
-    }
-    const seconds = Math.min(context.config.timeoutSeconds, left);
-    const args = [
-      "s_client",
-      "-connect",
-      `${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`,
-      "-status",
-      ...(servername ? ["-servername", servername] : []),
-      ...(address.starttls ? ["-starttls", address.starttls] : []),
-    ];
-    try {
-      const { output, timedOut } = await runProcess(
-        context.config.opensslExecutable,
-        args,
-        seconds,
-        context,
-      );
-      const stdout = decoder.decode(output.stdout);
-      const stapled = parseStapled(stdout);
-      if (stapled) return { stapled, presented: presentedSerial(stdout) };
-      const problem = timedOut
-        ? seconds < context.config.timeoutSeconds
-          ? `no handshake before --check's deadline of ${CHECK_DEADLINE_SECONDS} s`
-          : `no handshake within ${seconds} s (config key "timeout")`
-        : handshakeFailure(decoder.decode(output.stderr)) ||
-          `openssl s_client exited with ${output.code}`;
-      // No connection, or one that never finished a handshake: the next asks would wait as long.
-      if (timedOut || !stdout.includes("CONNECTED(")) this.#silent.set(where, problem);
-      return { problem };
-    } catch (error) {
-      if (error instanceof Interrupted) throw error;
-      return { problem: errorText(error) };
-    }
-  }
-}
-
-/** Why `openssl s_client` got no handshake, in words: it says `write:errno=104` of a reset. */
-function handshakeFailure(stderr: string): string {
-  if (/errno=104\b/.test(stderr)) {
-    return "the server reset the connection before a TLS handshake (is TLS served on that port?)";
-  }
-  if (/errno=111\b|Connection refused/.test(stderr)) return "the connection was refused";
-  return summarizeOpensslErrors(stderr);
-}
-
-/**
- * The serial of the certificate the server presented, in servedVerdict's
- * form: the PEM after s_client's "Server certificate" line, not one of the
- * stapled response's signer certificates printed before it.
- */
-function presentedSerial(stdout: string): string | undefined {
-  const pem = /^Server certificate\n(-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----)/m
-    .exec(stdout)?.[1];
-  if (!pem) return undefined;
-  try {
-    const der = Uint8Array.fromBase64(pem.replace(/-----[A-Z ]+-----|\s/g, ""));
-    return serialArgument(der).replace("0x", "");
-  } catch {
-    return undefined;
-  }
-}
-
-/**
  * Whether openssl verifies `issuer`'s signature on `leaf`, with `issuer` as
  * the only trust anchor and no time checked: the issuer check for what
  * node:crypto cannot verify. The leaf goes through a temporary file, since
@@ -2397,7 +1888,17 @@ async function requestInput(target: Target, context: RunContext): Promise<Reques
   return input;
 }
 
-// ---------------------------------------------------------------- state --
+/** The version of the state file's format this ocspbot reads and writes. */
+export const STATE_VERSION = 3;
+
+/**
+ * Characters of base64url SHA-256 kept to tell files apart: 132 bits, which
+ * no accidental change collides with, at half the size in the state file.
+ */
+const HASH_CHARS = 22;
+
+/** A file changed more recently than this gets no stamp: see fileStamp(). */
+const STAMP_SETTLE_MS = 2000;
 
 /**
  * What stat says of a file, so that an unchanged file need not be read
@@ -2436,6 +1937,102 @@ function entryHash(entry: string | undefined): string | undefined {
 /** The recorded entry, when its stamp says the file is unchanged. */
 export function unchangedEntry(recorded: string | undefined, stamp: string): string | undefined {
   return stamp !== "" && recorded?.startsWith(`${stamp} `) ? recorded : undefined;
+}
+
+/** What the state file remembers of a good response ocspbot verified. */
+interface VerifiedRecord {
+  /**
+   * The response, certificate, chain and rootchain it was verified with, in
+   * that order, each as `<stamp> <sha256>` (FileEntry): a byte changed in any
+   * of them, and it is verified again.
+   */
+  files: string[];
+  /** Times in seconds since 1970: a state of 100,000 records stays small. */
+  thisUpdate: number;
+  nextUpdate?: number;
+  /** What the certificate says, so that it need not be parsed again. */
+  notBefore: number;
+  notAfter: number;
+  ocspUrls: string[];
+  mustStaple: boolean;
+  /** Set when the response stapled is a "revoked" answer (`on_revoked: staple`). */
+  revoked?: { time?: number; reason?: string };
+  /** ResponseReport.signerNotAfter. */
+  signerNotAfter?: number;
+}
+
+/** What came of the last request to a responder about a certificate. */
+type AttemptOutcome = "renewed" | "same" | "failed" | "revoked";
+
+/** The state's memory of the last time ocspbot asked a responder about a certificate. */
+export interface Attempt {
+  /** Seconds since 1970, as every time in the state. */
+  time: number;
+  outcome: AttemptOutcome;
+  /** What went wrong, for "failed" and "revoked". */
+  message?: string;
+  /** When the attempts that keep failing (or saying revoked) began. */
+  failingSince?: number;
+  revocationTime?: number;
+  revocationReason?: string;
+  /**
+   * The thisUpdate of the latest revoked answer seen for the certificate:
+   * no answer signed before it is stapled afterwards (a stale cache's "good").
+   */
+  revokedSeen?: number;
+}
+
+/** What the state file keeps for one response path. */
+interface StateRecord {
+  /** The good response ocspbot verified, while it is the one stored. */
+  verified?: VerifiedRecord;
+  attempt?: Attempt;
+  push?: PendingPush;
+}
+
+/**
+ * HAProxies that have not taken the stored response: every run pushes it to
+ * them again until each does, and --check warns meanwhile. A fleet member
+ * down during a renewal would otherwise staple the old response for days.
+ */
+interface PendingPush {
+  sockets: string[];
+  /** Seconds since 1970: when the first push to them failed. */
+  since: number;
+  /** Why the last push failed, socket by socket. */
+  message: string;
+}
+
+/**
+ * What a scan found in one folder with one set of masks, kept while the
+ * folder's stamp stays the same: its entries cannot have changed, so the
+ * next run need not list it.
+ */
+interface ScanRecord {
+  stamp: string;
+  /** The domains whose certificate, chain and rootchain were there, in order. */
+  domains: string[];
+  folders: string[];
+  /**
+   * Links that led to no file: their target may appear while the folder
+   * stays as it is, so they are looked at again each run.
+   */
+  dangling?: string[];
+  /** What a run says of certificates left out for a missing chain or rootchain. */
+  skipped?: string[];
+}
+
+/**
+ * An `on_change` that failed after renewals: the server still staples the
+ * old responses, so every run runs it again, with these ids, until it
+ * succeeds, and --check warns meanwhile.
+ */
+interface PendingChange {
+  ids: string[];
+  /** Seconds since 1970: when it first failed. */
+  since: number;
+  /** Why it failed last. */
+  message: string;
 }
 
 /** The record to keep of a good response that verified. */
@@ -2846,11 +2443,205 @@ class State {
   }
 }
 
-// ---------------------------------------------------------------- rules --
+/** What inspect() found of a certificate and its stored response: read, not judged. */
+interface Facts {
+  cert: CertificateInfo;
+  stored?: ResponseReport;
+  /** The stored response as a FileEntry, when there is one. */
+  storedEntry?: string;
+  /** The certificate, chain and rootchain as FileEntry: what a new response is verified with. */
+  inputs: string[];
+  /** The responders to ask, in order: `ocsp_responder_uri`, else the certificate's. */
+  urls: string[];
+}
+
+/**
+ * A file as the state remembers it: the recorded entry while stat says the
+ * file is unchanged, else what it holds now, hashed.
+ */
+function identify(
+  file: string,
+  info: Deno.FileInfo,
+  recorded: string | undefined,
+  what: string,
+  files: Files,
+  realNowMs: number,
+): { entry: string; stamp: string; bytes?: Uint8Array } {
+  const stamp = fileStamp(info, realNowMs);
+  const unchanged = unchangedEntry(recorded, stamp);
+  if (unchanged) return { entry: unchanged, stamp };
+  // The stored response lies where others may write: no link of theirs is read.
+  const [kind, links] = what === "stored response"
+    ? ["response", "trusted"] as const
+    : ["certificate", "any"] as const;
+  const bytes = readInput(file, what, (name) => files.read(name, kind, links).bytes);
+  return { entry: fileEntry(stamp, sha256(bytes)), stamp, bytes };
+}
+
+/**
+ * What stat says of the stored response; undefined when there is none yet,
+ * and why not, when what is there is no response to read: another user's
+ * link (which could point at any file) or no regular file (a FIFO would hang
+ * the run). One the state remembers is looked at directly; for others the
+ * folder's listing says whether there is one, without a failing stat.
+ */
+function storedResponseInfo(
+  file: string,
+  remembered: boolean,
+  files: Files,
+): Deno.FileInfo | string | undefined {
+  try {
+    if (!remembered && !files.entry(file)) return undefined;
+    let info = Deno.lstatSync(file);
+    if (info.isSymlink) {
+      if (!files.trusts(info)) return untrustedLinkText(file, info);
+      info = Deno.statSync(file);
+    }
+    return info.isFile ? info : `"${file}" is not a regular file`;
+  } catch (error) {
+    // A link to a response not written yet.
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw new Error(`Cannot read stored response "${file}": ${errorText(error)}`);
+  }
+}
+
+/**
+ * Reads a target's files and stored response and decides. While stat says
+ * none of the four files changed since the state recorded them verified, it
+ * costs four stats: no file is read, no openssl process started. A file whose
+ * stat changed is hashed, and only a changed byte means verifying again.
+ */
+async function inspect(target: Target, context: RunContext): Promise<Facts> {
+  const { config, now, state } = context;
+  const record = state.verified(target.responsePath);
+  const identified = ([
+    [target.certPath, "certificate"],
+    [target.chainPath, "chain"],
+    [target.rootchainPath, "rootchain"],
+  ] as const).map(([file, what], i) =>
+    file === undefined ? undefined : identify(
+      file,
+      context.files.stat(file, what),
+      record?.files?.[i + 1],
+      what,
+      context.files,
+      context.world.clock(),
+    )
+  );
+  // A chain or rootchain left out is "" in the record: nothing to compare.
+  const inputs = identified.map((found) => found?.entry ?? "");
+  const certificate = identified[0]!;
+  let found = storedResponseInfo(target.responsePath, record !== undefined, context.files);
+  let storedInfo = typeof found === "string" ? undefined : found;
+  let storedEntry: string | undefined;
+  let storedBytes: Uint8Array | undefined;
+  try {
+    if (storedInfo) {
+      const what = "stored response";
+      ({ entry: storedEntry, bytes: storedBytes } = identify(
+        target.responsePath,
+        storedInfo,
+        record?.files?.[0],
+        what,
+        context.files,
+        context.world.clock(),
+      ));
+    }
+  } catch (error) {
+    // Whatever is there is no staple: a new one replaces it.
+    found = errorText(error);
+    storedInfo = undefined;
+  }
+  const files = storedEntry ? [storedEntry, ...inputs] : [];
+  const recalled = storedEntry ? recallReport(record, files, now) : undefined;
+  if (recalled && files.some((entry, i) => entry !== record!.files[i])) {
+    state.setVerified(target.responsePath, { ...record!, files });
+  }
+  let cert = recalled?.cert;
+  if (!cert) {
+    // Judged by the very bytes its entry hashes: a live/ link re-pointed meanwhile
+    // must not record one certificate's response under the other's hash.
+    const parsed = parsedFiles(target, context, certificate.bytes);
+    if (!certificate.bytes) inputs[0] = fileEntry(certificate.stamp, sha256(parsed.bytes));
+    cert = certificateInfo(parsed.bundle.leaf.x509);
+  }
+  let stored: ResponseReport | undefined = recalled?.report;
+  if (typeof found === "string") {
+    stored = { verified: false, problem: found };
+    state.setVerified(target.responsePath, undefined);
+  } else if (storedInfo && !stored) {
+    stored = storedInfo.size === 0
+      ? { verified: false, problem: "the file is empty" }
+      : await checkStoredResponse(target, storedBytes, context);
+    const staple = stored.verified && isStaple(stored, config.policy);
+    state.setVerified(target.responsePath, staple ? recordOf(stored, cert, files) : undefined);
+  }
+  const urls = target.responderUri ? [target.responderUri] : cert.ocspUrls;
+  return { cert, storedEntry, stored, inputs, urls };
+}
+
+// ------------------------------------------------------------------ rules --
 // The policy, pure: when a response stops being usable (judgeTimes), which
 // answer of several counts, what replaces what (rejectFetched), and when a
 // certificate is renewed (planTarget). The run, --check, JSON, the metrics
 // and the probe read these; none computes a response's window itself.
+
+/** What openssl said about a response it parsed and verified. */
+export interface ResponseReport {
+  status?: CertStatus;
+  thisUpdate?: Date;
+  nextUpdate?: Date;
+  revocationTime?: Date;
+  revocationReason?: string;
+  /**
+   * When the certificate that signed the response ends (its ResponderID
+   * names it among the certificates it carries: a delegated responder's),
+   * whose end makes TLS clients refuse the staple before its nextUpdate
+   * does. Other certificates it carries do not count.
+   */
+  signerNotAfter?: Date;
+  /**
+   * How many answers (SingleResponses) it holds for this certificate, and
+   * for others: HAProxy loads a response with exactly one.
+   */
+  answers?: { ours: number; others: number };
+  /** The times of its other answers for this certificate: each must pass as the first. */
+  alsoAnswered?: Pick<ResponseReport, "thisUpdate" | "nextUpdate">[];
+  verified: boolean;
+  /** Why it did not verify or could not be read. */
+  problem?: string;
+  /** The OCSP response status when it is not "successful" (RFC 6960 4.2.1). */
+  responderError?: OcspErrorStatus;
+}
+
+/** Whether a certificate's response is renewed now, and why. */
+interface Decision {
+  due: boolean;
+  reason: string;
+  renewAt?: Date;
+}
+
+/**
+ * What to do with a certificate: leave it alone (and why), report that it
+ * can never be stapled as configured, keep its fresh response until
+ * `renewAt`, or renew it now from `urls`.
+ */
+export type Plan =
+  | { kind: "skip"; why: SkipReason; reason: string; renewAt?: undefined }
+  | { kind: "fail"; reason: string; renewAt?: undefined }
+  | { kind: "fresh"; renewAt: Date; reason: string }
+  | { kind: "renew"; urls: string[]; reason: string; renewAt?: Date };
+
+type SkipReason = "no OCSP URL" | "expired";
+
+/** Lifespan assumed for a response without nextUpdate, as Apache mod_md. */
+const ASSUMED_LIFESPAN_MS = 12 * 3600_000;
+
+/** How long after its notBefore a certificate may be unknown to its responder. */
+const NEW_CERTIFICATE_GRACE_MS = 15 * 60_000;
+
+/** Clock skew tolerated in a fresh response's thisUpdate (openssl's own). */
+const CLOCK_SKEW_MS = 5 * 60_000;
 
 /** A time as a person reads it in a log: `2026-11-24 01:55:18 UTC`. */
 function formatTime(time: Date): string {
@@ -3293,76 +3084,41 @@ function anchoredIn(
   return unsure ? undefined : false;
 }
 
-/**
- * --check's verdict on what a server staples for a certificate (`serve`),
- * against what is stored: see Served. `stapled` undefined with `problem`:
- * the server could not be reached or spoke no TLS.
- */
-export function servedVerdict(
-  address: string,
-  stapled: Stapled | "none" | undefined,
-  problem: string | undefined,
-  cert: { serial: string; mustStaple: boolean; presented?: string },
-  stored: ResponseReport | undefined,
-  now: Date,
-): Served {
-  const say = (verdict: Served["verdict"], message: string): Served => ({
-    address,
-    verdict,
-    message,
-    ...(stapled && stapled !== "none"
-      ? { thisUpdate: stapled.thisUpdate, nextUpdate: stapled.nextUpdate }
-      : {}),
-  });
-  if (stapled === undefined) {
-    return { ...say("warning", `cannot ask ${address}: ${problem}`), unreached: true };
-  }
-  const serial = (text: string) => text.toUpperCase().replace(/^(-?)(0X)?0*/, "$1");
-  if (cert.presented !== undefined && serial(cert.presented) !== serial(cert.serial)) {
-    // The stored response is right; the server was not reloaded since the certificate changed.
-    const staple = stapled === "none"
-      ? "staples nothing"
-      : stapled.serial !== undefined && serial(stapled.serial) === serial(cert.presented) &&
-          stapled.status === "good" && !judgeTimes(stapled, now).problem
-      ? "staples a good response for it"
-      : "staples no good response for it";
-    const critical = staple !== "staples a good response for it" && cert.mustStaple;
-    return say(
-      critical ? "critical" : "warning",
-      `${address} presents another certificate (serial ${cert.presented}, not the configured ${cert.serial}) and ${staple}: it was not reloaded since the certificate was replaced; reload the server`,
-    );
-  }
-  if (stapled === "none") {
-    return cert.mustStaple
-      ? say("critical", `${address} staples nothing, and Must-Staple clients refuse the handshake`)
-      : say("warning", `${address} staples nothing`);
-  }
-  if (serial(stapled.serial ?? "") !== serial(cert.serial)) {
-    return say(
-      "critical",
-      `${address} staples a response for another certificate (serial ${stapled.serial}, not ${cert.serial}): a certificate replaced without its response; renew it (--renewed) and reload the server`,
-    );
-  }
-  const judged = judgeTimes(stapled, now);
-  if (judged.problem) {
-    return say("critical", `${address} staples a response that ${judged.problem}`);
-  }
-  if (stapled.status !== "good") {
-    return say("critical", `${address} staples a response that says "${stapled.status}"`);
-  }
-  const storedSince = stored?.verified ? stored.thisUpdate : undefined;
-  if (storedSince && stapled.thisUpdate && stapled.thisUpdate.getTime() < storedSince.getTime()) {
-    return say(
-      "warning",
-      `${address} staples an older response than the stored one (thisUpdate ${
-        formatTime(stapled.thisUpdate)
-      }, stored ${formatTime(storedSince)}): not reloaded since ${formatTime(stapled.thisUpdate)}`,
-    );
-  }
-  return say("ok", `${address} staples the stored response, or a newer one`);
-}
+// ------------------------------------------------------------------ fetch --
+// Asking the responder and verifying its answer: openssl does the
+// cryptography; every process the bot starts goes through runProcess().
 
-// -------------------------------------------------------------- openssl --
+type CertStatus = "good" | "revoked" | "unknown";
+
+/** The OCSP response statuses that carry no answer (RFC 6960 4.2.1), by code. */
+const OCSP_ERROR_STATUSES = {
+  1: "malformedRequest",
+  2: "internalError",
+  3: "tryLater",
+  5: "sigRequired",
+  6: "unauthorized",
+} as const;
+
+type OcspErrorStatus = (typeof OCSP_ERROR_STATUSES)[keyof typeof OCSP_ERROR_STATUSES];
+
+/**
+ * Answers that another request in the same run cannot change: the responder
+ * does not serve this certificate or cannot read what openssl sends.
+ */
+const DEFINITIVE_ERROR_STATUSES: readonly OcspErrorStatus[] = [
+  "malformedRequest",
+  "sigRequired",
+  "unauthorized",
+];
+
+/** How many HTTP redirects of a responder ocspbot follows, when it may. */
+const MAX_REDIRECTS = 3;
+
+/**
+ * How long past `timeout` an openssl process may run before it is stopped:
+ * openssl's own -timeout should fire first, with the better message.
+ */
+const KILL_GRACE_SECONDS = 2;
 
 const MONTHS = "JanFebMarAprMayJunJulAugSepOctNovDec";
 
@@ -3449,30 +3205,6 @@ export function parseOcspOutput(
       (statusAt < 0 ? "no status for this certificate in the response" : "did not verify");
   }
   return report;
-}
-
-/**
- * What `openssl s_client -status` says a server stapled: the response's
- * status, serial and dates; "none" when it stapled nothing; undefined when no
- * TLS session came about.
- */
-export function parseStapled(stdout: string): Stapled | "none" | undefined {
-  const block = /^OCSP response: ?(no response sent|\n=+\n([\s\S]*?)\n=+\n)/m.exec(stdout);
-  if (!block) return undefined;
-  if (block[1] === "no response sent") return "none";
-  const text = block[2];
-  const field = (name: string) => new RegExp(`^\\s*${name}: (.*)$`, "m").exec(text)?.[1].trim();
-  const time = (name: string) => {
-    const value = field(name);
-    return value === undefined ? undefined : parseOpensslTime(value);
-  };
-  const status = field("Cert Status");
-  return {
-    status: status === "good" || status === "revoked" || status === "unknown" ? status : undefined,
-    serial: field("Serial Number")?.toUpperCase(),
-    thisUpdate: time("This Update"),
-    nextUpdate: time("Next Update"),
-  };
 }
 
 /**
@@ -3993,7 +3725,9 @@ async function redirectTarget(
   }
 }
 
-// ---------------------------------------------------------------- files --
+// ------------------------------------------------------------------ write --
+// The one door for every file root touches (Files), and what goes through
+// it: backups, the rejected answer kept for inspection, the lock.
 
 /**
  * The most ocspbot reads of each kind of file, far above any real one: a
@@ -4010,6 +3744,7 @@ const SIZE_CAPS = {
   metrics: 16 << 20,
   "HAProxy answer": 1 << 20,
 } as const;
+
 type FileKind = keyof typeof SIZE_CAPS;
 
 /** The modes ocspbot gives what it makes, whatever the umask. */
@@ -4914,7 +4649,55 @@ async function acquireLock(
   return handle;
 }
 
-// -------------------------------------------------------------- reports --
+// ----------------------------------------------------------------- report --
+// What became of each certificate, said once and rendered many ways: the
+// log, --check's Nagios line, --json (REPORTERS) and the Prometheus metrics.
+
+/** What a run did with a certificate; "interrupted" when a signal stopped it. */
+type Action = "renewed" | "unchanged" | "skipped" | "failed" | "interrupted";
+
+/**
+ * How a certificate's staple stands, for --check: fresh is OK; due (not
+ * tried yet) and failing (tried, and the responder failed) are WARNING;
+ * critical is CRITICAL.
+ */
+export type Health = "fresh" | "due" | "failing" | "critical";
+
+/** What happened to one target, and the response it is left with. */
+export interface Outcome {
+  id: string;
+  action: Action;
+  certPath: string;
+  responsePath: string;
+  responderUrl?: string;
+  mustStaple?: boolean;
+  status?: CertStatus;
+  thisUpdate?: Date;
+  nextUpdate?: Date;
+  /** When the stored response stops being usable (judgeTimes(): every end counted). */
+  endsAt?: Date;
+  renewAt?: Date;
+  health?: Health;
+  /** The last request to a responder, as the state remembers it after this run. */
+  attempt?: Attempt;
+  /** Why it was skipped: it names no OCSP responder, or it has expired. */
+  skipReason?: SkipReason;
+  /** --check with `serve`: what the server staples, compared with what is stored. */
+  served?: Served;
+  error?: string;
+}
+
+/** Counts of a run; `notProcessed` counts what stop_on_error left out. */
+interface Summary {
+  renewed: number;
+  unchanged: number;
+  skipped: number;
+  /** Of the skipped, how many certificates have expired. */
+  expired: number;
+  failed: number;
+  notProcessed: number;
+  onChangeFailed: boolean;
+}
 
 function summarize(
   outcomes: Outcome[],
@@ -5350,7 +5133,99 @@ export function exitStatus(summary: Summary): number {
   return Math.min(summary.renewed, EXIT.maxRenewed);
 }
 
-// --------------------------------------------------------------- output --
+/**
+ * What an output format does, in one row: where the log lines go, whether
+ * its report needs every outcome kept, and what it prints when a run or
+ * --check ends, or cannot go on. A new format is a row here and its flag in
+ * parseCommandLine().
+ */
+interface Reporter {
+  /** stdout is the report's alone: log lines go to stderr. */
+  ownsStdout: boolean;
+  /** The report lists every certificate, so each outcome is kept. */
+  keepsOutcomes: boolean;
+  /** A command line that does not parse is answered with the usage too. */
+  showsUsage: boolean;
+  /** Prints the report; `message` says why the run could not go on. */
+  report(output: Output, mode: Mode, run: RunReport, now: Date, message?: string): void;
+}
+
+const REPORTERS: Record<Format, Reporter> = {
+  // The log lines are the report.
+  text: { ownsStdout: false, keepsOutcomes: false, showsUsage: true, report: () => {} },
+  json: {
+    ownsStdout: true,
+    keepsOutcomes: true,
+    showsUsage: false,
+    report: (output, mode, run, now, message) =>
+      output.write(
+        output.stdout,
+        jsonReport(mode, run.outcomes, run.totals, run.status, now, message) + "\n",
+      ),
+  },
+};
+
+/** How a run or a --check ends: its exit status, and what became of each certificate. */
+interface RunReport {
+  status: number;
+  outcomes: Outcome[];
+  totals: Record<string, number>;
+}
+
+/**
+ * The lines of the metrics file as the last run wrote them, only if it is
+ * ocspbot's own: another user's file, or a link to one, would have root copy
+ * its lines into a file everybody may read.
+ */
+function previousMetrics(file: string, files: Files, log: Logger): string[] {
+  try {
+    const read = files.read(file, "metrics", "trusted");
+    if (read.ours) return decoder.decode(read.bytes).split("\n");
+    log.warn(
+      `metrics_file "${file}" is owned by uid ${read.info.uid}, writable by others or a second name of another file: its lines are not carried over, and it is replaced`,
+    );
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) {
+      log.warn(`metrics_file: ${errorText(error)}: its lines are not carried over`);
+    }
+  }
+  return [];
+}
+
+/**
+ * Writes the Prometheus metrics of a run or a --check, atomically; the
+ * figures of the other kind's last run stay. A failure is only a warning:
+ * the staples matter more than the metrics about them.
+ */
+async function writeMetrics(
+  file: string,
+  mode: Mode,
+  report: RunReport,
+  durationSeconds: number,
+  context: RunContext,
+): Promise<void> {
+  const { now, log, files } = context;
+  try {
+    const other = mode === "run" ? 'mode="check"' : 'mode="run"';
+    const previous = files.entry(file) ? previousMetrics(file, files, log) : [];
+    const otherRuns = previous.filter((line) =>
+      line.startsWith("ocspbot_run_") && line.includes(other)
+    );
+    const text = metricsText(
+      mode,
+      report.outcomes,
+      report.totals,
+      report.status,
+      now,
+      durationSeconds,
+      otherRuns,
+    );
+    const warnings = await files.write(file, encoder.encode(text));
+    for (const warning of warnings) log.warn(`metrics_file ${warning}`);
+  } catch (error) {
+    log.warn(`Cannot write metrics_file: ${errorText(error)}`);
+  }
+}
 
 type Writer = { writeSync(p: Uint8Array): number };
 
@@ -5379,24 +5254,6 @@ class Destination {
     readonly writer: Writer,
     readonly close: () => void = () => {},
   ) {}
-}
-
-/** sd-daemon(3)'s priorities of the lines ocspbot logs. */
-const PRIORITY = { error: 3, warning: 4, info: 6 } as const;
-type Priority = (typeof PRIORITY)[keyof typeof PRIORITY];
-
-/**
- * Whether the stream on file descriptor `fd` is the one systemd connected to
- * its journal: `JOURNAL_STREAM` names its device and inode (systemd.exec(5)).
- */
-function isJournal(fd: number, stream: string | undefined): boolean {
-  try {
-    if (!stream) return false;
-    const { dev, ino } = nodeFs().fstatSync(fd);
-    return stream === `${dev}:${ino}`;
-  } catch {
-    return false;
-  }
 }
 
 /**
@@ -5634,7 +5491,9 @@ class Logger {
   }
 }
 
-// ---------------------------------------------------------- surroundings --
+// -------------------------------------------------------------------- run --
+// The hourly run and --check, as main() drives them, with the surroundings
+// (clock, environment, working directory) passed in rather than read.
 
 /**
  * What a run takes from the process around it: the real clock, the
@@ -5677,8 +5536,6 @@ async function workingIn<T>(folder: string, work: () => Promise<T>): Promise<T> 
   }
 }
 
-// ------------------------------------------------------------------ run --
-
 /**
  * What a run shares, built by main(): nothing of a run lives in the module,
  * so main() also runs in-process, as often as a test likes.
@@ -5718,130 +5575,11 @@ interface RunContext {
   renewedWaitSeconds?: number;
 }
 
-/**
- * A file as the state remembers it: the recorded entry while stat says the
- * file is unchanged, else what it holds now, hashed.
- */
-function identify(
-  file: string,
-  info: Deno.FileInfo,
-  recorded: string | undefined,
-  what: string,
-  files: Files,
-  realNowMs: number,
-): { entry: string; stamp: string; bytes?: Uint8Array } {
-  const stamp = fileStamp(info, realNowMs);
-  const unchanged = unchangedEntry(recorded, stamp);
-  if (unchanged) return { entry: unchanged, stamp };
-  // The stored response lies where others may write: no link of theirs is read.
-  const [kind, links] = what === "stored response"
-    ? ["response", "trusted"] as const
-    : ["certificate", "any"] as const;
-  const bytes = readInput(file, what, (name) => files.read(name, kind, links).bytes);
-  return { entry: fileEntry(stamp, sha256(bytes)), stamp, bytes };
-}
+/** The signals that end a run early, keeping what finished. */
+const STOP_SIGNALS = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
 
-/**
- * What stat says of the stored response; undefined when there is none yet,
- * and why not, when what is there is no response to read: another user's
- * link (which could point at any file) or no regular file (a FIFO would hang
- * the run). One the state remembers is looked at directly; for others the
- * folder's listing says whether there is one, without a failing stat.
- */
-function storedResponseInfo(
-  file: string,
-  remembered: boolean,
-  files: Files,
-): Deno.FileInfo | string | undefined {
-  try {
-    if (!remembered && !files.entry(file)) return undefined;
-    let info = Deno.lstatSync(file);
-    if (info.isSymlink) {
-      if (!files.trusts(info)) return untrustedLinkText(file, info);
-      info = Deno.statSync(file);
-    }
-    return info.isFile ? info : `"${file}" is not a regular file`;
-  } catch (error) {
-    // A link to a response not written yet.
-    if (error instanceof Deno.errors.NotFound) return undefined;
-    throw new Error(`Cannot read stored response "${file}": ${errorText(error)}`);
-  }
-}
-
-/**
- * Reads a target's files and stored response and decides. While stat says
- * none of the four files changed since the state recorded them verified, it
- * costs four stats: no file is read, no openssl process started. A file whose
- * stat changed is hashed, and only a changed byte means verifying again.
- */
-async function inspect(target: Target, context: RunContext): Promise<Facts> {
-  const { config, now, state } = context;
-  const record = state.verified(target.responsePath);
-  const identified = ([
-    [target.certPath, "certificate"],
-    [target.chainPath, "chain"],
-    [target.rootchainPath, "rootchain"],
-  ] as const).map(([file, what], i) =>
-    file === undefined ? undefined : identify(
-      file,
-      context.files.stat(file, what),
-      record?.files?.[i + 1],
-      what,
-      context.files,
-      context.world.clock(),
-    )
-  );
-  // A chain or rootchain left out is "" in the record: nothing to compare.
-  const inputs = identified.map((found) => found?.entry ?? "");
-  const certificate = identified[0]!;
-  let found = storedResponseInfo(target.responsePath, record !== undefined, context.files);
-  let storedInfo = typeof found === "string" ? undefined : found;
-  let storedEntry: string | undefined;
-  let storedBytes: Uint8Array | undefined;
-  try {
-    if (storedInfo) {
-      const what = "stored response";
-      ({ entry: storedEntry, bytes: storedBytes } = identify(
-        target.responsePath,
-        storedInfo,
-        record?.files?.[0],
-        what,
-        context.files,
-        context.world.clock(),
-      ));
-    }
-  } catch (error) {
-    // Whatever is there is no staple: a new one replaces it.
-    found = errorText(error);
-    storedInfo = undefined;
-  }
-  const files = storedEntry ? [storedEntry, ...inputs] : [];
-  const recalled = storedEntry ? recallReport(record, files, now) : undefined;
-  if (recalled && files.some((entry, i) => entry !== record!.files[i])) {
-    state.setVerified(target.responsePath, { ...record!, files });
-  }
-  let cert = recalled?.cert;
-  if (!cert) {
-    // Judged by the very bytes its entry hashes: a live/ link re-pointed meanwhile
-    // must not record one certificate's response under the other's hash.
-    const parsed = parsedFiles(target, context, certificate.bytes);
-    if (!certificate.bytes) inputs[0] = fileEntry(certificate.stamp, sha256(parsed.bytes));
-    cert = certificateInfo(parsed.bundle.leaf.x509);
-  }
-  let stored: ResponseReport | undefined = recalled?.report;
-  if (typeof found === "string") {
-    stored = { verified: false, problem: found };
-    state.setVerified(target.responsePath, undefined);
-  } else if (storedInfo && !stored) {
-    stored = storedInfo.size === 0
-      ? { verified: false, problem: "the file is empty" }
-      : await checkStoredResponse(target, storedBytes, context);
-    const staple = stored.verified && isStaple(stored, config.policy);
-    state.setVerified(target.responsePath, staple ? recordOf(stored, cert, files) : undefined);
-  }
-  const urls = target.responderUri ? [target.responderUri] : cert.ocspUrls;
-  return { cert, storedEntry, stored, inputs, urls };
-}
+/** How long an interrupted run may take to wind down before it exits regardless. */
+const STOP_GRACE_SECONDS = 10;
 
 /** The facts of an outcome: what the response says, when it is due, the last attempt. */
 function describe(
@@ -6136,235 +5874,6 @@ function announce(
   if (refused) log.warn(`HAProxy will not load the new response: ${refused}; other servers do`);
 }
 
-/**
- * Hands a response to every HAProxy of the certificate, each whatever the
- * others did, and remembers those that did not take it: every run pushes the
- * stored response to them again until each does. One that loaded no
- * response for the certificate when it started (a first run) takes one only
- * by a reload, which on_change makes; the next run's push then succeeds.
- */
-async function pushToEvery(
-  target: Target,
-  response: Uint8Array,
-  context: RunContext,
-  log: Logger,
-  sockets = target.haproxySocket ?? [],
-): Promise<{ pending?: PendingPush; refused: boolean }> {
-  const { config, state, now } = context;
-  const missed: string[] = [];
-  const why: string[] = [];
-  let refused = false;
-  for (const socket of sockets) {
-    try {
-      await pushToHaproxy(socket, response, config.timeoutSeconds, context.stop);
-      log.info(`Pushed the stored response to HAProxy (socket "${socket}")`);
-      continue;
-    } catch (error) {
-      if (error instanceof Interrupted) throw error;
-      missed.push(socket);
-      why.push(errorText(error));
-      if (!(error instanceof NotLoaded)) {
-        refused = true;
-        log.error(
-          `${
-            errorText(error)
-          }; it keeps its old response, and every run pushes the stored one again until it takes it`,
-        );
-        continue;
-      }
-      log.warn(
-        `${
-          errorText(error)
-        }: it loaded no response for this certificate when it started (or does not serve it), and takes one only by ${
-          config.onChange ? "the reload on_change makes" : "a reload; set on_change to reload it"
-        }; every run pushes the stored response again until it takes it (if it does not serve this certificate, give the certificate's entry a haproxy_socket without it)`,
-      );
-    }
-  }
-  const before = state.pendingPush(target.responsePath);
-  const pending = missed.length === 0 ? undefined : {
-    sockets: missed,
-    since: before?.since ?? epochSeconds(now),
-    message: why.join("; "),
-  };
-  state.setPendingPush(target.responsePath, pending);
-  return { pending, refused };
-}
-
-/**
- * Pushes the stored response again to the HAProxies that missed it in an
- * earlier run (see PendingPush); the certificate fails while one still
- * cannot be reached or refuses it. Only the verified response stored is pushed: what is
- * read must be the bytes the state says were verified.
- */
-async function pushPending(
-  target: Target,
-  facts: Facts,
-  outcome: Outcome,
-  context: RunContext,
-  log: Logger,
-): Promise<Outcome> {
-  const pending = context.state.pendingPush(target.responsePath);
-  if (!pending) return outcome;
-  const configured = new Set(target.haproxySocket ?? []);
-  // A socket taken out of the config is no longer waited for.
-  const sockets = pending.sockets.filter((socket) => configured.has(socket));
-  if (sockets.length === 0 || !facts.stored?.verified || !facts.storedEntry) {
-    context.state.setPendingPush(target.responsePath, undefined);
-    return outcome;
-  }
-  const { bytes } = context.files.read(target.responsePath, "response", "trusted");
-  // Changed since it was judged: the next run judges it, then pushes.
-  if (sha256(bytes) !== entryHash(facts.storedEntry)) return outcome;
-  log.info(
-    `Pushing the stored response again to HAProxy (${
-      sockets.map((socket) => `socket "${socket}"`).join(", ")
-    }), which has not taken it since ${formatTime(new Date(pending.since * 1000))}`,
-  );
-  const { pending: still, refused } = await pushToEvery(target, bytes, context, log, sockets);
-  // One that only does not know the certificate yet waits for a reload: a warning, not a failure.
-  if (!still || !refused) return outcome;
-  const error = `HAProxy has not taken the stored response since ${
-    formatTime(new Date(still.since * 1000))
-  }: ${still.message}`;
-  return { ...outcome, action: "failed", error };
-}
-
-/**
- * `promise`, or a rejection once `signal` aborts: for what takes no signal
- * of its own. What arrives late is handed to `discard`.
- */
-function beforeAbort<T>(
-  promise: Promise<T>,
-  signal: AbortSignal,
-  discard: (late: T) => void,
-): Promise<T> {
-  if (signal.aborted) {
-    promise.then(discard, () => {});
-    return Promise.reject(signal.reason);
-  }
-  return new Promise((resolve, reject) => {
-    const abort = () => {
-      promise.then(discard, () => {});
-      reject(signal.reason);
-    };
-    signal.addEventListener("abort", abort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", abort));
-  });
-}
-
-/** HAProxy does not know the certificate of a response pushed to it. */
-class NotLoaded extends Error {}
-
-/**
- * Where an HAProxy runtime API listens, as HAProxy's own `stats socket`
- * writes it: a Unix socket path (`unix@` optional), or `ipv4@host:port`,
- * `ipv6@[address]:port` on the network.
- */
-export function haproxyAddress(
-  socket: string,
-): { transport: "unix"; path: string } | { transport: "tcp"; hostname: string; port: number } {
-  const network = /^ipv([46])@(\[([^\]]+)\]|[^:[\]]+):(\d+)$/.exec(socket);
-  if (network) {
-    const port = Number(network[4]);
-    if (port < 1 || port > 65535) throw new Error(`names port ${port}, which no socket has`);
-    return { transport: "tcp", hostname: network[3] ?? network[2], port };
-  }
-  if (/^ipv[46]@/.test(socket)) {
-    throw new Error(`"${socket}" is not "ipv4@host:port" or "ipv6@[address]:port"`);
-  }
-  const path = socket.replace(/^unix@/, "");
-  if (path === "") throw new Error("is empty");
-  return { transport: "unix", path };
-}
-
-/**
- * Hands a new response to a running HAProxy through its runtime API, so it
- * staples it without a reload; throws with HAProxy's answer on refusal.
- * `timeout` bounds the whole exchange, the connection included: a network
- * that drops the SYNs would otherwise hold the run (and its lock) for the
- * kernel's two minutes per socket.
- */
-async function pushToHaproxy(
-  socket: string,
-  response: Uint8Array,
-  timeoutSeconds: number,
-  stop: AbortSignal,
-): Promise<void> {
-  const timeout = AbortSignal.timeout(timeoutSeconds * 1000);
-  const signal = AbortSignal.any([timeout, stop]);
-  const late = () => {
-    if (stop.aborted) throw new Interrupted(stop);
-    return timeout.aborted;
-  };
-  let connection: Deno.Conn;
-  try {
-    const address = haproxyAddress(socket);
-    // Two calls, as Deno.connect's overloads each take one kind of address.
-    connection = address.transport === "unix"
-      ? await beforeAbort(Deno.connect(address), signal, (late) => late.close())
-      : await Deno.connect({ ...address, signal });
-  } catch (error) {
-    if (late()) {
-      throw new Error(
-        `Cannot reach HAProxy's socket "${socket}": no connection within ${timeoutSeconds} s`,
-      );
-    }
-    throw new Error(`Cannot reach HAProxy's socket "${socket}": ${errorText(error)}`);
-  }
-  // A silent HAProxy must not hang the run: closing the socket ends the read.
-  const close = () => connection.close();
-  signal.addEventListener("abort", close, { once: true });
-  let answer = "";
-  let cut = false;
-  try {
-    const request = encoder.encode(`set ssl ocsp-response ${response.toBase64()}\n`);
-    for (let done = 0; done < request.length;) {
-      done += await connection.write(request.subarray(done));
-    }
-    const streaming = new TextDecoder();
-    const buffer = new Uint8Array(4096);
-    // Its real answers are one line; a socket that floods must not fill the memory.
-    for (let read, received = 0; (read = await connection.read(buffer)) !== null;) {
-      received += read;
-      if (received > SIZE_CAPS["HAProxy answer"]) {
-        cut = true;
-        break;
-      }
-      answer += streaming.decode(buffer.subarray(0, read), { stream: true });
-    }
-    answer += streaming.decode();
-  } catch (error) {
-    if (late()) {
-      throw new Error(`HAProxy's socket "${socket}" did not answer within ${timeoutSeconds} s`);
-    }
-    throw new Error(
-      `HAProxy's socket "${socket}" broke the connection before answering: ${errorText(error)}`,
-    );
-  } finally {
-    signal.removeEventListener("abort", close);
-    try {
-      connection.close();
-    } catch {
-      // Closed by the timeout already.
-    }
-  }
-  // HAProxy 2.6's words for a certificate it loaded no response for, or does not serve.
-  if (/Certificate ID does not match any certificate/.test(answer)) {
-    throw new NotLoaded(`HAProxy (socket "${socket}") does not know the certificate`);
-  }
-  if (!/^OCSP Response updated/m.test(answer)) {
-    const shown = answer.trim();
-    throw new Error(
-      shown === ""
-        ? `HAProxy's socket "${socket}" closed the connection without an answer`
-        : `HAProxy (socket "${socket}") refused the new response: ${
-          shown.length > 200 || cut ? `${shown.slice(0, 200).trim()}…` : shown
-        }`,
-    );
-  }
-}
-
 /** --check: how one certificate's staple stands; nothing changes, nobody is asked. */
 async function checkTarget(
   target: Target,
@@ -6403,37 +5912,6 @@ async function checkTarget(
       health: "critical",
       error: errorText(error),
     };
-  }
-}
-
-/** Runs `on_change` once, with the renewed ids in OCSPBOT_RENEWED. */
-async function runOnChange(
-  command: string[],
-  renewed: string[],
-  timeoutSeconds: number,
-  context: Pick<RunContext, "stop" | "world">,
-): Promise<void> {
-  const shown = JSON.stringify(command);
-  let run: { output: Deno.CommandOutput; timedOut: boolean };
-  try {
-    run = await runProcess(command[0], command.slice(1), timeoutSeconds, context, {
-      env: { OCSPBOT_RENEWED: renewed.join(" ") },
-    });
-  } catch (error) {
-    if (error instanceof Interrupted) throw error;
-    throw new Error(`Cannot run on_change command ${shown}: ${errorText(error)}`);
-  }
-  if (run.timedOut) {
-    throw new Error(`on_change command ${shown} did not finish within ${timeoutSeconds} s`);
-  }
-  const { output } = run;
-  if (!output.success) {
-    const stderr = decoder.decode(output.stderr).trim().split("\n").slice(-3);
-    throw new Error(
-      `on_change command ${shown} failed with exit status ${output.code}${
-        stderr[0] ? `: ${stderr.join("; ")}` : ""
-      }`,
-    );
   }
 }
 
@@ -6476,45 +5954,6 @@ function currentTime(world: Surroundings): Date {
     throw new ExitError(`OCSPBOT_FAKE_NOW "${fake}" is not a time`, EXIT.badArguments);
   }
   return now;
-}
-
-/**
- * What an output format does, in one row: where the log lines go, whether
- * its report needs every outcome kept, and what it prints when a run or
- * --check ends, or cannot go on. A new format is a row here and its flag in
- * parseCommandLine().
- */
-interface Reporter {
-  /** stdout is the report's alone: log lines go to stderr. */
-  ownsStdout: boolean;
-  /** The report lists every certificate, so each outcome is kept. */
-  keepsOutcomes: boolean;
-  /** A command line that does not parse is answered with the usage too. */
-  showsUsage: boolean;
-  /** Prints the report; `message` says why the run could not go on. */
-  report(output: Output, mode: Mode, run: RunReport, now: Date, message?: string): void;
-}
-
-const REPORTERS: Record<Format, Reporter> = {
-  // The log lines are the report.
-  text: { ownsStdout: false, keepsOutcomes: false, showsUsage: true, report: () => {} },
-  json: {
-    ownsStdout: true,
-    keepsOutcomes: true,
-    showsUsage: false,
-    report: (output, mode, run, now, message) =>
-      output.write(
-        output.stdout,
-        jsonReport(mode, run.outcomes, run.totals, run.status, now, message) + "\n",
-      ),
-  },
-};
-
-/** How a run or a --check ends: its exit status, and what became of each certificate. */
-interface RunReport {
-  status: number;
-  outcomes: Outcome[];
-  totals: Record<string, number>;
 }
 
 /**
@@ -6600,112 +6039,6 @@ async function runRenewals(targets: Target[], context: RunContext): Promise<RunR
   // What was left out of the config failed as surely as a certificate that did.
   const status = config.problems.length > 0 ? EXIT.failure : exitStatus(summary);
   return { status, outcomes: results, totals };
-}
-
-/**
- * The lines of the metrics file as the last run wrote them, only if it is
- * ocspbot's own: another user's file, or a link to one, would have root copy
- * its lines into a file everybody may read.
- */
-function previousMetrics(file: string, files: Files, log: Logger): string[] {
-  try {
-    const read = files.read(file, "metrics", "trusted");
-    if (read.ours) return decoder.decode(read.bytes).split("\n");
-    log.warn(
-      `metrics_file "${file}" is owned by uid ${read.info.uid}, writable by others or a second name of another file: its lines are not carried over, and it is replaced`,
-    );
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) {
-      log.warn(`metrics_file: ${errorText(error)}: its lines are not carried over`);
-    }
-  }
-  return [];
-}
-
-/**
- * Runs on_change for this run's renewals and for those whose on_change
- * failed in an earlier run (the state remembers them), until it succeeds: a
- * reload that failed once (a PATH without /usr/sbin under cron, a server
- * briefly down) must not leave the server on the old staples for days.
- */
-async function announceChanges(
-  renewed: string[],
-  summary: Summary,
-  context: RunContext,
-): Promise<void> {
-  const { config, log, state, stop, now } = context;
-  const pending = state.pendingChange;
-  if (!config.onChange) {
-    state.pendingChange = undefined;
-    return;
-  }
-  const ids = [...new Set([...(pending?.ids ?? []), ...renewed])];
-  if (ids.length === 0) return;
-  if (stop.aborted) {
-    const why = `the run was stopped by ${stop.reason} before on_change`;
-    state.pendingChange = { ids, since: pending?.since ?? epochSeconds(now), message: why };
-    return;
-  }
-  if (pending) {
-    log.info(
-      `Running on_change again for ${pending.ids.join(" ")}: it failed at ${
-        formatTime(new Date(pending.since * 1000))
-      } (${pending.message})`,
-    );
-  }
-  try {
-    await runOnChange(config.onChange, ids, config.timeoutSeconds, context);
-    log.info(`Ran on_change ${JSON.stringify(config.onChange)} for ${ids.join(" ")}`);
-    state.pendingChange = undefined;
-  } catch (error) {
-    if (error instanceof Interrupted) return;
-    log.error(
-      `${
-        errorText(error)
-      }; the renewed responses stay in place, and every run runs on_change again until it succeeds`,
-    );
-    state.pendingChange = {
-      ids,
-      since: pending?.since ?? epochSeconds(now),
-      message: errorText(error),
-    };
-    summary.onChangeFailed = true;
-  }
-}
-
-/**
- * Writes the Prometheus metrics of a run or a --check, atomically; the
- * figures of the other kind's last run stay. A failure is only a warning:
- * the staples matter more than the metrics about them.
- */
-async function writeMetrics(
-  file: string,
-  mode: Mode,
-  report: RunReport,
-  durationSeconds: number,
-  context: RunContext,
-): Promise<void> {
-  const { now, log, files } = context;
-  try {
-    const other = mode === "run" ? 'mode="check"' : 'mode="run"';
-    const previous = files.entry(file) ? previousMetrics(file, files, log) : [];
-    const otherRuns = previous.filter((line) =>
-      line.startsWith("ocspbot_run_") && line.includes(other)
-    );
-    const text = metricsText(
-      mode,
-      report.outcomes,
-      report.totals,
-      report.status,
-      now,
-      durationSeconds,
-      otherRuns,
-    );
-    const warnings = await files.write(file, encoder.encode(text));
-    for (const warning of warnings) log.warn(`metrics_file ${warning}`);
-  } catch (error) {
-    log.warn(`Cannot write metrics_file: ${errorText(error)}`);
-  }
 }
 
 /**
@@ -6877,36 +6210,6 @@ async function runParsed(
   }
 }
 
-/**
- * Says where the config's relative paths start when a deploy hook's run
- * (which starts them at the config's folder) could keep other files than
- * this one: the hook then misses the hourly run's state, lock and staples.
- */
-function sayWhereRelativePathsStart(
-  config: Config,
-  invocation: Invocation,
-  log: Logger,
-  files: Files,
-  here: string,
-): void {
-  const keys = relativeKeys(config);
-  if (keys.length === 0) return;
-  const folder = path.dirname(path.resolve(config.file));
-  const named = keys.map((key) => `"${key}"`).join(", ");
-  if (invocation.renewed.length > 0) {
-    if (files.entry(path.resolve(config.stateFile))) return;
-    log.warn(
-      `No state file "${
-        path.resolve(config.stateFile)
-      }": --renewed starts the relative paths of ${named} at the config's folder "${folder}"; if the hourly run starts elsewhere, run it from "${folder}" (cd there first) or make those paths absolute, or the hook keeps other files than it`,
-    );
-  } else if (here !== folder) {
-    log.info(
-      `Relative paths (${named}) start at the working directory "${here}"; a --renewed hook starts them at the config's folder "${folder}": cd there first, or make them absolute, so that both keep the same files`,
-    );
-  }
-}
-
 /** A run or --check of a command line that parsed: config, lock, certificates, report. */
 async function operate(
   invocation: Invocation,
@@ -7001,6 +6304,757 @@ async function operate(
     log.close();
   }
 }
+
+// ---------------------------------------------------------------- haproxy --
+// Add-on: the new response handed to running HAProxies through their
+// runtime API, and pushed again by every run until each has taken it.
+
+/** HAProxy does not know the certificate of a response pushed to it. */
+class NotLoaded extends Error {}
+
+/**
+ * Where an HAProxy runtime API listens, as HAProxy's own `stats socket`
+ * writes it: a Unix socket path (`unix@` optional), or `ipv4@host:port`,
+ * `ipv6@[address]:port` on the network.
+ */
+export function haproxyAddress(
+  socket: string,
+): { transport: "unix"; path: string } | { transport: "tcp"; hostname: string; port: number } {
+  const network = /^ipv([46])@(\[([^\]]+)\]|[^:[\]]+):(\d+)$/.exec(socket);
+  if (network) {
+    const port = Number(network[4]);
+    if (port < 1 || port > 65535) throw new Error(`names port ${port}, which no socket has`);
+    return { transport: "tcp", hostname: network[3] ?? network[2], port };
+  }
+  if (/^ipv[46]@/.test(socket)) {
+    throw new Error(`"${socket}" is not "ipv4@host:port" or "ipv6@[address]:port"`);
+  }
+  const path = socket.replace(/^unix@/, "");
+  if (path === "") throw new Error("is empty");
+  return { transport: "unix", path };
+}
+
+/**
+ * `promise`, or a rejection once `signal` aborts: for what takes no signal
+ * of its own. What arrives late is handed to `discard`.
+ */
+function beforeAbort<T>(
+  promise: Promise<T>,
+  signal: AbortSignal,
+  discard: (late: T) => void,
+): Promise<T> {
+  if (signal.aborted) {
+    promise.then(discard, () => {});
+    return Promise.reject(signal.reason);
+  }
+  return new Promise((resolve, reject) => {
+    const abort = () => {
+      promise.then(discard, () => {});
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", abort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", abort));
+  });
+}
+
+/**
+ * Hands a new response to a running HAProxy through its runtime API, so it
+ * staples it without a reload; throws with HAProxy's answer on refusal.
+ * `timeout` bounds the whole exchange, the connection included: a network
+ * that drops the SYNs would otherwise hold the run (and its lock) for the
+ * kernel's two minutes per socket.
+ */
+async function pushToHaproxy(
+  socket: string,
+  response: Uint8Array,
+  timeoutSeconds: number,
+  stop: AbortSignal,
+): Promise<void> {
+  const timeout = AbortSignal.timeout(timeoutSeconds * 1000);
+  const signal = AbortSignal.any([timeout, stop]);
+  const late = () => {
+    if (stop.aborted) throw new Interrupted(stop);
+    return timeout.aborted;
+  };
+  let connection: Deno.Conn;
+  try {
+    const address = haproxyAddress(socket);
+    // Two calls, as Deno.connect's overloads each take one kind of address.
+    connection = address.transport === "unix"
+      ? await beforeAbort(Deno.connect(address), signal, (late) => late.close())
+      : await Deno.connect({ ...address, signal });
+  } catch (error) {
+    if (late()) {
+      throw new Error(
+        `Cannot reach HAProxy's socket "${socket}": no connection within ${timeoutSeconds} s`,
+      );
+    }
+    throw new Error(`Cannot reach HAProxy's socket "${socket}": ${errorText(error)}`);
+  }
+  // A silent HAProxy must not hang the run: closing the socket ends the read.
+  const close = () => connection.close();
+  signal.addEventListener("abort", close, { once: true });
+  let answer = "";
+  let cut = false;
+  try {
+    const request = encoder.encode(`set ssl ocsp-response ${response.toBase64()}\n`);
+    for (let done = 0; done < request.length;) {
+      done += await connection.write(request.subarray(done));
+    }
+    const streaming = new TextDecoder();
+    const buffer = new Uint8Array(4096);
+    // Its real answers are one line; a socket that floods must not fill the memory.
+    for (let read, received = 0; (read = await connection.read(buffer)) !== null;) {
+      received += read;
+      if (received > SIZE_CAPS["HAProxy answer"]) {
+        cut = true;
+        break;
+      }
+      answer += streaming.decode(buffer.subarray(0, read), { stream: true });
+    }
+    answer += streaming.decode();
+  } catch (error) {
+    if (late()) {
+      throw new Error(`HAProxy's socket "${socket}" did not answer within ${timeoutSeconds} s`);
+    }
+    throw new Error(
+      `HAProxy's socket "${socket}" broke the connection before answering: ${errorText(error)}`,
+    );
+  } finally {
+    signal.removeEventListener("abort", close);
+    try {
+      connection.close();
+    } catch {
+      // Closed by the timeout already.
+    }
+  }
+  // HAProxy 2.6's words for a certificate it loaded no response for, or does not serve.
+  if (/Certificate ID does not match any certificate/.test(answer)) {
+    throw new NotLoaded(`HAProxy (socket "${socket}") does not know the certificate`);
+  }
+  if (!/^OCSP Response updated/m.test(answer)) {
+    const shown = answer.trim();
+    throw new Error(
+      shown === ""
+        ? `HAProxy's socket "${socket}" closed the connection without an answer`
+        : `HAProxy (socket "${socket}") refused the new response: ${
+          shown.length > 200 || cut ? `${shown.slice(0, 200).trim()}…` : shown
+        }`,
+    );
+  }
+}
+
+/**
+ * Hands a response to every HAProxy of the certificate, each whatever the
+ * others did, and remembers those that did not take it: every run pushes the
+ * stored response to them again until each does. One that loaded no
+ * response for the certificate when it started (a first run) takes one only
+ * by a reload, which on_change makes; the next run's push then succeeds.
+ */
+async function pushToEvery(
+  target: Target,
+  response: Uint8Array,
+  context: RunContext,
+  log: Logger,
+  sockets = target.haproxySocket ?? [],
+): Promise<{ pending?: PendingPush; refused: boolean }> {
+  const { config, state, now } = context;
+  const missed: string[] = [];
+  const why: string[] = [];
+  let refused = false;
+  for (const socket of sockets) {
+    try {
+      await pushToHaproxy(socket, response, config.timeoutSeconds, context.stop);
+      log.info(`Pushed the stored response to HAProxy (socket "${socket}")`);
+      continue;
+    } catch (error) {
+      if (error instanceof Interrupted) throw error;
+      missed.push(socket);
+      why.push(errorText(error));
+      if (!(error instanceof NotLoaded)) {
+        refused = true;
+        log.error(
+          `${
+            errorText(error)
+          }; it keeps its old response, and every run pushes the stored one again until it takes it`,
+        );
+        continue;
+      }
+      log.warn(
+        `${
+          errorText(error)
+        }: it loaded no response for this certificate when it started (or does not serve it), and takes one only by ${
+          config.onChange ? "the reload on_change makes" : "a reload; set on_change to reload it"
+        }; every run pushes the stored response again until it takes it (if it does not serve this certificate, give the certificate's entry a haproxy_socket without it)`,
+      );
+    }
+  }
+  const before = state.pendingPush(target.responsePath);
+  const pending = missed.length === 0 ? undefined : {
+    sockets: missed,
+    since: before?.since ?? epochSeconds(now),
+    message: why.join("; "),
+  };
+  state.setPendingPush(target.responsePath, pending);
+  return { pending, refused };
+}
+
+/**
+ * Pushes the stored response again to the HAProxies that missed it in an
+ * earlier run (see PendingPush); the certificate fails while one still
+ * cannot be reached or refuses it. Only the verified response stored is pushed: what is
+ * read must be the bytes the state says were verified.
+ */
+async function pushPending(
+  target: Target,
+  facts: Facts,
+  outcome: Outcome,
+  context: RunContext,
+  log: Logger,
+): Promise<Outcome> {
+  const pending = context.state.pendingPush(target.responsePath);
+  if (!pending) return outcome;
+  const configured = new Set(target.haproxySocket ?? []);
+  // A socket taken out of the config is no longer waited for.
+  const sockets = pending.sockets.filter((socket) => configured.has(socket));
+  if (sockets.length === 0 || !facts.stored?.verified || !facts.storedEntry) {
+    context.state.setPendingPush(target.responsePath, undefined);
+    return outcome;
+  }
+  const { bytes } = context.files.read(target.responsePath, "response", "trusted");
+  // Changed since it was judged: the next run judges it, then pushes.
+  if (sha256(bytes) !== entryHash(facts.storedEntry)) return outcome;
+  log.info(
+    `Pushing the stored response again to HAProxy (${
+      sockets.map((socket) => `socket "${socket}"`).join(", ")
+    }), which has not taken it since ${formatTime(new Date(pending.since * 1000))}`,
+  );
+  const { pending: still, refused } = await pushToEvery(target, bytes, context, log, sockets);
+  // One that only does not know the certificate yet waits for a reload: a warning, not a failure.
+  if (!still || !refused) return outcome;
+  const error = `HAProxy has not taken the stored response since ${
+    formatTime(new Date(still.since * 1000))
+  }: ${still.message}`;
+  return { ...outcome, action: "failed", error };
+}
+
+// ------------------------------------------------------------------ serve --
+// Add-on: --check asks the server where a certificate is served what it
+// staples (`serve`), and judges that against what is stored.
+
+/** The STARTTLS protocols `openssl s_client -starttls` speaks, as `serve` names them. */
+const STARTTLS = ["smtp", "imap", "pop3", "ftp", "xmpp", "ldap", "postgres", "mysql", "nntp"];
+
+/** Where a certificate is served (`serve`): a TLS port, or a STARTTLS protocol's. */
+export interface ServeAddress {
+  host: string;
+  port: number;
+  /** `smtp`, `imap`, …: openssl's `-starttls`; undefined for TLS from the start. */
+  starttls?: string;
+  /** The SNI name to ask for; undefined: the certificate's first name. */
+  servername?: string;
+}
+
+/**
+ * Reads `serve`: `host:port` (TLS from the start, as `tls://host:port`), or
+ * `<protocol>://host:port` for a STARTTLS protocol (`smtp://127.0.0.1:25`).
+ */
+export function serveAddress(text: string): ServeAddress {
+  const match = /^(?:([a-z0-9]+):\/\/)?(\[[^\]]+\]|[^:/[\]]+):(\d+)\/?$/i.exec(text);
+  if (!match) {
+    throw new Error(
+      `must be "host:port" or "<protocol>://host:port" (e.g. "127.0.0.1:443", "smtp://127.0.0.1:25"), not "${text}"`,
+    );
+  }
+  const protocol = match[1]?.toLowerCase();
+  if (protocol && protocol !== "tls" && protocol !== "https" && !STARTTLS.includes(protocol)) {
+    throw new Error(
+      `names "${protocol}://", which is neither tls:// nor one of ${STARTTLS.join(", ")}`,
+    );
+  }
+  const port = Number(match[3]);
+  if (port < 1 || port > 65535) throw new Error(`names port ${port}, which no server has`);
+  const starttls = protocol && STARTTLS.includes(protocol) ? protocol : undefined;
+  return { host: match[2].replace(/^\[|\]$/g, ""), port, ...(starttls ? { starttls } : {}) };
+}
+
+/** A ServeAddress as `serve` writes it, for messages. */
+function serveText(address: ServeAddress): string {
+  const host = address.host.includes(":") ? `[${address.host}]` : address.host;
+  return `${address.starttls ? `${address.starttls}://` : ""}${host}:${address.port}`;
+}
+
+/** What a server stapled in a handshake, as `openssl s_client -status` printed it. */
+interface Stapled {
+  status?: CertStatus;
+  /** The serial of the certificate it is about, as openssl prints it (hex, upper case). */
+  serial?: string;
+  thisUpdate?: Date;
+  nextUpdate?: Date;
+}
+
+/**
+ * --check's verdict on what a server staples: ok (what is stored, or newer),
+ * warning (older than stored: not reloaded; nothing stapled for a certificate
+ * without Must-Staple; the server unreachable), critical (nothing for a
+ * Must-Staple certificate, expired, not good, or for another certificate).
+ */
+interface Served {
+  address: string;
+  verdict: "ok" | "warning" | "critical";
+  message: string;
+  /** The server could not be asked: no connection, no handshake, or none in time. */
+  unreached?: boolean;
+  thisUpdate?: Date;
+  nextUpdate?: Date;
+}
+
+/**
+ * How long --check's handshakes with the servers of `serve` may take, all
+ * together: under the 60 s a Nagios plugin is given by default.
+ */
+const CHECK_DEADLINE_SECONDS = 45;
+
+/** How many certificates --check looks at at once when it asks servers. */
+const PROBES_AT_ONCE = 16;
+
+/**
+ * Asks the server where a certificate is served what it staples, through
+ * the run's Prober, with the certificate's first name as SNI unless `serve`
+ * gives one, and judges it against what is stored.
+ */
+async function askServer(
+  target: Target,
+  address: ServeAddress,
+  facts: Facts,
+  context: RunContext,
+  prober: Prober,
+): Promise<Served> {
+  const { leaf } = parsedFiles(target, context).bundle;
+  const servername = address.servername ?? certificateName(leaf.x509);
+  const heard = await prober.ask(address, servername, context);
+  const serial = serialArgument(leaf.x509.raw).replace("0x", "");
+  return servedVerdict(
+    serveText(address),
+    heard.stapled,
+    heard.problem,
+    { serial, mustStaple: facts.cert.mustStaple, presented: heard.presented },
+    facts.stored,
+    context.now,
+  );
+}
+
+/** What a server said in one handshake: see servedVerdict(). */
+interface Heard {
+  stapled?: Stapled | "none";
+  problem?: string;
+  /** The serial of the certificate it presented, as servedVerdict compares them. */
+  presented?: string;
+}
+
+/**
+ * --check's handshakes with the servers of `serve`: many at once, each
+ * address (host and port) asked by one handshake at a time and never again
+ * in the run once it did not answer, the same question asked once, and
+ * none started or left running past the deadline: a hung server costs one
+ * `timeout`, not one per certificate, and --check ends within
+ * CHECK_DEADLINE_SECONDS whatever the servers do.
+ */
+class Prober {
+  #asked = new Map<string, Promise<Heard>>();
+  #queues = new Map<string, Promise<unknown>>();
+  #silent = new Map<string, string>();
+
+  constructor(readonly deadline: number) {}
+
+  ask(address: ServeAddress, servername: string | undefined, context: RunContext): Promise<Heard> {
+    const where = serveText(address);
+    const question = `${where} ${servername ?? ""}`;
+    let heard = this.#asked.get(question);
+    if (!heard) {
+      // One handshake at a time per address: the second waits for the first's verdict.
+      const before = this.#queues.get(where) ?? Promise.resolve();
+      heard = before.then(() => this.#handshake(address, where, servername, context));
+      this.#queues.set(where, heard.catch(() => {}));
+      this.#asked.set(question, heard);
+    }
+    return heard;
+  }
+
+  async #handshake(
+    address: ServeAddress,
+    where: string,
+    servername: string | undefined,
+    context: RunContext,
+  ): Promise<Heard> {
+    const silent = this.#silent.get(where);
+    if (silent) return { problem: `${silent}, earlier in this --check; not asked again` };
+    const left = (this.deadline - performance.now()) / 1000;
+    if (left <= 0.5) {
+      return { problem: `not asked: --check's deadline of ${CHECK_DEADLINE_SECONDS} s had passed` };
+    }
+    const seconds = Math.min(context.config.timeoutSeconds, left);
+    const args = [
+      "s_client",
+      "-connect",
+      `${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`,
+      "-status",
+      ...(servername ? ["-servername", servername] : []),
+      ...(address.starttls ? ["-starttls", address.starttls] : []),
+    ];
+    try {
+      const { output, timedOut } = await runProcess(
+        context.config.opensslExecutable,
+        args,
+        seconds,
+        context,
+      );
+      const stdout = decoder.decode(output.stdout);
+      const stapled = parseStapled(stdout);
+      if (stapled) return { stapled, presented: presentedSerial(stdout) };
+      const problem = timedOut
+        ? seconds < context.config.timeoutSeconds
+          ? `no handshake before --check's deadline of ${CHECK_DEADLINE_SECONDS} s`
+          : `no handshake within ${seconds} s (config key "timeout")`
+        : handshakeFailure(decoder.decode(output.stderr)) ||
+          `openssl s_client exited with ${output.code}`;
+      // No connection, or one that never finished a handshake: the next asks would wait as long.
+      if (timedOut || !stdout.includes("CONNECTED(")) this.#silent.set(where, problem);
+      return { problem };
+    } catch (error) {
+      if (error instanceof Interrupted) throw error;
+      return { problem: errorText(error) };
+    }
+  }
+}
+
+/** Why `openssl s_client` got no handshake, in words: it says `write:errno=104` of a reset. */
+function handshakeFailure(stderr: string): string {
+  if (/errno=104\b/.test(stderr)) {
+    return "the server reset the connection before a TLS handshake (is TLS served on that port?)";
+  }
+  if (/errno=111\b|Connection refused/.test(stderr)) return "the connection was refused";
+  return summarizeOpensslErrors(stderr);
+}
+
+/**
+ * The serial of the certificate the server presented, in servedVerdict's
+ * form: the PEM after s_client's "Server certificate" line, not one of the
+ * stapled response's signer certificates printed before it.
+ */
+function presentedSerial(stdout: string): string | undefined {
+  const pem = /^Server certificate\n(-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----)/m
+    .exec(stdout)?.[1];
+  if (!pem) return undefined;
+  try {
+    const der = Uint8Array.fromBase64(pem.replace(/-----[A-Z ]+-----|\s/g, ""));
+    return serialArgument(der).replace("0x", "");
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * What `openssl s_client -status` says a server stapled: the response's
+ * status, serial and dates; "none" when it stapled nothing; undefined when no
+ * TLS session came about.
+ */
+export function parseStapled(stdout: string): Stapled | "none" | undefined {
+  const block = /^OCSP response: ?(no response sent|\n=+\n([\s\S]*?)\n=+\n)/m.exec(stdout);
+  if (!block) return undefined;
+  if (block[1] === "no response sent") return "none";
+  const text = block[2];
+  const field = (name: string) => new RegExp(`^\\s*${name}: (.*)$`, "m").exec(text)?.[1].trim();
+  const time = (name: string) => {
+    const value = field(name);
+    return value === undefined ? undefined : parseOpensslTime(value);
+  };
+  const status = field("Cert Status");
+  return {
+    status: status === "good" || status === "revoked" || status === "unknown" ? status : undefined,
+    serial: field("Serial Number")?.toUpperCase(),
+    thisUpdate: time("This Update"),
+    nextUpdate: time("Next Update"),
+  };
+}
+
+/**
+ * --check's verdict on what a server staples for a certificate (`serve`),
+ * against what is stored: see Served. `stapled` undefined with `problem`:
+ * the server could not be reached or spoke no TLS.
+ */
+export function servedVerdict(
+  address: string,
+  stapled: Stapled | "none" | undefined,
+  problem: string | undefined,
+  cert: { serial: string; mustStaple: boolean; presented?: string },
+  stored: ResponseReport | undefined,
+  now: Date,
+): Served {
+  const say = (verdict: Served["verdict"], message: string): Served => ({
+    address,
+    verdict,
+    message,
+    ...(stapled && stapled !== "none"
+      ? { thisUpdate: stapled.thisUpdate, nextUpdate: stapled.nextUpdate }
+      : {}),
+  });
+  if (stapled === undefined) {
+    return { ...say("warning", `cannot ask ${address}: ${problem}`), unreached: true };
+  }
+  const serial = (text: string) => text.toUpperCase().replace(/^(-?)(0X)?0*/, "$1");
+  if (cert.presented !== undefined && serial(cert.presented) !== serial(cert.serial)) {
+    // The stored response is right; the server was not reloaded since the certificate changed.
+    const staple = stapled === "none"
+      ? "staples nothing"
+      : stapled.serial !== undefined && serial(stapled.serial) === serial(cert.presented) &&
+          stapled.status === "good" && !judgeTimes(stapled, now).problem
+      ? "staples a good response for it"
+      : "staples no good response for it";
+    const critical = staple !== "staples a good response for it" && cert.mustStaple;
+    return say(
+      critical ? "critical" : "warning",
+      `${address} presents another certificate (serial ${cert.presented}, not the configured ${cert.serial}) and ${staple}: it was not reloaded since the certificate was replaced; reload the server`,
+    );
+  }
+  if (stapled === "none") {
+    return cert.mustStaple
+      ? say("critical", `${address} staples nothing, and Must-Staple clients refuse the handshake`)
+      : say("warning", `${address} staples nothing`);
+  }
+  if (serial(stapled.serial ?? "") !== serial(cert.serial)) {
+    return say(
+      "critical",
+      `${address} staples a response for another certificate (serial ${stapled.serial}, not ${cert.serial}): a certificate replaced without its response; renew it (--renewed) and reload the server`,
+    );
+  }
+  const judged = judgeTimes(stapled, now);
+  if (judged.problem) {
+    return say("critical", `${address} staples a response that ${judged.problem}`);
+  }
+  if (stapled.status !== "good") {
+    return say("critical", `${address} staples a response that says "${stapled.status}"`);
+  }
+  const storedSince = stored?.verified ? stored.thisUpdate : undefined;
+  if (storedSince && stapled.thisUpdate && stapled.thisUpdate.getTime() < storedSince.getTime()) {
+    return say(
+      "warning",
+      `${address} staples an older response than the stored one (thisUpdate ${
+        formatTime(stapled.thisUpdate)
+      }, stored ${formatTime(storedSince)}): not reloaded since ${formatTime(stapled.thisUpdate)}`,
+    );
+  }
+  return say("ok", `${address} staples the stored response, or a newer one`);
+}
+
+// ------------------------------------------------------------------ hooks --
+// Add-ons around a renewal: the ACME client's deploy hook (--renewed), and
+// on_change, run after renewals until it succeeds.
+
+/** It asks ten times within the wait, at most every 10 s. */
+const RENEWED_ASKS = 10;
+
+const RENEWED_ASK_EVERY_MAX_SECONDS = 10;
+
+/**
+ * The keys whose value is a path relative to the working directory (the
+ * Python bot's meaning): a run from another folder than the hourly one's
+ * keeps other files.
+ */
+function relativeKeys(config: Config): string[] {
+  const relative = (value: string | undefined) => value !== undefined && !path.isAbsolute(value);
+  const keys = [
+    ["ocsp_folder", config.ocspFolder],
+    ["state_file", config.stateFile],
+    ["output_log", config.outputLog],
+    ["error_log", config.errorLog],
+    ["metrics_file", config.metricsFile],
+    ["backup_folder", config.backupFolder],
+  ].filter(([, value]) => relative(value)).map(([key]) => key!);
+  if (config.includes.some(relative)) keys.push("includes");
+  if (config.domains.some((d) => [d.cert, d.chain, d.rootchain].some(relative))) {
+    keys.push("domains");
+  }
+  if (config.scanKeys.some((scan) => relative(scan.folder))) keys.push("scan_keys");
+  return keys;
+}
+
+/**
+ * The certificates an ACME client just renewed: those whose file is one of
+ * `renewed` or lies in one of those folders, by the path as given or with
+ * every link resolved (certbot's live/ links into archive/). A path that
+ * covers none is 252: a hook that renews nothing would pass unseen.
+ */
+function renewedTargets(targets: Target[], renewed: string[]): Target[] {
+  const real = (file: string) => {
+    try {
+      return Deno.realPathSync(file);
+    } catch {
+      return path.resolve(file);
+    }
+  };
+  // The certificate's folder resolved but not the file: certbot's cert.pem links into archive/.
+  const names = (certPath: string) => [
+    path.resolve(certPath),
+    path.join(real(path.dirname(certPath)), path.basename(certPath)),
+    real(certPath),
+  ];
+  const covers = (given: string, certPath: string) =>
+    names(certPath).some((cert) =>
+      [path.resolve(given), real(given)].some((place) => cert === place || isInside(cert, place))
+    );
+  const uncovered = renewed.filter((given) =>
+    !targets.some((target) => covers(given, target.certPath))
+  );
+  if (uncovered.length > 0) {
+    throw new ExitError(
+      `--renewed names what no certificate of the config is in: ${
+        uncovered.map((given) => `"${given}"`).join(", ")
+      }; check the config's domains and scan_keys`,
+      EXIT.badArguments,
+    );
+  }
+  return targets.filter((target) => renewed.some((given) => covers(given, target.certPath)));
+}
+
+/**
+ * Says where the config's relative paths start when a deploy hook's run
+ * (which starts them at the config's folder) could keep other files than
+ * this one: the hook then misses the hourly run's state, lock and staples.
+ */
+function sayWhereRelativePathsStart(
+  config: Config,
+  invocation: Invocation,
+  log: Logger,
+  files: Files,
+  here: string,
+): void {
+  const keys = relativeKeys(config);
+  if (keys.length === 0) return;
+  const folder = path.dirname(path.resolve(config.file));
+  const named = keys.map((key) => `"${key}"`).join(", ");
+  if (invocation.renewed.length > 0) {
+    if (files.entry(path.resolve(config.stateFile))) return;
+    log.warn(
+      `No state file "${
+        path.resolve(config.stateFile)
+      }": --renewed starts the relative paths of ${named} at the config's folder "${folder}"; if the hourly run starts elsewhere, run it from "${folder}" (cd there first) or make those paths absolute, or the hook keeps other files than it`,
+    );
+  } else if (here !== folder) {
+    log.info(
+      `Relative paths (${named}) start at the working directory "${here}"; a --renewed hook starts them at the config's folder "${folder}": cd there first, or make them absolute, so that both keep the same files`,
+    );
+  }
+}
+
+/** Runs `on_change` once, with the renewed ids in OCSPBOT_RENEWED. */
+async function runOnChange(
+  command: string[],
+  renewed: string[],
+  timeoutSeconds: number,
+  context: Pick<RunContext, "stop" | "world">,
+): Promise<void> {
+  const shown = JSON.stringify(command);
+  let run: { output: Deno.CommandOutput; timedOut: boolean };
+  try {
+    run = await runProcess(command[0], command.slice(1), timeoutSeconds, context, {
+      env: { OCSPBOT_RENEWED: renewed.join(" ") },
+    });
+  } catch (error) {
+    if (error instanceof Interrupted) throw error;
+    throw new Error(`Cannot run on_change command ${shown}: ${errorText(error)}`);
+  }
+  if (run.timedOut) {
+    throw new Error(`on_change command ${shown} did not finish within ${timeoutSeconds} s`);
+  }
+  const { output } = run;
+  if (!output.success) {
+    const stderr = decoder.decode(output.stderr).trim().split("\n").slice(-3);
+    throw new Error(
+      `on_change command ${shown} failed with exit status ${output.code}${
+        stderr[0] ? `: ${stderr.join("; ")}` : ""
+      }`,
+    );
+  }
+}
+
+/**
+ * Runs on_change for this run's renewals and for those whose on_change
+ * failed in an earlier run (the state remembers them), until it succeeds: a
+ * reload that failed once (a PATH without /usr/sbin under cron, a server
+ * briefly down) must not leave the server on the old staples for days.
+ */
+async function announceChanges(
+  renewed: string[],
+  summary: Summary,
+  context: RunContext,
+): Promise<void> {
+  const { config, log, state, stop, now } = context;
+  const pending = state.pendingChange;
+  if (!config.onChange) {
+    state.pendingChange = undefined;
+    return;
+  }
+  const ids = [...new Set([...(pending?.ids ?? []), ...renewed])];
+  if (ids.length === 0) return;
+  if (stop.aborted) {
+    const why = `the run was stopped by ${stop.reason} before on_change`;
+    state.pendingChange = { ids, since: pending?.since ?? epochSeconds(now), message: why };
+    return;
+  }
+  if (pending) {
+    log.info(
+      `Running on_change again for ${pending.ids.join(" ")}: it failed at ${
+        formatTime(new Date(pending.since * 1000))
+      } (${pending.message})`,
+    );
+  }
+  try {
+    await runOnChange(config.onChange, ids, config.timeoutSeconds, context);
+    log.info(`Ran on_change ${JSON.stringify(config.onChange)} for ${ids.join(" ")}`);
+    state.pendingChange = undefined;
+  } catch (error) {
+    if (error instanceof Interrupted) return;
+    log.error(
+      `${
+        errorText(error)
+      }; the renewed responses stay in place, and every run runs on_change again until it succeeds`,
+    );
+    state.pendingChange = {
+      ids,
+      since: pending?.since ?? epochSeconds(now),
+      message: errorText(error),
+    };
+    summary.onChangeFailed = true;
+  }
+}
+
+// ---------------------------------------------------------------- journal --
+// Add-on: log lines carry sd-daemon priorities where systemd's journal
+// reads the stream.
+
+/** sd-daemon(3)'s priorities of the lines ocspbot logs. */
+const PRIORITY = { error: 3, warning: 4, info: 6 } as const;
+
+type Priority = (typeof PRIORITY)[keyof typeof PRIORITY];
+
+/**
+ * Whether the stream on file descriptor `fd` is the one systemd connected to
+ * its journal: `JOURNAL_STREAM` names its device and inode (systemd.exec(5)).
+ */
+function isJournal(fd: number, stream: string | undefined): boolean {
+  try {
+    if (!stream) return false;
+    const { dev, ino } = nodeFs().fstatSync(fd);
+    return stream === `${dev}:${ino}`;
+  } catch {
+    return false;
+  }
+}
+
+// ------------------------------------------------------------------ start --
+// The process: its surroundings, main(), and an exit status that never
+// reads as renewals when something crashed.
 
 if (import.meta.main) {
   const world = surroundings();

@@ -4380,3 +4380,13 @@ while True:
     }
   });
 });
+
+Deno.test("the map at the top of ocspbot.ts names its chapters, in the order of their banners", async () => {
+  const source = await Deno.readTextFile(path.join(import.meta.dirname!, "ocspbot.ts"));
+  const header = source.slice(0, source.indexOf("@module"));
+  const map = /\* The chapters of this file[^`]*```\n([\s\S]*?)\n \* ```/.exec(header)?.[1];
+  assert(map !== undefined, "the header has no map of chapters");
+  const mapped = map.split("\n").map((line) => /^ \* (\S+) /.exec(line)?.[1]);
+  const banners = [...source.matchAll(/^\/\/ -+ (.+) --$/gm)].map((match) => match[1]);
+  assertEquals(mapped, banners);
+});
