@@ -1121,8 +1121,10 @@ function loadConfig(
 // `scan_keys` folders listed (and remembered while they stay the same).
 
 /**
- * One certificate to keep a response for, every path resolved, with the
- * settings of its entry (CONFIG_KEYS' perCertificate rows: `haproxy_socket`,
+ * One certificate to keep a response for: its response path resolved, its
+ * certificate, chain and rootchain as the config or the scan found them
+ * (relative to the working directory when written so), with the settings of
+ * its entry (CONFIG_KEYS' perCertificate rows: `haproxy_socket`,
  * `ocsp_responder_uri`, …).
  */
 type Target = CertificateSettings & {
@@ -2225,12 +2227,6 @@ export function parseStateLine(line: string): StateRecord {
 class State {
   #changed = false;
 
-  /**
-   * Records by key (the response path, relative to the state's folder when
-   * inside it): the line as read, parsed only when asked for, or the record
-   * as this run changed it. A quiet hour parses each line once and keeps
-   * nothing of it: 100,000 records cost their text, not their objects.
-   */
   /** The state's folder, ending in "/": keys are relative to it. */
   readonly #folder: string;
 
@@ -2240,6 +2236,12 @@ class State {
     readonly file: string,
     /** The real clock when the state was read: what scans are stamped against. */
     readonly realNowMs: number,
+    /**
+     * Records by key (the response path, relative to the state's folder when
+     * inside it): the line as read, parsed only when asked for, or the record
+     * as this run changed it. A quiet hour parses each line once and keeps
+     * nothing of it: 100,000 records cost their text, not their objects.
+     */
     private readonly records: Map<string, string | StateRecord>,
     private readonly scans: Map<string, ScanRecord> = new Map(),
     pendingChange?: PendingChange,
@@ -3336,8 +3338,9 @@ async function runProcess(
 }
 
 /**
- * Runs openssl; everything the bot asks openssl goes through here, so the
- * timeout and the wording of failures live in one place.
+ * Runs `openssl_executable` for a fetch or a verification, so that their
+ * timeout and the wording of their failures live in one place; --check's
+ * handshakes (Prober) and on_change go to runProcess() directly.
  */
 async function runOpenssl(
   args: string[],
@@ -5689,13 +5692,20 @@ async function processTarget(target: Target, context: RunContext): Promise<Outco
         return { ...outcome, action: "skipped", skipReason: plan.why };
       case "fail":
         throw new Error(`Certificate "${target.certPath}" ${plan.reason}`);
-      case "fresh":
+      case "fresh": {
         log.info(`OCSP response is fine: ${plan.reason}`);
-        return await pushPending(target, facts, { ...outcome, action: "unchanged" }, context, log);
+        const unchanged: Outcome = { ...outcome, action: "unchanged" };
+        // Looked up here: the quiet hour's path takes no await for it.
+        const pending = context.state.pendingPush(target.responsePath);
+        return pending
+          ? await pushPending(target, facts, pending, unchanged, context, log)
+          : unchanged;
+      }
       case "renew": {
         const renewed = await renew(target, facts, plan, context, log, outcome);
-        if (renewed.action === "renewed") return renewed;
-        return await pushPending(target, facts, renewed, context, log);
+        const pending = context.state.pendingPush(target.responsePath);
+        if (renewed.action === "renewed" || !pending) return renewed;
+        return await pushPending(target, facts, pending, renewed, context, log);
       }
     }
   } catch (error) {
@@ -6508,12 +6518,11 @@ async function pushToEvery(
 async function pushPending(
   target: Target,
   facts: Facts,
+  pending: PendingPush,
   outcome: Outcome,
   context: RunContext,
   log: Logger,
 ): Promise<Outcome> {
-  const pending = context.state.pendingPush(target.responsePath);
-  if (!pending) return outcome;
   const configured = new Set(target.haproxySocket ?? []);
   // A socket taken out of the config is no longer waited for.
   const sockets = pending.sockets.filter((socket) => configured.has(socket));
