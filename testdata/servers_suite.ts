@@ -1147,6 +1147,33 @@ Deno.test("Exim staples the README's recipe over STARTTLS, and a renewal without
   });
 });
 
+/**
+ * What the response in `der` says of certbot's live certificate, verified
+ * against its chain and `caFile`; undefined when it does not verify.
+ */
+async function certbotStatus(
+  der: string,
+  live: { cert: string; chain: string },
+  caFile: string,
+): Promise<string | undefined> {
+  const { code, stdout } = await new Deno.Command("openssl", {
+    args: [
+      "ocsp",
+      "-respin",
+      der,
+      "-issuer",
+      live.chain,
+      "-cert",
+      live.cert,
+      "-CAfile",
+      caFile,
+      "-no_nonce",
+    ],
+    stderr: "null",
+  }).output();
+  return code === 0 ? /: (good|revoked|unknown)$/m.exec(decoder.decode(stdout))?.[1] : undefined;
+}
+
 Deno.test("certbot renews against pebble, and the README's deploy hook staples the new certificate before certbot returns", async () => {
   await withTempDir("ocspbot-acme-", async (dir) => {
     await Deno.mkdir(path.join(dir, "pebble"));
@@ -1171,26 +1198,7 @@ Deno.test("certbot renews against pebble, and the README's deploy hook staples t
       const hourly = await runBot(root, [config], env);
       assertEquals(hourly.code, 1, hourly.stdout + hourly.stderr);
       const der = path.join(root, "var/lib/ocspbot/a.test.der");
-      const verify = async () => {
-        const { code, stdout } = await new Deno.Command("openssl", {
-          args: [
-            "ocsp",
-            "-respin",
-            der,
-            "-issuer",
-            live.chain,
-            "-cert",
-            live.cert,
-            "-CAfile",
-            env.SSL_CERT_FILE,
-            "-no_nonce",
-          ],
-          stderr: "null",
-        }).output();
-        return code === 0
-          ? /: (good|revoked|unknown)$/m.exec(decoder.decode(stdout))?.[1]
-          : undefined;
-      };
+      const verify = () => certbotStatus(der, live, env.SSL_CERT_FILE);
       assertEquals(await verify(), "good");
       const before = await Deno.readTextFile(live.cert);
 
@@ -1240,26 +1248,7 @@ Deno.test("certbot's deploy hook from / keeps the hourly run's files with a rela
       // The hourly run, as the README's cron line makes it: cd /etc/ocspbot && ocspbot ocspbot.yaml
       const hourly = await runBot(etc, ["ocspbot.yaml"], env);
       assertEquals(hourly.code, 1, hourly.stdout + hourly.stderr);
-      const verify = async () => {
-        const { code, stdout } = await new Deno.Command("openssl", {
-          args: [
-            "ocsp",
-            "-respin",
-            der,
-            "-issuer",
-            live.chain,
-            "-cert",
-            live.cert,
-            "-CAfile",
-            env.SSL_CERT_FILE,
-            "-no_nonce",
-          ],
-          stderr: "null",
-        }).output();
-        return code === 0
-          ? /: (good|revoked|unknown)$/m.exec(decoder.decode(stdout))?.[1]
-          : undefined;
-      };
+      const verify = () => certbotStatus(der, live, env.SSL_CERT_FILE);
       assertEquals(await verify(), "good");
       assert(await exists(state), "the hourly run kept no state beside its staples");
       const stateBefore = await Deno.readTextFile(state);
