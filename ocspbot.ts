@@ -923,16 +923,25 @@ export function formatLogName(template: string, now: Date, timeZone?: string): s
 
 /** The fields of `now` on the wall clock of `timeZone` (an IANA name such as `TZ` holds). */
 function localTime(now: Date, timeZone?: string): Record<string, number> {
-  let format: Intl.DateTimeFormat | undefined;
+  let parts: Intl.DateTimeFormatPart[] | undefined;
   try {
     // TZ's POSIX forms (":/etc/localtime", "CET-1") are not Intl's: the process's zone then.
-    if (timeZone) {
-      format = new Intl.DateTimeFormat("en-US", { timeZone: timeZone.replace(/^:/, "") });
-    }
+    parts = timeZone
+      ? new Intl.DateTimeFormat("en-US", {
+        timeZone: timeZone.replace(/^:/, ""),
+        hourCycle: "h23",
+        year: "numeric",
+        month: "numeric",
+        day: "numeric",
+        hour: "numeric",
+        minute: "numeric",
+        second: "numeric",
+      }).formatToParts(now)
+      : undefined;
   } catch {
-    format = undefined;
+    parts = undefined;
   }
-  if (!format) {
+  if (!parts) {
     return {
       year: now.getFullYear(),
       month: now.getMonth() + 1,
@@ -942,25 +951,8 @@ function localTime(now: Date, timeZone?: string): Record<string, number> {
       second: now.getSeconds(),
     };
   }
-  const parts = new Intl.DateTimeFormat("en-US", {
-    timeZone: format.resolvedOptions().timeZone,
-    hourCycle: "h23",
-    year: "numeric",
-    month: "numeric",
-    day: "numeric",
-    hour: "numeric",
-    minute: "numeric",
-    second: "numeric",
-  }).formatToParts(now);
   const field = (type: string) => Number(parts.find((part) => part.type === type)?.value);
-  return {
-    year: field("year"),
-    month: field("month"),
-    day: field("day"),
-    hour: field("hour"),
-    minute: field("minute"),
-    second: field("second"),
-  };
+  return Object.fromEntries(LOG_PLACEHOLDERS.map((name) => [name, field(name)]));
 }
 
 /** Parses YAML as the Python bot's PyYAML did; `json` lets a repeated key overwrite. */
@@ -5747,24 +5739,28 @@ async function renew(
     log.info(`Renewing OCSP response from ${plan.urls[0]}: ${plan.reason}`);
     // ocspbot 1.0 and the Python bot left answers here; HAProxy's `crt <dir>` chokes on them.
     removeLeftover(`${target.responsePath}.new`, files, log);
-    let fetched = await fetchWithRetries(target, plan.urls, context, log);
-    // A deploy hook waits a while for the responder to learn of the new certificate.
-    const askUntil = performance.now() + (context.renewedWaitSeconds ?? 0) * 1000;
-    for (let left; (left = askUntil - performance.now()) > 0;) {
-      const said = rejectFetched(fetched.report, stored, now, config.policy, {});
-      if (!said || !notYetKnown(fetched.report, cert, now)) break;
-      const every = Math.min(
-        RENEWED_ASK_EVERY_MAX_SECONDS,
-        (context.renewedWaitSeconds ?? 0) / RENEWED_ASKS,
-      );
+    const judging = {
+      revokedSeen: outcome.attempt?.revokedSeen,
+      haproxy: (target.haproxySocket ?? []).length > 0,
+    };
+    // A deploy hook asks again for a while: the responder may not know the new certificate yet.
+    const hook = context.renewedWaitSeconds;
+    const askUntil = performance.now() + (hook ?? 0) * 1000;
+    const every = Math.min(RENEWED_ASK_EVERY_MAX_SECONDS, (hook ?? 0) / RENEWED_ASKS);
+    let fetched: Awaited<ReturnType<typeof fetchWithRetries>>;
+    let rejection: string | undefined;
+    for (;;) {
+      fetched = await fetchWithRetries(target, plan.urls, context, log);
+      rejection = rejectFetched(fetched.report, stored, now, config.policy, judging);
+      const left = askUntil - performance.now();
+      if (!rejection || !notYetKnown(fetched.report, cert, now) || left <= 0) break;
       const seconds = Math.min(every, left / 1000);
       log.info(
-        `Responder does not know the new certificate yet (${said}); asking again in ${
+        `Responder does not know the new certificate yet (${rejection}); asking again in ${
           Math.ceil(seconds)
         } s, for up to ${formatDuration(left)} more (--renewed-wait)`,
       );
       await pause(seconds * 1000, context.stop);
-      fetched = await fetchWithRetries(target, plan.urls, context, log);
     }
     const { report } = fetched;
     const revocation = report.verified && report.status === "revoked"
@@ -5774,16 +5770,12 @@ async function renew(
         revokedSeen: report.thisUpdate && epochSeconds(report.thisUpdate),
       }
       : undefined;
-    const rejection = rejectFetched(report, stored, now, config.policy, {
-      revokedSeen: outcome.attempt?.revokedSeen,
-      haproxy: (target.haproxySocket ?? []).length > 0,
-    });
-    if (rejection && notYetKnown(report, cert, now) && context.renewedWaitSeconds !== undefined) {
-      throw new Error(
-        `The responder still does not know the new certificate "${target.certPath}" after ${context.renewedWaitSeconds} s (${rejection}); the server keeps the old certificate's response until a run gets one (hourly, or "ocspbot --renewed" again)`,
-      );
-    }
     if (rejection && notYetKnown(report, cert, now)) {
+      if (hook !== undefined) {
+        throw new Error(
+          `The responder still does not know the new certificate "${target.certPath}" after ${hook} s (${rejection}); the server keeps the old certificate's response until a run gets one (hourly, or "ocspbot --renewed" again)`,
+        );
+      }
       remember("failed", { message: rejection });
       log.warn(
         `Certificate "${target.certPath}" was issued ${
